@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need
+# on a fresh Debian 12 machine as root (apt packages, then a virtualenv in .venv).
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := squashfs-tools python3-venv util-linux
+
+.PHONY: demo test lint typecheck unit bench setup system-deps clean
+
+demo: setup
+	bash demo/demo.sh
+
+test: setup lint typecheck
+	$(BIN)/pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check scratch_stage tests bench
+	$(BIN)/ruff format --check scratch_stage tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/prolog_hot_path.py
+	$(BIN)/python bench/staging_throughput.py
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

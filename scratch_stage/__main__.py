@@ -1,0 +1,23 @@
+"""Entry point. Prolog and epilog skip click entirely: they run on every job start."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run scratch-stage with ARGV (default sys.argv[1:]) and exit with its code."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 1 and args[0] in ("prolog", "epilog"):
+        import os
+
+        from scratch_stage.hookmain import run_hook
+
+        sys.exit(run_hook(args[0], None, os.environ))
+    from scratch_stage.cli import run_cli
+
+    sys.exit(run_cli(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Administrator operations: status, info, pin, unpin, purge (the CLI only formats them)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from scratch_stage.catalog import Catalog, Image, lookup_image, scan_catalog
+from scratch_stage.errors import DatasetError, ScratchStageError
+from scratch_stage.mountinfo import Layer, read_all_stacks
+from scratch_stage.mounts import stack, unmount_all, unmount_file
+from scratch_stage.node import Node
+from scratch_stage.recovery import reap_dead_copies
+from scratch_stage.requests import is_valid_name, shorten
+from scratch_stage.state import NodeState, Pin
+
+log = logging.getLogger(__name__)
+
+
+def dataset_state(state: NodeState, image: Image | None, layers: list[Layer]) -> str:
+    """'staging', 'cached', 'mounted' or 'cold' (DESIGN section 5)."""
+    name = image.name if image else None
+    if name in state.staging:
+        return "staging"
+    cached = state.cached.get(name) if name else None
+    if cached is not None and image is not None and cached.fingerprint == image.fingerprint:
+        return "cached"
+    return "mounted" if layers else "cold"
+
+
+def status(node: Node) -> dict[str, Any]:
+    """Every dataset known to this node and the cache budget, as plain values."""
+    catalog = scan_catalog(node.config.datadir)
+    state = node.store.read()
+    stacks = read_all_stacks(node.root, str(node.mountdir))
+    names = sorted(set(catalog.images) | set(state.cached) | set(state.pins) | set(stacks))
+    now = node.clock()
+    return {
+        "node": node.config.node,
+        "capacity_bytes": node.capacity_bytes(),
+        "used_bytes": state.reserved_bytes(),
+        "datasets": [_row(n, catalog, state, stacks.get(n, []), now) for n in names],
+        "problems": dict(catalog.problems),
+    }
+
+
+def _row(
+    name: str, catalog: Catalog, state: NodeState, layers: list[Layer], now: float
+) -> dict[str, Any]:
+    image = catalog.images.get(name)
+    cached = state.cached.get(name)
+    pin = state.pins.get(name)
+    return {
+        "name": name,
+        "size": image.size if image else (cached.size if cached else 0),
+        "state": dataset_state(state, image, layers),
+        "cached": cached is not None
+        and image is not None
+        and cached.fingerprint == image.fingerprint,
+        "holders": state.holders(name),
+        "pinned": pin is not None and pin.active(now),
+        "pin_expires": pin.expires if pin else None,
+        "layers": len(layers),
+        "in_datadir": image is not None,
+    }
+
+
+def info(node: Node, name: str, events: int = 10) -> dict[str, Any]:
+    """One dataset in detail: paths, mount stack, holders, pin, fingerprint, last events."""
+    _check_name(name)
+    try:
+        image: Image | None = lookup_image(node.config.datadir, name)
+    except DatasetError:
+        image = None
+    state = node.store.read()
+    layers = stack(node, name)
+    if image is None and name not in state.cached and not layers:
+        lookup_image(node.config.datadir, name)  # raises the one-line "unknown dataset" error
+    cached = state.cached.get(name)
+    pin = state.pins.get(name)
+    return {
+        "name": name,
+        "state": dataset_state(state, image, layers),
+        "image": str(image.path) if image else None,
+        "fingerprint": image.fingerprint.to_json() if image else None,
+        "cached_path": str(node.cached_path(name)) if cached else None,
+        "cached_fingerprint": cached.fingerprint.to_json() if cached else None,
+        "mountpoint": str(node.mountpoint(name)),
+        "mount_stack": [{"source": la.source, "backing": la.backing} for la in layers],
+        "holders": state.holders(name),
+        "pinned": pin is not None and pin.active(node.clock()),
+        "pin_expires": pin.expires if pin else None,
+        "staging_pid": state.staging[name].pid if name in state.staging else None,
+        "events": node.events.tail(events, name),
+    }
+
+
+def _check_name(name: str) -> None:
+    if not is_valid_name(name):
+        raise DatasetError(f"not a dataset name: {shorten(name)}")
+
+
+def pin(node: Node, name: str, ttl: float | None) -> str:
+    """Pin NAME (until now+TTL if given); the image must exist."""
+    _check_name(name)
+    lookup_image(node.config.datadir, name)
+    now = node.clock()
+    expires = now + ttl if ttl is not None else None
+    with node.store.transaction() as state:
+        state.pins[name] = Pin(now, expires)
+    node.events.emit("pin", name, expires=expires)
+    return f"{name}: pinned" + (f" for {ttl:g}s" if ttl is not None else "")
+
+
+def unpin(node: Node, name: str) -> str:
+    """Remove NAME's pin; an error if it had none."""
+    _check_name(name)
+    with node.store.transaction() as state:
+        if state.pins.pop(name, None) is None:
+            raise DatasetError(f"{name} is not pinned")
+    node.events.emit("unpin", name)
+    return f"{name}: unpinned"
+
+
+def purge(node: Node, names: Iterable[str], *, purge_all: bool, force: bool) -> list[str]:
+    """Drop cached copies (of all if PURGE_ALL); held ones only with FORCE. What was done."""
+    names = list(names)
+    for name in names:
+        _check_name(name)
+    done: list[str] = []
+    with node.store.transaction() as state:
+        reap_dead_copies(node, state)
+        targets = sorted(state.cached) if purge_all else names
+        for name in targets:
+            done.append(_purge_one(node, state, name, force=force, explicit=not purge_all))
+    return done
+
+
+def _purge_one(node: Node, state: NodeState, name: str, *, force: bool, explicit: bool) -> str:
+    if name not in state.cached:
+        if explicit:
+            raise DatasetError(f"{name} has no cached copy on this node")
+        return f"{name}: not cached"
+    holders = state.holders(name)
+    if holders and not force and not explicit:
+        return f"{name}: kept, held by job(s) {', '.join(holders)}"
+    if holders and not force:
+        raise DatasetError(f"{name} is held by job(s) {', '.join(holders)}; use --force")
+    path = node.cached_path(name)
+    if holders:
+        # Forced: detach the whole stack (open files keep working), then serve the slow image.
+        unmount_all(node, name)
+    else:
+        unmount_file(node, name, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    del state.cached[name]
+    node.events.emit("evict", name, reason="purge", forced=bool(holders))
+    if holders:
+        _remount_slow(node, state, name)
+    return f"{name}: purged" + (f" (held by {', '.join(holders)})" if holders else "")
+
+
+def _remount_slow(node: Node, state: NodeState, name: str) -> None:
+    from scratch_stage.mounts import ensure_mounted
+
+    try:
+        ensure_mounted(node, state, lookup_image(node.config.datadir, name))
+    except ScratchStageError as e:
+        log.error(
+            "%s: holders keep their open files, but the slow image cannot be mounted: %s", name, e
+        )

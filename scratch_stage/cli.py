@@ -1,0 +1,317 @@
+"""The click front end: parse options, call one library function, format its result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+
+import click
+
+from scratch_stage import __version__
+from scratch_stage.errors import EXIT_BUG, EXIT_ERROR, ScratchStageError
+from scratch_stage.units import format_size, parse_duration
+
+log = logging.getLogger("scratch_stage")
+
+
+class Context:
+    """What every command needs: the config path and a lazily built Node."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._node: Any = None
+
+    @property
+    def node(self) -> Any:
+        if self._node is None:
+            from scratch_stage.config import load_config
+            from scratch_stage.node import Node
+
+            self._node = Node(load_config(self.config_path))
+        return self._node
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", help="Configuration file.")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.version_option(__version__, prog_name="scratch-stage")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Node-local SSD as a read-only squashfs dataset cache, driven by Slurm."""
+    from scratch_stage.logs import setup_cli_logging
+
+    setup_cli_logging(verbose)
+    ctx.obj = Context(config_path)
+
+
+@cli.command()
+@pass_ctx
+def prolog(ctx: Context) -> int:
+    """Slurm prolog: mount the job's datasets (reads the job from the environment)."""
+    from scratch_stage.hookmain import run_hook
+
+    return run_hook("prolog", ctx.config_path, os.environ)
+
+
+@cli.command()
+@pass_ctx
+def epilog(ctx: Context) -> int:
+    """Slurm epilog: release the job's datasets (idempotent)."""
+    from scratch_stage.hookmain import run_hook
+
+    return run_hook("epilog", ctx.config_path, os.environ)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> int:
+    """Every dataset on this node and the cache budget."""
+    from scratch_stage.admin import status as get_status
+
+    data = get_status(ctx.node)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(format_status(data))
+    return 0
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """The status table for a terminal."""
+    header = ("NAME", "SIZE", "STATE", "CACHED", "HOLDERS", "PINNED")
+    rows = [header] + [
+        (
+            d["name"],
+            format_size(d["size"]),
+            d["state"],
+            "yes" if d["cached"] else "no",
+            ",".join(d["holders"]) or "-",
+            "yes" if d["pinned"] else "no",
+        )
+        for d in data["datasets"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    used, capacity = data["used_bytes"], data["capacity_bytes"]
+    share = 100 * used / capacity if capacity else 0.0
+    lines.append(f"cache: {format_size(used)} of {format_size(capacity)} used ({share:.1f}%)")
+    lines += [f"problem: {f}: {why}" for f, why in sorted(data["problems"].items())]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def info(ctx: Context, name: str, as_json: bool) -> int:
+    """One dataset in detail: paths, mount stack, holders, pin, recent events."""
+    from scratch_stage.admin import info as get_info
+
+    data = get_info(ctx.node, name)
+    if as_json:
+        _emit_json(data)
+        return 0
+    for key, value in data.items():
+        if key == "events":
+            click.echo("events:")
+            for event in value:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.pop("ts", 0)))
+                click.echo(f"  {when} {json.dumps(event, sort_keys=True)}")
+        elif key == "mount_stack":
+            click.echo("mount_stack (bottom first):" + ("" if value else " none"))
+            for layer in value:
+                click.echo(f"  {layer['source']} <- {layer['backing']}")
+        else:
+            click.echo(f"{key}: {value}")
+    return 0
+
+
+def _ttl(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--ttl", metavar="DURATION", help="Expire the pin after this long (30m, 2h, 2d).")
+@pass_ctx
+def pin(ctx: Context, name: str, ttl: str | None) -> int:
+    """Keep a dataset cached (optionally until a time)."""
+    from scratch_stage.admin import pin as do_pin
+
+    click.echo(do_pin(ctx.node, name, _ttl(ttl)))
+    return 0
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+def unpin(ctx: Context, name: str) -> int:
+    """Remove a dataset's pin."""
+    from scratch_stage.admin import unpin as do_unpin
+
+    click.echo(do_unpin(ctx.node, name))
+    return 0
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def prestage(ctx: Context, names: Sequence[str]) -> int:
+    """Copy datasets into the cache now and mount them over; blocks until done."""
+    from scratch_stage.stager import stage
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for name in names:
+        click.echo(stage(ctx.node, name, progress=_progress_reporter(name)))
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # SystemExit unwinds through the stager's cleanup: the partial copy is removed.
+    raise SystemExit(128 + signum)
+
+
+def _progress_reporter(name: str) -> Callable[[int, int], None]:
+    """A progress bar on a terminal, a log line every 10% otherwise."""
+    last = {"done": 0, "tenth": -1}
+    bar: Any = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if sys.stderr.isatty():
+            if bar is None:
+                bar = click.progressbar(length=total, label=name, file=sys.stderr)
+                bar.__enter__()
+            bar.update(done - last["done"])
+            last["done"] = done
+            if done >= total:
+                bar.__exit__(None, None, None)
+            return
+        tenth = 10 * done // max(total, 1)
+        if tenth != last["tenth"]:
+            last["tenth"] = tenth
+            click.echo(f"{name}: {10 * tenth}% of {format_size(total)}", err=True)
+
+    return report
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "purge_all", is_flag=True, help="Every cached copy no job holds.")
+@click.option("--force", is_flag=True, help="Also drop copies held by running jobs.")
+@pass_ctx
+def purge(ctx: Context, names: Sequence[str], purge_all: bool, force: bool) -> int:
+    """Drop cached copies that no job holds."""
+    from scratch_stage.admin import purge as do_purge
+
+    if bool(names) == purge_all:
+        raise click.UsageError("name datasets to purge, or give --all")
+    for line in do_purge(ctx.node, names, purge_all=purge_all, force=force):
+        click.echo(line)
+    return 0
+
+
+@cli.group()
+def config() -> None:
+    """Validate or print the effective configuration."""
+
+
+@config.command("check")
+@pass_ctx
+def config_check(ctx: Context) -> int:
+    """Validate the configuration and the directories it names."""
+    from scratch_stage.admin_config import check_config
+
+    problems = check_config(ctx.node.config)
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(
+        f"{ctx.node.config.source}: " + ("ok" if not problems else f"{len(problems)} problem(s)")
+    )
+    return EXIT_ERROR if problems else 0
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def config_show(ctx: Context, as_json: bool) -> int:
+    """Print the effective configuration (file, environment and defaults merged)."""
+    import yaml
+
+    from scratch_stage.config import config_as_dict
+
+    data = config_as_dict(ctx.node.config)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(f"# effective configuration from {ctx.node.config.source}")
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    return 0
+
+
+@cli.group()
+def image() -> None:
+    """Build dataset images."""
+
+
+@image.command("build")
+@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option(
+    "--compression", type=click.Choice(["fast", "balanced", "small", "lzo"]), default="balanced",
+    show_default=True, help="fast=lz4, balanced=zstd, small=xz.",
+)  # fmt: skip
+@click.option("--replace", is_flag=True, help="Replace an existing image of that name.")
+@pass_ctx
+def image_build(ctx: Context, src: Path, name: str, compression: str, replace: bool) -> int:
+    """Build datadir/NAME.sqfs from directory SRC, atomically."""
+    from scratch_stage.imagebuild import build_image
+
+    path = build_image(ctx.node.config, src, name, compression=compression, replace=replace)
+    click.echo(f"{name}: built {path} ({format_size(path.stat().st_size)})")
+    return 0
+
+
+def run_cli(args: Sequence[str]) -> int:
+    """Run the click group on ARGS; map every failure to its exit code (DESIGN section 5)."""
+    try:
+        result = cli.main(list(args), prog_name="scratch-stage", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.Abort:
+        return EXIT_ERROR
+    except ScratchStageError as e:
+        click.echo(f"scratch-stage: error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("scratch-stage: interrupted", err=True)
+        return EXIT_ERROR
+    except Exception as e:
+        log.debug("internal error", exc_info=True)
+        click.echo(f"scratch-stage: internal error (a bug, please report): {e!r}", err=True)
+        return EXIT_BUG
+    return result if isinstance(result, int) else 0

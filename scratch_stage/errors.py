@@ -1,0 +1,44 @@
+"""One exception hierarchy; each class carries its exit code (DESIGN section 5)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_CONFIG = 4
+EXIT_LOCK_TIMEOUT = 5
+
+
+class ScratchStageError(Exception):
+    """A failure with a one-line message for an administrator."""
+
+    exit_code = EXIT_ERROR
+
+
+class ConfigError(ScratchStageError):
+    """The configuration cannot be loaded or is invalid."""
+
+    exit_code = EXIT_CONFIG
+
+
+class LockTimeout(ScratchStageError):
+    """The node state lock could not be taken in time."""
+
+    exit_code = EXIT_LOCK_TIMEOUT
+
+
+class NodeFault(ScratchStageError):
+    """The node itself is broken (statedir, mounts, datadir): a prolog must fail."""
+
+
+class DatasetError(ScratchStageError):
+    """One dataset cannot be served (unknown, malformed, forbidden, bad image)."""
+
+
+class CommandError(NodeFault):
+    """An external command (mount, umount, mksquashfs) failed."""
+
+
+class StagingError(ScratchStageError):
+    """A copy into the cache failed or was interrupted; nothing partial is kept."""

@@ -1,0 +1,67 @@
+"""The event log: statedir/events.log, one JSON object per line, appended atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.log"
+KINDS = frozenset(
+    ["request", "mount", "unmount", "stage-start", "stage-progress", "stage-done",
+     "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered"]
+)  # fmt: skip
+# Bounds one line so that O_APPEND writes stay single and a hostile comment cannot bloat it.
+_MAX_FIELD = 200
+
+
+class EventLog:
+    """Appends events to STATEDIR/events.log; a failure to log never fails the caller."""
+
+    def __init__(self, statedir: Path) -> None:
+        self.path = statedir / EVENTS_FILE
+
+    def emit(self, kind: str, dataset: str | None = None, **fields: Any) -> None:
+        """Append one event of KIND (one of KINDS) with FIELDS."""
+        assert kind in KINDS, kind
+        record: dict[str, Any] = {"ts": round(time.time(), 3), "event": kind}
+        if dataset is not None:
+            record["dataset"] = dataset
+        for key, value in fields.items():
+            if isinstance(value, str) and len(value) > _MAX_FIELD:
+                value = value[:_MAX_FIELD] + "..."
+            record[key] = value
+        line = (json.dumps(record, ensure_ascii=True) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("cannot append to event log %s: %s", self.path, e.strerror)
+
+    def tail(self, limit: int, dataset: str | None = None) -> list[dict[str, Any]]:
+        """The last LIMIT events, only those of DATASET if given."""
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                return list(deque(_matching(f, dataset), maxlen=limit))
+        except OSError:
+            return []
+
+
+def _matching(lines: Iterable[str], dataset: str | None) -> Iterable[dict[str, Any]]:
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (dataset is None or record.get("dataset") == dataset):
+            yield record

@@ -1,0 +1,68 @@
+"""The node: configuration plus the paths, state store, event log and clock built from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from scratch_stage.config import Config
+from scratch_stage.events import EventLog
+from scratch_stage.state import StateStore
+
+log = logging.getLogger(__name__)
+
+CACHE_SUFFIX = ".sqfs"
+PARTIAL_DIR = ".partial"
+
+
+@dataclass
+class Node:
+    """One node's scratch-stage context; ROOT is where /proc and /sys are read (tests)."""
+
+    config: Config
+    root: Path = Path("/")
+    clock: Callable[[], float] = field(default=time.time)
+
+    @cached_property
+    def mountdir(self) -> Path:
+        # mountinfo shows resolved paths: compare against the resolved mountdir.
+        return Path(os.path.realpath(self.config.mountdir))
+
+    @cached_property
+    def store(self) -> StateStore:
+        from scratch_stage.recovery import rebuild_state
+
+        return StateStore(
+            self.config.statedir,
+            lock_timeout=self.config.lock_timeout,
+            rebuild=lambda: rebuild_state(self),
+        )
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.config.statedir)
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.config.cachedir / PARTIAL_DIR
+
+    def mountpoint(self, name: str) -> Path:
+        """Where jobs read dataset NAME."""
+        return self.mountdir / name
+
+    def cached_path(self, name: str) -> Path:
+        """Where the cached copy of NAME lives."""
+        return self.config.cachedir / (name + CACHE_SUFFIX)
+
+    def capacity_bytes(self) -> int:
+        """The cache budget in bytes (a percentage is of the cachedir filesystem)."""
+        kind, amount = self.config.capacity
+        if kind == "bytes":
+            return int(amount)
+        st = os.statvfs(self.config.cachedir)
+        return int(st.f_blocks * st.f_frsize * amount / 100)

@@ -1,0 +1,227 @@
+"""Staging: copy an image into the cache, verify it, then mount it over the slow one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+from scratch_stage.catalog import Image, check_squashfs_header, lookup_image, read_header
+from scratch_stage.errors import StagingError
+from scratch_stage.node import Node
+from scratch_stage.recovery import partial_name, process_start, reap_dead_copies
+from scratch_stage.state import CachedCopy, Copy, NodeState
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+# Dirty pages are written back and dropped every window, so a copy never floods the cache.
+_WRITEBACK_WINDOW = 64 * 1024 * 1024
+_POLL_SECONDS = 0.2
+
+
+def stage(
+    node: Node, name: str, *, deadline: float | None = None, progress: Progress | None = None
+) -> str:
+    """Make NAME cached and mounted over; what was done. StagingError if it cannot be."""
+    image = lookup_image(node.config.datadir, name)
+    while True:
+        status = _reserve(node, image)
+        if status == "reserved":
+            break
+        if status == "cached":
+            return _commit(node, image, copied=False)
+        _wait_for_other_copy(node, name, deadline)
+    partial = node.partial_dir / partial_name(name, os.getpid())
+    started = time.monotonic()
+    try:
+        copy_image(
+            image, partial, node.cached_path(name), node=node, deadline=deadline, progress=progress
+        )
+    except BaseException as e:
+        _abandon(node, name, partial, e)
+        raise
+    elapsed = time.monotonic() - started
+    node.events.emit("stage-done", name, bytes=image.size, seconds=round(elapsed, 3))
+    return _commit(node, image, copied=True)
+
+
+def _reserve(node: Node, image: Image) -> str:
+    """'cached', 'busy' (another copy in flight) or 'reserved' (ours to copy), under the lock."""
+    with node.store.transaction() as state:
+        reap_dead_copies(node, state)
+        cached = state.cached.get(image.name)
+        if cached is not None and cached.fingerprint == image.fingerprint:
+            return "cached"
+        if image.name in state.staging:
+            return "busy"
+        _check_fits(node, state, image)
+        pid = os.getpid()
+        start = process_start(node.root, pid) or "?"
+        state.staging[image.name] = Copy(pid, start, image.fingerprint, node.clock())
+    node.events.emit("stage-start", image.name, bytes=image.size, pid=os.getpid())
+    return "reserved"
+
+
+def _check_fits(node: Node, state: NodeState, image: Image) -> None:
+    capacity = node.capacity_bytes()
+    stale = state.cached.get(image.name)
+    used = state.reserved_bytes() - (stale.size if stale else 0)
+    if used + image.size > capacity:
+        raise StagingError(
+            f"{image.name} ({image.size} bytes) does not fit: {used} of {capacity} bytes "
+            "used or in flight; purge something first"
+        )
+
+
+def _wait_for_other_copy(node: Node, name: str, deadline: float | None) -> None:
+    """Sleep until no copy of NAME is in flight; StagingError at DEADLINE."""
+    log.info("waiting for the copy of %s already in flight", name)
+    while name in node.store.read().staging:
+        if deadline is not None and node.clock() >= deadline:
+            raise StagingError(f"{name}: copy by another process still in flight at the deadline")
+        time.sleep(_POLL_SECONDS)
+
+
+def _abandon(node: Node, name: str, partial: Path, error: BaseException) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(partial)
+    with node.store.transaction() as state:
+        copy = state.staging.get(name)
+        if copy is not None and copy.pid == os.getpid():
+            del state.staging[name]
+    node.events.emit("stage-failed", name, reason=str(error) or type(error).__name__)
+
+
+def _commit(node: Node, image: Image, *, copied: bool) -> str:
+    """Record the verified copy and mount it over; what was done."""
+    from scratch_stage.mounts import ensure_mounted
+
+    with node.store.transaction() as state:
+        if copied:
+            state.staging.pop(image.name, None)
+            state.cached[image.name] = CachedCopy(image.fingerprint, node.clock())
+        action = ensure_mounted(node, state, image)
+    if action:
+        node.events.emit("mount", image.name, detail=action)
+    return f"{image.name}: {'copied, ' if copied else ''}{action or 'already cached and mounted'}"
+
+
+def copy_image(
+    image: Image, partial: Path, final: Path, *, node: Node,
+    deadline: float | None = None, progress: Progress | None = None,
+) -> None:  # fmt: skip
+    """Copy IMAGE to PARTIAL, verify it, move it to FINAL; PARTIAL removed on any failure."""
+    os.makedirs(partial.parent, mode=0o700, exist_ok=True)
+    try:
+        digest = _copy_bytes(image, partial, node, deadline, progress)
+        _verify(image, partial, digest)
+        os.utime(partial, ns=(image.fingerprint.mtime_ns, image.fingerprint.mtime_ns))
+        os.replace(partial, final)
+        _fsync_dir(final.parent)
+    except OSError as e:
+        raise StagingError(f"copy of {image.name} failed: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+
+
+def _copy_bytes(
+    image: Image, partial: Path, node: Node, deadline: float | None, progress: Progress | None
+) -> str | None:
+    """Copy chunk by chunk, dropping pages as it goes; the sha256 of what was read if asked."""
+    chunk = node.config.chunk_size
+    hasher = hashlib.sha256() if node.config.verify == "sha256" else None
+    with _open_pair(image.path, partial) as (src, dst):
+        os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        done = flushed = 0
+        while done < image.size:
+            if deadline is not None and node.clock() >= deadline:
+                raise StagingError(f"{image.name}: staging budget ran out")
+            n = _copy_chunk(src, dst, done, min(chunk, image.size - done), hasher)
+            if n == 0:
+                raise StagingError(f"{image.name}: image shrank while copying")
+            done += n
+            if done - flushed >= _WRITEBACK_WINDOW or done == image.size:
+                _drop_pages(src, dst, flushed, done)
+                flushed = done
+            if progress:
+                progress(done, image.size)
+    return hasher.hexdigest() if hasher else None
+
+
+def _copy_chunk(src: int, dst: int, offset: int, length: int, hasher: object | None) -> int:
+    if hasher is None:
+        # In-kernel copy: no user-space buffer on the hot path.
+        return os.sendfile(dst, src, offset, length)
+    data = os.pread(src, length, offset)
+    hasher.update(data)  # type: ignore[attr-defined]
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view) :]
+    return len(data)
+
+
+def _drop_pages(src: int, dst: int, start: int, end: int) -> None:
+    """Write back and evict the copied range of both files from the page cache."""
+    os.fdatasync(dst)
+    os.posix_fadvise(dst, start, end - start, os.POSIX_FADV_DONTNEED)
+    os.posix_fadvise(src, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
+@contextlib.contextmanager
+def _open_pair(src_path: Path, dst_path: Path) -> Iterator[tuple[int, int]]:
+    src = os.open(src_path, os.O_RDONLY)
+    try:
+        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            yield src, dst
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _verify(image: Image, partial: Path, digest: str | None) -> None:
+    """The copy has the image's size and header (and hash), and the image did not change."""
+    st = os.stat(image.path)
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != (
+        image.size, image.fingerprint.mtime_ns, image.fingerprint.inode,
+    ):  # fmt: skip
+        raise StagingError(f"{image.name}: image changed while copying; copy discarded")
+    size = os.stat(partial).st_size
+    if size != image.size:
+        raise StagingError(f"{image.name}: copy has {size} bytes, image {image.size}")
+    problem = check_squashfs_header(read_header(partial), size)
+    if problem:
+        raise StagingError(f"{image.name}: copy is bad: {problem}")
+    if digest is not None and _sha256_uncached(partial) != digest:
+        raise StagingError(f"{image.name}: copy's sha256 differs from the image's")
+
+
+def _sha256_uncached(path: Path) -> str:
+    """sha256 of PATH as stored on disk (its pages are dropped first)."""
+    hasher = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        while data := os.read(fd, 1 << 20):
+            hasher.update(data)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return hasher.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

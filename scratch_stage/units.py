@@ -1,0 +1,77 @@
+"""Pure parsers and formatters for sizes, capacities and durations."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "PB": 1000**5,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+    "PIB": 1024**5,
+}
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from '500GB', '2TiB', '4096' or an int; ValueError on anything else."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"negative size: {text}")
+        return text
+    match = _SIZE_RE.fullmatch(str(text))
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_capacity(text: str | int) -> tuple[str, float]:
+    """('percent', 80.0) for '80%', else ('bytes', n); ValueError on anything else."""
+    if isinstance(text, str) and text.strip().endswith("%"):
+        try:
+            percent = float(text.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"not a percentage: {text!r}") from None
+        if not 0 < percent <= 100:
+            raise ValueError(f"percentage out of range (0, 100]: {text!r}")
+        return ("percent", percent)
+    return ("bytes", float(parse_size(text)))
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from '45', '30m', '2h', '2d', '1w'; ValueError on anything else."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = _DURATION_RE.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a duration: {text!r} (use s, m, h, d, w)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"negative duration: {text!r}")
+    return seconds
+
+
+def format_size(n: float) -> str:
+    """Human-readable binary size: '1.5 GiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
