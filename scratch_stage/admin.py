@@ -13,6 +13,7 @@ from scratch_stage.errors import DatasetError, ScratchStageError
 from scratch_stage.mountinfo import Layer, read_all_stacks
 from scratch_stage.mounts import stack, unmount_all, unmount_file
 from scratch_stage.node import Node
+from scratch_stage.rebalance import read_last_report
 from scratch_stage.recovery import reap_dead_copies
 from scratch_stage.requests import is_valid_name, shorten
 from scratch_stage.state import NodeState, Pin
@@ -38,11 +39,18 @@ def status(node: Node) -> dict[str, Any]:
     stacks = read_all_stacks(node.root, str(node.mountdir))
     names = sorted(set(catalog.images) | set(state.cached) | set(state.pins) | set(stacks))
     now = node.clock()
+    figures = read_last_report(node).get("decisions", {})
+    rows = [_row(n, catalog, state, stacks.get(n, []), now) for n in names]
+    for row in rows:
+        last = figures.get(row["name"], {})
+        row.update(
+            heat=last.get("heat", 0.0), demand=last.get("demand", 0.0), value=last.get("value")
+        )
     return {
         "node": node.config.node,
         "capacity_bytes": node.capacity_bytes(),
         "used_bytes": state.reserved_bytes(),
-        "datasets": [_row(n, catalog, state, stacks.get(n, []), now) for n in names],
+        "datasets": rows,
         "problems": dict(catalog.problems),
     }
 

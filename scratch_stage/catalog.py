@@ -95,6 +95,9 @@ def _image_from(name: str, path: Path, st: os.stat_result) -> Image:
 
 def lookup_image(datadir: Path, name: str) -> Image:
     """The image for NAME, checked; DatasetError if unknown or bad, NodeFault if datadir is gone."""
+    if not is_valid_name(name):
+        # The one gate for every caller: '../x' must never reach a path under datadir.
+        raise DatasetError(f"not a dataset name: {shorten(name)}")
     for suffix in SUFFIXES:
         path = datadir / (name + suffix)
         try:

@@ -92,20 +92,25 @@ def status(ctx: Context, as_json: bool) -> int:
     return 0
 
 
+def _status_row(d: dict[str, Any]) -> tuple[str, ...]:
+    value = d.get("value")
+    return (
+        d["name"],
+        format_size(d["size"]),
+        d["state"],
+        "yes" if d["cached"] else "no",
+        ",".join(d["holders"]) or "-",
+        "yes" if d["pinned"] else "no",
+        format_size(d.get("heat", 0.0)) + "/s",
+        f"{d.get('demand', 0.0):.2f}",
+        "-" if value is None else format_size(value),
+    )
+
+
 def format_status(data: dict[str, Any]) -> str:
     """The status table for a terminal."""
-    header = ("NAME", "SIZE", "STATE", "CACHED", "HOLDERS", "PINNED")
-    rows = [header] + [
-        (
-            d["name"],
-            format_size(d["size"]),
-            d["state"],
-            "yes" if d["cached"] else "no",
-            ",".join(d["holders"]) or "-",
-            "yes" if d["pinned"] else "no",
-        )
-        for d in data["datasets"]
-    ]
+    header = ("NAME", "SIZE", "STATE", "CACHED", "HOLDERS", "PINNED", "HEAT", "DEMAND", "VALUE")
+    rows = [header] + [_status_row(d) for d in data["datasets"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     used, capacity = data["used_bytes"], data["capacity_bytes"]
@@ -229,6 +234,87 @@ def purge(ctx: Context, names: Sequence[str], purge_all: bool, force: bool) -> i
         raise click.UsageError("name datasets to purge, or give --all")
     for line in do_purge(ctx.node, names, purge_all=purge_all, force=force):
         click.echo(line)
+    return 0
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Plan only: change nothing.")
+@click.option("--explain", is_flag=True, help="Say why for every dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def rebalance(ctx: Context, dry_run: bool, explain: bool, as_json: bool) -> int:
+    """One pass: measure heat, read demand, plan, evict, stage."""
+    from scratch_stage.rebalance import rebalance as run_pass
+
+    if not dry_run:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    progress = None if as_json or dry_run else _progress_reporter
+    report = run_pass(ctx.node, dry_run=dry_run, progress=progress)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(format_report(report.to_json(), explain=explain, dry_run=dry_run))
+    return EXIT_ERROR if report.failed else 0
+
+
+def format_report(data: dict[str, Any], *, explain: bool, dry_run: bool) -> str:
+    """A rebalance report for a terminal."""
+    if data["skipped"]:
+        return f"rebalance skipped: {data['skipped']}"
+    verb = "would" if dry_run else "will"
+    lines = [
+        f"plan ({data['method']}): {verb} evict {', '.join(data['evict']) or 'nothing'}; "
+        f"{verb} stage {', '.join(data['stage']) or 'nothing'}; "
+        f"{format_size(data['used_after_bytes'])} of {format_size(data['capacity_bytes'])} after"
+    ]
+    lines += [f"pin does not fit: {n}" for n in data["unfit_pins"]]
+    if explain:
+        for name, d in data["decisions"].items():
+            lines.append(f"  {name}: {d['action']}: {d['reason']}")
+    lines += [f"done: {line}" for line in data["done"]]
+    lines += [f"failed: {line}" for line in data["failed"]]
+    return "\n".join(lines)
+
+
+@cli.command()
+@pass_ctx
+def daemon(ctx: Context) -> int:
+    """Rebalance every `interval` seconds until SIGTERM (systemd Type=notify aware)."""
+    from scratch_stage.daemon import run_daemon
+    from scratch_stage.rebalance import rebalance as run_pass
+
+    return run_daemon(ctx.node, run_pass)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--publish", metavar="PATH", help="Write the cluster's demand snapshot here.")
+@pass_ctx
+def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
+    """Queued-job demand per dataset (this node's weight, and cluster-wide counts)."""
+    from scratch_stage.demand import node_demand, summarize
+    from scratch_stage.rebalance import read_snapshot
+
+    node = ctx.node
+    now = node.clock()
+    snapshot = read_snapshot(node, now)
+    if snapshot is None:
+        raise ScratchStageError("no demand available (see the warning above)")
+    if publish:
+        from scratch_stage.state import write_atomically
+
+        write_atomically(Path(publish), json.dumps(snapshot.to_json()).encode())
+    here = node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
+    counts = summarize(snapshot)
+    if as_json:
+        _emit_json({"node": node.config.node, "node_demand": here, "pending_jobs": counts})
+        return 0
+    for name in sorted(set(counts) | set(here)):
+        click.echo(
+            f"{name}: {counts.get(name, 0)} pending job(s), weight here {here.get(name, 0):.3f}"
+        )
+    if publish:
+        click.echo(f"published {len(snapshot.jobs)} pending job(s) to {publish}")
     return 0
 
 

@@ -20,6 +20,18 @@ ENV_PREFIX = "SCRATCH_STAGE_"
 VERIFY_MODES = ("size", "sha256")
 
 
+DEMAND_SOURCES = ("squeue", "file", "none")
+
+
+@dataclass(frozen=True)
+class DemandConfig:
+    """Where queued-job demand comes from: squeue, a published file, or nowhere."""
+
+    source: str = "squeue"
+    path: Path | None = None
+    max_age: float = 300.0
+
+
 @dataclass(frozen=True)
 class Config:
     """The effective, validated configuration (DESIGN section 4)."""
@@ -41,6 +53,14 @@ class Config:
     verify: str = "size"
     chunk_size: int = 8 * 1024 * 1024
     access: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    demand: DemandConfig = field(default_factory=DemandConfig)
+    squeue_command: tuple[str, ...] = ("/usr/bin/squeue",)
+    sinfo_command: tuple[str, ...] = ("/usr/bin/sinfo",)
+    horizon: float = 3600.0
+    hysteresis: float = 0.1
+    value_function: str = ""
+    idle_unmount: float = 3600.0
+    bandwidth: int = 0
     source: str = "<defaults>"
 
 
@@ -88,19 +108,61 @@ def _chunk(value: Any) -> int:
     return size
 
 
+class _SubkeyErrors(ValueError):
+    """Problems under several sub-keys of one key, each as 'subkey: problem'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def _access(value: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(value, dict):
         raise ValueError("must be a mapping of dataset name to a list of Unix groups")
     result: dict[str, tuple[str, ...]] = {}
+    problems: list[str] = []
     for name, groups in value.items():
         if not isinstance(name, str) or not is_valid_name(name):
-            raise ValueError(f"{name!r} is not a dataset name")
+            problems.append(f"{name}: {name!r} is not a dataset name")
+            continue
         if isinstance(groups, str):
             groups = [groups]
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
-            raise ValueError(f"{name}: must be a list of Unix group names")
+            problems.append(f"{name}: must be a list of Unix group names")
+            continue
         result[name] = tuple(groups)
+    if problems:
+        raise _SubkeyErrors(problems)
     return result
+
+
+def _demand(value: Any) -> DemandConfig:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with source (squeue|file|none), path, max_age")
+    unknown = sorted(set(value) - {"source", "path", "max_age"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    source = value.get("source", "squeue")
+    if source not in DEMAND_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {source!r}")
+    path = _path(value["path"]) if value.get("path") is not None else None
+    if source == "file" and path is None:
+        raise ValueError("source file needs a path")
+    max_age = _positive(parse_duration)(value.get("max_age", 300))
+    return DemandConfig(source, path, max_age)
+
+
+def _callable_name(value: Any) -> str:
+    if not isinstance(value, str) or (value and value.count(":") != 1):
+        raise ValueError(f"must be 'module:function', got {value!r}")
+    return value
+
+
+def _fraction(value: Any) -> float:
+    number = float(value)
+    if not 0 <= number <= 10:
+        raise ValueError(f"must be between 0 and 10, got {value!r}")
+    return number
 
 
 def _nonnegative_duration(value: Any) -> float:
@@ -125,10 +187,18 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "verify": _verify,
     "chunk_size": _chunk,
     "access": _access,
+    "demand": _demand,
+    "squeue_command": _command,
+    "sinfo_command": _command,
+    "horizon": _positive(parse_duration),
+    "hysteresis": _fraction,
+    "value_function": _callable_name,
+    "idle_unmount": _nonnegative_duration,
+    "bandwidth": parse_size,
 }
 _REQUIRED = ("datadir", "cachedir")
 # Keys whose environment override is read as YAML-free text (all but mappings).
-_ENV_KEYS = tuple(k for k in _PARSERS if k != "access")
+_ENV_KEYS = tuple(k for k in _PARSERS if k not in ("access", "demand"))
 
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
@@ -189,6 +259,8 @@ def validate_config(raw: Mapping[str, Any], source: str) -> Config:
             continue
         try:
             values[key] = parse(raw[key])
+        except _SubkeyErrors as e:
+            errors.extend(f"{key}.{problem}" for problem in e.problems)
         except (ValueError, TypeError) as e:
             errors.append(f"{key}: {e}")
     if errors:
@@ -217,6 +289,9 @@ def config_as_dict(config: Config) -> dict[str, Any]:
             value = f"{value[1]:g}%" if value[0] == "percent" else int(value[1])
         elif isinstance(value, tuple):
             value = list(value)
+        elif isinstance(value, DemandConfig):
+            path = None if value.path is None else str(value.path)
+            value = {"source": value.source, "path": path, "max_age": value.max_age}
         elif isinstance(value, Mapping):
             value = {k: list(v) for k, v in value.items()}
         out[f.name] = value

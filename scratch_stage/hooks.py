@@ -31,7 +31,7 @@ class Job:
     def from_environ(cls, environ: Mapping[str, str]) -> Job:
         """The job in ENVIRON; NodeFault if it is not a Slurm prolog/epilog environment."""
         job_id = environ.get("SLURM_JOB_ID", "")
-        if not job_id.isdigit():
+        if not (job_id.isascii() and job_id.isdigit()):  # not '²': str.isdigit is Unicode
             raise NodeFault(f"SLURM_JOB_ID is missing or not a job id: {shorten(job_id)}")
         request = parse_request(
             environ.get("SLURM_JOB_COMMENT", ""), environ.get("SPANK_DATASETS", "")
@@ -44,7 +44,7 @@ class Job:
 
 def _int(value: str | None) -> int:
     # An unknown uid is treated as "nobody": it can read only world-readable images.
-    return int(value) if value and value.isdigit() else 65534
+    return int(value) if value and value.isascii() and value.isdigit() else 65534
 
 
 def run_prolog(node: Node, job: Job) -> int:
@@ -121,6 +121,8 @@ def run_epilog(node: Node, job: Job) -> int:
         return 0
     with node.store.transaction() as state:
         hold = state.jobs.pop(job.job_id, None)
+        for name in hold.datasets if hold else ():
+            state.last_used[name] = node.clock()  # the idle-unmount timer starts now
     if hold is not None:
         for name in hold.datasets:
             node.events.emit("release", name, job=job.job_id)

@@ -39,13 +39,15 @@ def build_mksquashfs_argv(
 
 
 def run(argv: Sequence[str], *, timeout: float) -> str:
-    """Run ARGV and return its stdout; CommandError with its first stderr line if it fails."""
+    """Run ARGV and return its stdout; CommandError with its last stderr line if it fails."""
     try:
         done = subprocess.run(
             list(argv), capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError:
         raise CommandError(f"command not found: {argv[0]}") from None
+    except OSError as e:  # not executable, a directory, ...: still the command's fault
+        raise CommandError(f"cannot run {argv[0]}: {e.strerror or e}") from None
     except subprocess.TimeoutExpired:
         raise CommandError(f"{argv[0]} timed out after {timeout:g}s: {' '.join(argv)}") from None
     if done.returncode != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -21,7 +22,13 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 # Dirty pages are written back and dropped every window, so a copy never floods the cache.
-_WRITEBACK_WINDOW = 64 * 1024 * 1024
+# Each window's writeback starts as soon as it is written and is waited for one window
+# later, so reading the next window overlaps writing this one (bench/staging_throughput.py:
+# 16 MiB pipelined ~1.35x faster than 64 MiB with a blocking fdatasync per window).
+_WRITEBACK_WINDOW = 16 * 1024 * 1024
+# sync_file_range(2) flags: start writeback / wait until the range is on disk.
+_SYNC_START = 2  # SYNC_FILE_RANGE_WRITE
+_SYNC_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
 _POLL_SECONDS = 0.2
 
 
@@ -39,6 +46,7 @@ def stage(
         _wait_for_other_copy(node, name, deadline)
     partial = node.partial_dir / partial_name(name, os.getpid())
     started = time.monotonic()
+    progress = _with_progress_events(node, name, progress)
     try:
         copy_image(
             image, partial, node.cached_path(name), node=node, deadline=deadline, progress=progress
@@ -49,6 +57,21 @@ def stage(
     elapsed = time.monotonic() - started
     node.events.emit("stage-done", name, bytes=image.size, seconds=round(elapsed, 3))
     return _commit(node, image, copied=True)
+
+
+def _with_progress_events(node: Node, name: str, progress: Progress | None) -> Progress:
+    """PROGRESS, plus a stage-progress event at each quarter of the copy."""
+    quarters = [0]
+
+    def report(done: int, total: int) -> None:
+        quarter = 4 * done // max(total, 1)
+        if 0 < quarter < 4 and quarter > quarters[0]:
+            quarters[0] = quarter
+            node.events.emit("stage-progress", name, done=done, total=total)
+        if progress is not None:
+            progress(done, total)
+
+    return report
 
 
 def _reserve(node: Node, image: Image) -> str:
@@ -70,8 +93,8 @@ def _reserve(node: Node, image: Image) -> str:
 
 def _check_fits(node: Node, state: NodeState, image: Image) -> None:
     capacity = node.capacity_bytes()
-    stale = state.cached.get(image.name)
-    used = state.reserved_bytes() - (stale.size if stale else 0)
+    # A stale copy of the same dataset still occupies the disk during the copy: count it.
+    used = state.reserved_bytes()
     if used + image.size > capacity:
         raise StagingError(
             f"{image.name} ({image.size} bytes) does not fit: {used} of {capacity} bytes "
@@ -140,6 +163,8 @@ def _copy_bytes(
     with _open_pair(image.path, partial) as (src, dst):
         os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         done = flushed = 0
+        in_flight: tuple[int, int] | None = None  # the window being written back
+        started = time.monotonic()
         while done < image.size:
             if deadline is not None and node.clock() >= deadline:
                 raise StagingError(f"{image.name}: staging budget ran out")
@@ -148,11 +173,24 @@ def _copy_bytes(
                 raise StagingError(f"{image.name}: image shrank while copying")
             done += n
             if done - flushed >= _WRITEBACK_WINDOW or done == image.size:
-                _drop_pages(src, dst, flushed, done)
-                flushed = done
+                _sync_range(dst, flushed, done, _SYNC_START)
+                if in_flight:
+                    _drop_pages(src, dst, *in_flight)
+                in_flight, flushed = (flushed, done), done
             if progress:
                 progress(done, image.size)
+            _throttle(node.config.bandwidth, done, started)
+        if in_flight:
+            _drop_pages(src, dst, *in_flight)
     return hasher.hexdigest() if hasher else None
+
+
+def _throttle(bandwidth: int, done: int, started: float) -> None:
+    """Sleep so that DONE bytes since STARTED stay within BANDWIDTH bytes/s (0: no cap)."""
+    if bandwidth > 0:
+        ahead = done / bandwidth - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def _copy_chunk(src: int, dst: int, offset: int, length: int, hasher: object | None) -> int:
@@ -169,9 +207,34 @@ def _copy_chunk(src: int, dst: int, offset: int, length: int, hasher: object | N
 
 def _drop_pages(src: int, dst: int, start: int, end: int) -> None:
     """Write back and evict the copied range of both files from the page cache."""
-    os.fdatasync(dst)
+    if not _sync_range(dst, start, end, _SYNC_WAIT):
+        os.fdatasync(dst)
     os.posix_fadvise(dst, start, end - start, os.POSIX_FADV_DONTNEED)
     os.posix_fadvise(src, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
+def _sync_range(fd: int, start: int, end: int, flags: int) -> bool:
+    """sync_file_range(2) on FD; False when it is unavailable or failed (fall back to fsync).
+
+    It only schedules or waits for the writeback of data pages: durability still comes from
+    the fsync before the copy is verified and renamed.
+    """
+    call = _sync_file_range()
+    return call is not None and call(fd, start, end - start, flags) == 0
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux only; not wrapped by the os module), or None."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (ImportError, OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
 
 
 @contextlib.contextmanager
@@ -211,8 +274,14 @@ def _sha256_uncached(path: Path) -> str:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        done = dropped = 0
         while data := os.read(fd, 1 << 20):
             hasher.update(data)
+            done += len(data)
+            if done - dropped >= _WRITEBACK_WINDOW:  # the re-read must not flood the cache
+                os.posix_fadvise(fd, dropped, done - dropped, os.POSIX_FADV_DONTNEED)
+                dropped = done
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

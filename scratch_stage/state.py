@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from scratch_stage.catalog import Fingerprint
 from scratch_stage.errors import LockTimeout, NodeFault
+from scratch_stage.heat import HeatMemory
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,18 @@ class NodeState:
     pins: dict[str, Pin] = field(default_factory=dict)
     cached: dict[str, CachedCopy] = field(default_factory=dict)
     staging: dict[str, Copy] = field(default_factory=dict)
+    # Added within version 1: absent in older files, read as empty.
+    heat: HeatMemory = field(default_factory=HeatMemory)
+    last_used: dict[str, float] = field(default_factory=dict)
 
     def holders(self, name: str) -> list[str]:
         """Job ids holding NAME, sorted."""
         return sorted(job for job, hold in self.jobs.items() if name in hold.datasets)
 
     def reserved_bytes(self) -> int:
-        """Cached copies plus copies in flight: what counts against the capacity."""
+        """Cached copies plus copies in flight (a re-copy of a stale copy counts both)."""
         return sum(c.size for c in self.cached.values()) + sum(
-            c.size for n, c in self.staging.items() if n not in self.cached
+            c.size for c in self.staging.values()
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +104,8 @@ class NodeState:
                 n: [c.pid, c.pid_start, c.fingerprint.to_json(), c.started]
                 for n, c in self.staging.items()
             },
+            "heat": self.heat.to_json(),
+            "last_used": dict(self.last_used),
         }
 
     @classmethod
@@ -107,11 +113,14 @@ class NodeState:
         """The state in DATA; UnknownVersion for another version, ValueError if malformed."""
         if not isinstance(data, dict):
             raise ValueError("state is not a JSON object")
-        if data.get("version") != STATE_VERSION:
-            raise UnknownVersion(f"state.json has version {data.get('version')!r}")
+        version = data.get("version")
+        if type(version) is not int:
+            raise ValueError(f"state.json has no integer version: {version!r}")
+        if version != STATE_VERSION:
+            raise UnknownVersion(f"state.json has version {version!r}")
         try:
             return cls(
-                jobs={str(j): Hold(tuple(map(str, d)), str(u), float(s))
+                jobs={str(j): Hold(_names(d), str(u), float(s))
                       for j, (d, u, s) in data["jobs"].items()},
                 pins={n: Pin(float(s), None if e is None else float(e))
                       for n, (s, e) in data["pins"].items()},
@@ -119,9 +128,17 @@ class NodeState:
                         for n, (f, t) in data["cached"].items()},
                 staging={n: Copy(int(p), str(ps), Fingerprint.from_json(f), float(t))
                          for n, (p, ps, f, t) in data["staging"].items()},
+                heat=HeatMemory.from_json(data.get("heat")),
+                last_used={str(n): float(t) for n, t in data.get("last_used", {}).items()},
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed state: {e}") from None
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError(f"bad dataset list {value!r}")
+    return tuple(value)
 
 
 class UnknownVersion(NodeFault):
@@ -183,7 +200,7 @@ class StateStore:
     def _lock(self) -> Iterator[None]:
         from filelock import FileLock, Timeout  # lazy: keeps `status --help` light
 
-        self._ensure_statedir()
+        self.ensure_statedir()
         lock = FileLock(str(self.statedir / LOCK_FILE), timeout=self.lock_timeout)
         try:
             lock.acquire()
@@ -198,7 +215,7 @@ class StateStore:
         finally:
             lock.release()
 
-    def _ensure_statedir(self) -> None:
+    def ensure_statedir(self) -> None:
         try:
             self.statedir.mkdir(parents=True, exist_ok=True, mode=0o755)
         except OSError as e:

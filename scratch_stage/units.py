@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
 _SIZE_UNITS = {
     "": 1,
@@ -35,7 +37,8 @@ def parse_size(text: str | int) -> int:
     unit = match.group(2).upper() if match else ""
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    # Exact decimal arithmetic: float would make '2.01MB' 2009999 bytes.
+    return int(Fraction(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def parse_capacity(text: str | int) -> tuple[str, float]:
@@ -62,6 +65,8 @@ def parse_duration(text: str | int | float) -> float:
         if match is None:
             raise ValueError(f"not a duration: {text!r} (use s, m, h, d, w)")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {text!r}")
     if seconds < 0:
         raise ValueError(f"negative duration: {text!r}")
     return seconds

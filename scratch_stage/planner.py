@@ -1,0 +1,246 @@
+"""The planner: a pure function from what a node knows to what it should cache (DESIGN 8).
+
+No I/O, no clock, no subprocess: the rebalance and the simulator call the same `plan`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Callable
+
+from scratch_stage.catalog import Fingerprint
+from scratch_stage.state import NodeState
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    """Knobs of the built-in policy (documented in docs/planner.md)."""
+
+    # Heat is extrapolated over this many seconds: the time a copy has to pay for itself.
+    horizon: float = 3600.0
+    # A cached copy is worth this share of its size more than an uncached one, so a
+    # marginal challenger never evicts it (no copy-evict-copy oscillation).
+    hysteresis: float = 0.1
+    # The exact knapsack rounds sizes UP to buckets (never overfilling) and uses at most
+    # this many cells (items x buckets); beyond that the bucket grows.
+    max_cells: int = 4_000_000
+    max_buckets: int = 10_000
+
+
+@dataclass(frozen=True)
+class View:
+    """One dataset as the value function sees it."""
+
+    name: str
+    size: int
+    heat: float
+    demand: float
+    cached: bool
+
+
+ValueFunction = Callable[[View, PlanParams], float]
+
+
+def default_value(view: View, params: PlanParams) -> float:
+    """Slow-storage bytes saved over the horizon by caching VIEW, minus the copy if needed.
+
+    Heat (bytes/s) is expected to go on for the horizon; each unit of demand is a queued
+    job expected to read the dataset once through. A copy costs its size in slow reads.
+    """
+    benefit = view.heat * params.horizon + view.demand * view.size
+    if view.cached:
+        return benefit + params.hysteresis * view.size
+    return benefit - view.size
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the plan does with one dataset and why."""
+
+    action: str  # "keep", "stage", "evict", "none"
+    value: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Evict these first, then stage those in order; a decision for every dataset."""
+
+    evict: tuple[str, ...]
+    stage: tuple[str, ...]
+    decisions: Mapping[str, Decision]
+    unfit_pins: tuple[str, ...] = ()
+    used_after: int = 0
+    method: str = "exact"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def empty(self) -> bool:
+        return not self.evict and not self.stage
+
+
+def plan(
+    catalog: Mapping[str, Fingerprint],
+    state: NodeState,
+    heat: Mapping[str, float],
+    demand: Mapping[str, float],
+    capacity: int,
+    *,
+    now: float,
+    params: PlanParams = PlanParams(),
+    value: ValueFunction = default_value,
+) -> Plan:
+    """The best set of cached datasets under CAPACITY, and how to get there from STATE."""
+    fresh = {n for n, c in state.cached.items() if catalog.get(n) == c.fingerprint}
+    held = {n for hold in state.jobs.values() for n in hold.datasets}
+    views = {
+        name: View(name, fp.size, heat.get(name, 0.0), demand.get(name, 0.0), name in fresh)
+        for name, fp in catalog.items()
+    }
+    values = {name: value(v, params) for name, v in views.items()}
+    decisions: dict[str, Decision] = {}
+    forced, budget = _forced(catalog, state, fresh, held, capacity, now, values, decisions)
+    unfit = tuple(sorted(n for n, d in decisions.items() if d.reason.startswith("pinned but")))
+    candidates = [
+        views[n] for n in sorted(views)
+        if n not in forced and n not in decisions and values[n] > 0 and views[n].size <= budget
+    ]  # fmt: skip
+    chosen, method = choose(candidates, values, budget, params)
+    _explain_rest(views, values, chosen, forced, budget, decisions)
+    keep = forced | chosen
+    # A stale copy is evicted even when its dataset is chosen: the fresh copy replaces it.
+    evict = tuple(
+        sorted(n for n in state.cached if (n not in keep or n not in fresh) and n not in held)
+    )
+    for n in evict:
+        if n not in decisions or decisions[n].action != "evict":
+            decisions[n] = Decision("evict", values.get(n, 0.0), _evict_reason(n, catalog, fresh))
+    pinned = [n for n in forced if decisions[n].action == "stage"]
+    by_value = sorted((n for n in chosen if n not in fresh), key=lambda n: (-values[n], n))
+    stage = tuple(sorted(pinned, key=lambda n: (-values[n], n)) + by_value)
+    used = sum(catalog[n].size for n in keep if n in catalog) + sum(
+        state.cached[n].size for n in keep if n not in catalog and n in state.cached
+    )
+    return Plan(evict, stage, decisions, unfit, used, method)
+
+
+def _forced(
+    catalog: Mapping[str, Fingerprint], state: NodeState, fresh: set[str], held: set[str],
+    capacity: int, now: float, values: Mapping[str, float], decisions: dict[str, Decision],
+) -> tuple[set[str], int]:  # fmt: skip
+    """Datasets that stay whatever their value (held copies, copies in flight, pins)."""
+    forced: set[str] = set()
+    budget = capacity
+    for name in sorted(state.staging):
+        forced.add(name)
+        budget -= state.staging[name].size
+        decisions[name] = Decision("keep", values.get(name, 0.0), "copy in flight")
+    for name in sorted(state.cached):
+        if name in held and name not in forced:
+            forced.add(name)
+            budget -= state.cached[name].size
+            why = "held by a running job" + ("" if name in fresh else " (stale: evict when idle)")
+            decisions[name] = Decision("keep", values.get(name, 0.0), why)
+    pins = sorted(
+        (n for n, p in state.pins.items() if p.active(now) and n in catalog and n not in forced),
+        key=lambda n: (catalog[n].size, n),
+    )
+    for name in pins:
+        size = catalog[name].size
+        if size > budget:
+            decisions[name] = Decision("none", values.get(name, 0.0), "pinned but does not fit")
+            continue
+        forced.add(name)
+        budget -= size
+        action = "keep" if name in fresh else "stage"
+        decisions[name] = Decision(action, values.get(name, 0.0), "pinned")
+    return forced, budget
+
+
+def _explain_rest(
+    views: Mapping[str, View], values: Mapping[str, float], chosen: set[str], forced: set[str],
+    budget: int, decisions: dict[str, Decision],
+) -> None:  # fmt: skip
+    for name, view in views.items():
+        if name in decisions or name in forced:
+            continue
+        v = values[name]
+        detail = f"value {v:.3g} (heat {view.heat:.3g} B/s, demand {view.demand:.3g})"
+        if name in chosen:
+            decisions[name] = Decision("keep" if view.cached else "stage", v, "selected: " + detail)
+        elif v <= 0:
+            decisions[name] = Decision("none", v, "not worth a copy: " + detail)
+        elif view.size > budget:
+            decisions[name] = Decision("none", v, "larger than the free budget: " + detail)
+        else:
+            decisions[name] = Decision("none", v, "outvalued by the selected set: " + detail)
+
+
+def _evict_reason(name: str, catalog: Mapping[str, Fingerprint], fresh: set[str]) -> str:
+    if name not in catalog:
+        return "image removed from datadir"
+    if name not in fresh:
+        return "stale copy: image replaced in datadir"
+    return "not selected"
+
+
+def choose(
+    items: list[View], values: Mapping[str, float], budget: int, params: PlanParams
+) -> tuple[set[str], str]:
+    """The subset of ITEMS of greatest total value within BUDGET bytes; and the method."""
+    if not items or budget <= 0:
+        return set(), "exact"
+    greedy = choose_greedy(items, values, budget)
+    exact = choose_exact(items, values, budget, params)
+
+    def total(names: set[str]) -> float:
+        return sum(values[n] for n in names)
+
+    # Rounding sizes up may lose a little; the greedy answer on true sizes bounds it.
+    return (exact, "exact") if total(exact) >= total(greedy) else (greedy, "greedy")
+
+
+def choose_greedy(items: list[View], values: Mapping[str, float], budget: int) -> set[str]:
+    """By value per byte, then the single most valuable item if that is better."""
+    chosen: set[str] = set()
+    free = budget
+    for view in sorted(items, key=lambda v: (-values[v.name] / max(v.size, 1), v.name)):
+        if view.size <= free:
+            chosen.add(view.name)
+            free -= view.size
+    fitting = [v for v in items if v.size <= budget]
+    best = max(fitting, key=lambda v: values[v.name], default=None)
+    if best is not None and values[best.name] > sum(values[n] for n in chosen):
+        return {best.name}
+    return chosen
+
+
+def choose_exact(
+    items: list[View], values: Mapping[str, float], budget: int, params: PlanParams
+) -> set[str]:
+    """0/1 knapsack by dynamic programming over capacity buckets (sizes rounded up)."""
+    buckets = max(1, min(params.max_buckets, params.max_cells // len(items), budget))
+    unit = math.ceil(budget / buckets)
+    cells = budget // unit
+    best = [0.0] * (cells + 1)
+    taken: list[bytearray] = []
+    weights = [max(1, math.ceil(v.size / unit)) for v in items]
+    for view, w in zip(items, weights):
+        if w > cells:
+            taken.append(bytearray())
+            continue
+        gain = values[view.name]
+        shifted = [x + gain for x in best[: cells + 1 - w]]
+        tail = best[w:]
+        taken.append(bytearray(map(operator.gt, shifted, tail)))
+        best = best[:w] + list(map(max, tail, shifted))
+    chosen: set[str] = set()
+    cell = cells
+    for view, w, mask in zip(reversed(items), reversed(weights), reversed(taken)):
+        if mask and cell >= w and mask[cell - w]:
+            chosen.add(view.name)
+            cell -= w
+    return chosen

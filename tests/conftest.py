@@ -1,0 +1,33 @@
+"""Every test runs away from the node's real configuration and state (as pre-commit does)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from scratch_stage import config
+
+
+@pytest.fixture(autouse=True)
+def forbid_real_defaults(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/etc/scratch-stage, /var/lib/scratch-stage and /datasets become paths that fail.
+
+    They are moved below a regular file, so reading or creating them raises ENOTDIR, and no
+    SCRATCH_STAGE_* variable of the calling shell leaks into a test.
+    """
+    blocker = tmp_path_factory.mktemp("off-limits") / "real-defaults-are-off-limits"
+    blocker.write_text("tests must not touch the real defaults\n")
+    monkeypatch.setattr(config, "DEFAULT_PATH", blocker / "config.yaml")
+    defaults = {
+        Path("/var/lib/scratch-stage"): blocker / "statedir",
+        Path("/datasets"): blocker / "mountdir",
+    }
+    patched = tuple(defaults.get(d, d) for d in config.Config.__init__.__defaults__)
+    monkeypatch.setattr(config.Config.__init__, "__defaults__", patched)
+    for name in list(os.environ):
+        if name.startswith(config.ENV_PREFIX):
+            monkeypatch.delenv(name)

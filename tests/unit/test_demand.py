@@ -1,0 +1,86 @@
+"""Demand: squeue/sinfo parsing, per-node weighting, the published file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from scratch_stage.demand import (
+    PendingJob,
+    Snapshot,
+    node_demand,
+    parse_sinfo,
+    parse_slurm_time,
+    parse_squeue,
+    read_demand_file,
+)
+
+NOW = 1_800_000_000.0
+H = 3600.0
+
+
+def job(job_id: str, datasets: tuple[str, ...], *, start: float | None = NOW,
+        sched: tuple[str, ...] = (), partitions: tuple[str, ...] = ("debug",),
+        nodes: int = 1) -> PendingJob:  # fmt: skip
+    return PendingJob(job_id, partitions, 100, nodes, start, sched, datasets)
+
+
+PARTITIONS = {"debug": ("n1", "n2", "n3", "n4"), "gpu": ("g1",)}
+
+
+def test_parse_squeue_keeps_jobs_with_datasets_and_pipes_in_comments() -> None:
+    text = (
+        "12|debug|4294901757|1|2026-11-21T10:00:00|n[1-2]|datasets:imagenet\n"
+        "13|debug,gpu|100|2|N/A|(null)|sweep a|b datasets:coco,imagenet extra\n"
+        "14|debug|100|1|N/A|(null)|no datasets here\n"
+        "garbage line\n"
+    )
+    jobs = parse_squeue(text)
+    assert [j.job_id for j in jobs] == ["12", "13"]
+    assert jobs[0].sched_nodes == ("n1", "n2")
+    assert jobs[0].start == parse_slurm_time("2026-11-21T10:00:00")
+    assert jobs[1].partitions == ("debug", "gpu")
+    assert jobs[1].datasets == ("coco", "imagenet")
+    assert jobs[1].start is None and jobs[1].nodes == 2
+
+
+def test_parse_sinfo_merges_lines_of_one_partition() -> None:
+    text = "debug|n[1-2]\ndebug|n3\ngpu|g1\n"
+    assert parse_sinfo(text) == {"debug": ("n1", "n2", "n3"), "gpu": ("g1",)}
+
+
+def test_job_scheduled_here_outweighs_partition_share_and_elsewhere_counts_zero() -> None:
+    snap = Snapshot(
+        (job("1", ("a",), sched=("n1",)), job("2", ("b",)), job("3", ("c",), sched=("n2",))),
+        PARTITIONS, NOW,
+    )  # fmt: skip
+    demand = node_demand(snap, "n1", now=NOW, horizon=H)
+    assert demand["a"] == 2.0
+    assert demand["b"] == pytest.approx(0.25)
+    assert "c" not in demand
+
+
+def test_sooner_jobs_weigh_more_and_other_partitions_not_at_all() -> None:
+    snap = Snapshot(
+        (job("1", ("a",), start=NOW + 60), job("2", ("b",), start=NOW + 3 * H),
+         job("3", ("g",), partitions=("gpu",))),
+        PARTITIONS, NOW,
+    )  # fmt: skip
+    demand = node_demand(snap, "n1", now=NOW, horizon=H)
+    assert demand["a"] > demand["b"] > 0
+    assert demand["b"] == pytest.approx(0.25 * math.exp(-3))
+    assert "g" not in demand
+
+
+def test_snapshot_round_trips_and_stale_or_bad_files_mean_no_demand(tmp_path: Path) -> None:
+    snap = Snapshot((job("1", ("a",), sched=("n1",)),), PARTITIONS, NOW)
+    path = tmp_path / "demand.json"
+    path.write_text(json.dumps(snap.to_json()))
+    assert read_demand_file(path, now=NOW + 10, max_age=300) == snap
+    assert read_demand_file(path, now=NOW + 301, max_age=300) is None
+    path.write_text("{not json")
+    assert read_demand_file(path, now=NOW, max_age=300) is None
+    assert read_demand_file(tmp_path / "missing.json", now=NOW, max_age=300) is None
