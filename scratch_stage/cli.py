@@ -318,6 +318,33 @@ def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
     return 0
 
 
+@cli.command("catalog")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--publish", metavar="PATH", help="Write the list job_submit.lua reads.")
+@pass_ctx
+def catalog_command(ctx: Context, as_json: bool, publish: str | None) -> int:
+    """The datasets in datadir (and the files that could not be used)."""
+    from scratch_stage.catalog import scan_catalog
+
+    config = ctx.node.config
+    catalog = scan_catalog(config.datadir)
+    if publish:
+        from scratch_stage.publish import publish_catalog
+
+        count = publish_catalog(Path(publish), catalog, config.access)
+        click.echo(f"published {count} dataset(s) to {publish}")
+        return 0
+    if as_json:
+        images = {n: {"path": str(i.path), "size": i.size} for n, i in catalog.images.items()}
+        _emit_json({"datasets": images, "problems": dict(catalog.problems)})
+        return 0
+    for name, image in sorted(catalog.images.items()):
+        click.echo(f"{name}\t{format_size(image.size)}\t{image.path}")
+    for filename, why in sorted(catalog.problems.items()):
+        click.echo(f"problem: {filename}: {why}", err=True)
+    return 0
+
+
 @cli.group()
 def config() -> None:
     """Validate or print the effective configuration."""

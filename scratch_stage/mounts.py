@@ -44,8 +44,10 @@ def ensure_mounted(node: Node, state: NodeState, image: Image) -> str | None:
     layers = stack(node, image.name)
     if serves(layers, source):
         return None
-    if layers and not state.holders(image.name):
-        unmount_all(node, image.name)
+    current = {str(image.path), str(node.cached_path(image.name))}
+    stale = any(layer.deleted or layer.backing_path not in current for layer in layers)
+    if stale and not state.holders(image.name):
+        unmount_all(node, image.name)  # nobody reads the old version: start clean
         layers = []
     mount(node, source, node.mountpoint(image.name))
     cached = source != image.path

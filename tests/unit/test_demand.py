@@ -84,3 +84,41 @@ def test_snapshot_round_trips_and_stale_or_bad_files_mean_no_demand(tmp_path: Pa
     path.write_text("{not json")
     assert read_demand_file(path, now=NOW, max_age=300) is None
     assert read_demand_file(tmp_path / "missing.json", now=NOW, max_age=300) is None
+
+
+# --- recorded real output of Slurm 22.05.8 (tests/data/slurm-22.05/README.md) ---------
+
+RECORDED = Path(__file__).resolve().parent.parent / "data" / "slurm-22.05"
+
+
+def recorded(name: str) -> str:
+    return (RECORDED / name).read_text()
+
+
+def test_recorded_squeue_after_backfill_schedules_jobs_here() -> None:
+    jobs = parse_squeue(recorded("squeue-pd-o.txt"))
+    assert [(j.job_id, j.datasets) for j in jobs] == [
+        ("3", ("imagenet",)),
+        ("4", ("coco", "imagenet")),
+    ]  # job 5 has no comment: "(null)"
+    assert all(j.sched_nodes == ("localhost",) and j.start is not None for j in jobs)
+    assert jobs[0].priority == 4294901757
+    snap = Snapshot(tuple(jobs), parse_sinfo(recorded("sinfo-o.txt")), jobs[0].start or 0)
+    demand = node_demand(snap, "localhost", now=jobs[0].start or 0, horizon=H)
+    assert demand["imagenet"] > demand["coco"] > 0
+    assert node_demand(snap, "othernode", now=0, horizon=H) == {}
+
+
+def test_recorded_squeue_before_backfill_counts_by_partition() -> None:
+    jobs = parse_squeue(recorded("squeue-pd-o-before-backfill.txt"))
+    assert all(j.sched_nodes == () and j.start is None for j in jobs)
+    snap = Snapshot(tuple(jobs), parse_sinfo(recorded("sinfo-o.txt")), NOW)
+    demand = node_demand(snap, "localhost", now=NOW, horizon=H)
+    assert demand["imagenet"] == pytest.approx(2 * math.exp(-1))
+
+
+def test_recorded_pipe_in_comment_and_empty_output() -> None:
+    jobs = parse_squeue(recorded("squeue-pd-o-pipe-comment.txt"))
+    assert [j.job_id for j in jobs] == ["3", "4"]  # "datasets:imagenet|not" is malformed
+    assert parse_squeue(recorded("squeue-pd-o-empty.txt")) == []
+    assert parse_squeue(recorded("squeue-pd-O.txt")) == parse_squeue(recorded("squeue-pd-o.txt"))

@@ -1,0 +1,149 @@
+"""Rebalance end to end: real heat from /proc/diskstats, mount-over while reading, eviction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from nodetree import NodeEnv, blob_of, wait_for
+
+IMAGE_BYTES = 400_000  # each test image is ~260 kB: the capacity holds one, not two
+
+
+def drop_caches() -> None:
+    """Make the next reads hit the loop devices (counted in /proc/diskstats)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def read_all(directory: Path) -> None:
+    for path in sorted(directory.iterdir()):
+        path.read_bytes()
+
+
+def rebalance(node: NodeEnv, *args: str) -> dict:  # type: ignore[type-arg]
+    done = node.cli("rebalance", "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def mounted_idle(node: NodeEnv, *names: str) -> None:
+    """Mount NAMES through a job's prolog, then end the job: mounted, nobody holds them."""
+    assert node.prolog(1, comment="datasets:" + ",".join(names)).returncode == 0
+    assert node.epilog(1).returncode == 0
+
+
+def setup(node: NodeEnv) -> None:
+    node.configure(capacity=IMAGE_BYTES, period=2, demand={"source": "none"})
+    node.add_image("a")
+    node.add_image("b")
+    mounted_idle(node, "a", "b")
+
+
+def test_heat_caches_the_read_dataset_live_then_follows_the_heat(node_env: NodeEnv) -> None:
+    setup(node_env)
+    assert rebalance(node_env)["stage"] == []  # first sample: no history, no heat
+    drop_caches()
+    read_all(node_env.mountdir / "a")
+
+    dry = node_env.cli("rebalance", "--dry-run", "--explain")
+    assert dry.returncode == 0, dry.stderr
+    assert "would stage a" in dry.stdout
+    assert "a: stage: selected" in dry.stdout
+    assert "b: none: not worth a copy" in dry.stdout
+    assert not (node_env.cachedir / "a.sqfs").exists()  # a dry run changes nothing
+
+    reader = open(node_env.mountdir / "a" / "blob.bin", "rb")  # noqa: SIM115 - spans the pass
+    head = reader.read(100_000)
+    report = rebalance(node_env)
+    assert report["stage"] == ["a"] and report["failed"] == []
+    top = node_env.backings("a")[-1]
+    assert top == str(node_env.cachedir / "a.sqfs")  # mounted over the slow image
+    assert head + reader.read() == blob_of("a")  # the open file read on, unharmed
+    reader.close()
+    assert hashlib.sha256((node_env.mountdir / "a/blob.bin").read_bytes()).digest() == (
+        hashlib.sha256(blob_of("a")).digest()
+    )  # a new open reads the cached copy, same bytes
+
+    rebalance(node_env)  # a sample after the reads: a's heat leaves the window from here
+    time.sleep(2.5)
+    drop_caches()
+    read_all(node_env.mountdir / "b")
+    report = rebalance(node_env)
+    assert report["evict"] == ["a"] and report["stage"] == ["b"], report
+    assert not (node_env.cachedir / "a.sqfs").exists()
+    assert node_env.backings("b")[-1] == str(node_env.cachedir / "b.sqfs")
+    assert str(node_env.cachedir / "a.sqfs") not in node_env.backings("a")
+    assert [e["dataset"] for e in node_env.events("evict")] == ["a"]
+    status = {d["name"]: d for d in node_env.status()["datasets"]}
+    assert status["b"]["state"] == "cached" and status["a"]["state"] == "mounted", report
+    assert status["b"]["heat"] > 0
+
+    # Planning again on the result proposes nothing.
+    again = rebalance(node_env, "--dry-run")
+    assert again["evict"] == [] and again["stage"] == []
+
+
+def test_a_pinned_dataset_survives_a_hotter_one(node_env: NodeEnv) -> None:
+    setup(node_env)
+    assert node_env.cli("pin", "a").returncode == 0
+    report = rebalance(node_env)
+    assert report["stage"] == ["a"]  # a pin is staged even without heat
+    drop_caches()
+    read_all(node_env.mountdir / "b")
+    report = rebalance(node_env, "--explain")
+    assert report["evict"] == [] and report["stage"] == []
+    assert report["decisions"]["a"]["reason"] == "pinned"
+    assert (node_env.cachedir / "a.sqfs").exists()
+
+
+def test_second_rebalance_says_so_and_exits_0(node_env: NodeEnv) -> None:
+    node_env.configure(demand={"source": "none"})
+    node_env.add_image("big", "big")
+    assert node_env.cli("pin", "big").returncode == 0
+    first = node_env.spawn(["rebalance"])
+    wait_for(lambda: any((node_env.cachedir / ".partial").glob("*")), timeout=60)
+    second = node_env.cli("rebalance")
+    assert second.returncode == 0
+    assert "another rebalance is running" in second.stdout
+    first.wait(timeout=120)
+    assert first.returncode == 0
+
+
+def test_kill_9_mid_copy_then_the_next_pass_recovers(node_env: NodeEnv) -> None:
+    node_env.configure(demand={"source": "none"}, capacity="400MB")
+    node_env.add_image("big", "big")
+    assert node_env.cli("pin", "big").returncode == 0
+    victim = node_env.spawn(["rebalance"])
+    wait_for(lambda: any((node_env.cachedir / ".partial").glob("*")), timeout=60)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert all(
+        str(node_env.cachedir / ".partial") not in (b or "") for b in node_env.backings("big")
+    )
+    state = node_env.state()
+    assert list(state["staging"]) == ["big"]  # the reservation still counts: capacity holds
+    report = rebalance(node_env)
+    assert report["stage"] == ["big"] and report["failed"] == [], report
+    assert list((node_env.cachedir / ".partial").iterdir()) == []
+    assert node_env.state()["staging"] == {}
+    assert node_env.backings("big")[-1] == str(node_env.cachedir / "big.sqfs")
+
+
+def test_removed_and_replaced_images_are_unmounted_when_idle(node_env: NodeEnv) -> None:
+    node_env.configure(demand={"source": "none"})
+    node_env.add_image("a")
+    node_env.add_image("b")
+    mounted_idle(node_env, "a", "b")
+    (node_env.datadir / "a.sqfs").unlink()
+    node_env.replace_image("b", "b2")
+    report = rebalance(node_env)
+    assert node_env.stack("a") == [] and node_env.stack("b") == []
+    assert sorted(report["done"]) == [
+        "unmounted a (image removed from datadir)",
+        "unmounted b (image replaced in datadir)",
+    ]
