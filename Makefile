@@ -3,9 +3,9 @@
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := squashfs-tools python3-venv util-linux
+APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make
 
-.PHONY: demo test lint typecheck unit bench setup system-deps clean
+.PHONY: demo test lint typecheck unit bench setup system-deps slurm-deps clean
 
 demo: setup
 	bash demo/demo.sh
@@ -24,7 +24,12 @@ bench: setup
 	$(BIN)/python bench/prolog_hot_path.py
 	$(BIN)/python bench/staging_throughput.py
 
-setup: system-deps $(VENV)/.installed
+setup: system-deps slurm-deps $(VENV)/.installed
+
+# Slurm 22.05 and munge for the local test cluster (installed with service starts
+# forbidden: the tests and the demo start their own daemons and stop them by PID).
+slurm-deps:
+	bash slurm/testcluster install
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \

@@ -154,10 +154,21 @@ class CacheSampler:
         return (self.peak - self.start) * 1024
 
 
-def drop_page_cache() -> None:
-    """Write back dirty pages, then drop clean ones, so the next run reads from disk."""
+def drop_page_cache(settle: float = 10.0) -> None:
+    """Write back dirty pages (waiting up to SETTLE s for writeback), drop clean ones."""
     os.sync()
+    deadline = time.monotonic() + settle
+    while meminfo_kib("Dirty") + meminfo_kib("Writeback") > 16 * 1024:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+        os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def load_average() -> float:
+    """The 1-minute load average: above the CPU count, the figures are disturbed."""
+    return os.getloadavg()[0]
 
 
 def timed_run(argv: list[str], env: dict[str, str]) -> float:

@@ -20,7 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from benchlib import VENV, NodeTree, create_tree, interrupt_on_sigterm, percentile, remove_tree
+from benchlib import (
+    VENV,
+    NodeTree,
+    create_tree,
+    interrupt_on_sigterm,
+    load_average,
+    percentile,
+    remove_tree,
+)
 from benchlib import timed_run as _timed_run
 
 DATASET = "bench"
@@ -141,6 +149,7 @@ def run_benchmark(tree: NodeTree, args: argparse.Namespace) -> dict[str, Any]:
     log(f"warm-up: {args.warmup} untimed runs of each")
     run_sequential(kinds, range(args.warmup))
     log(f"sequential: {args.runs} runs of each, interleaved")
+    load = load_average()
     samples = run_sequential(kinds, range(args.warmup, args.warmup + args.runs))
     log(f"concurrent: {args.concurrent} prologs launched together, then as many baselines")
     concurrent_ids = [30_000 + i for i in range(args.concurrent)]
@@ -160,7 +169,9 @@ def run_benchmark(tree: NodeTree, args: argparse.Namespace) -> dict[str, Any]:
     held = [1, *range(10_000, 10_000 + args.warmup + args.runs), *concurrent_ids, 40_000]
     samples["epilog"] = [timed_run((epilog, tree.job_env(j, ""))) for j in held]
     left = json.loads((tree.statedir / "state.json").read_text())["jobs"]
-    return report(samples, makespan, base_makespan, missing, left, imports, empty_imports, args)
+    result = report(samples, makespan, base_makespan, missing, left, imports, empty_imports, args)
+    result["load_average"] = {"before": round(load, 2), "after": round(load_average(), 2)}
+    return result
 
 
 def report(
@@ -218,6 +229,9 @@ def print_report(result: dict[str, Any], top: int) -> None:
         f"{result['holders_missing_after_concurrent'] or 'none'}; "
         f"holders left after epilogs: {result['holders_left_after_epilogs'] or 'none'}"
     )
+    load = result["load_average"]
+    if max(load.values()) > (result["machine"]["cpus"] or 1):
+        print(f"WARNING: load average {load['before']} -> {load['after']}: figures disturbed")
     target = result["target"]
     verdict = "MET" if target["met"] else "NOT MET"
     print(f"target hot-path p50 <= {target['limit']:g}x venv interpreter: "

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from scratch_stage.catalog import Image, access_problem, lookup_image, user_gids
 from scratch_stage.errors import DatasetError, NodeFault, ScratchStageError
-from scratch_stage.node import Node
 from scratch_stage.requests import Request, parse_request, shorten
+
+if TYPE_CHECKING:  # lazy: a prolog for a job without datasets never loads the node's modules
+    from scratch_stage.catalog import Image
+    from scratch_stage.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ def run_prolog(node: Node, job: Job) -> int:
 
 def _permitted(node: Node, job: Job, name: str) -> Image | None:
     """The image for NAME if JOB may have it; a refusal is logged, a node fault raised."""
+    from scratch_stage.catalog import access_problem, lookup_image, user_gids
+
     try:
         image = lookup_image(node.config.datadir, name)
     except DatasetError as e:

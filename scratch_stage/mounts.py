@@ -6,7 +6,6 @@ import logging
 import os
 from pathlib import Path
 
-from scratch_stage import runner
 from scratch_stage.catalog import Image
 from scratch_stage.errors import CommandError, NodeFault
 from scratch_stage.mountinfo import Layer, read_stack
@@ -30,12 +29,17 @@ def fresh_source(node: Node, state: NodeState, image: Image) -> Path:
     return image.path
 
 
+def real_path(path: Path) -> str:
+    """PATH as a loop device reports its backing file: datadir or cachedir may be symlinks."""
+    return os.path.realpath(path)
+
+
 def serves(layers: list[Layer], source: Path) -> bool:
     """True when the top layer is a live (not replaced) mount of SOURCE."""
     if not layers:
         return False
     top = layers[-1]
-    return not top.deleted and top.backing_path == str(source)
+    return not top.deleted and top.backing_path == real_path(source)
 
 
 def ensure_mounted(node: Node, state: NodeState, image: Image) -> str | None:
@@ -44,7 +48,7 @@ def ensure_mounted(node: Node, state: NodeState, image: Image) -> str | None:
     layers = stack(node, image.name)
     if serves(layers, source):
         return None
-    current = {str(image.path), str(node.cached_path(image.name))}
+    current = {real_path(image.path), real_path(node.cached_path(image.name))}
     stale = any(layer.deleted or layer.backing_path not in current for layer in layers)
     if stale and not state.holders(image.name):
         unmount_all(node, image.name)  # nobody reads the old version: start clean
@@ -61,6 +65,8 @@ def mount(node: Node, source: Path, target: Path) -> None:
         os.makedirs(target, mode=0o755, exist_ok=True)
     except OSError as e:
         raise NodeFault(f"cannot create mountpoint {target}: {e.strerror}") from None
+    from scratch_stage import runner  # lazy: the hot-path prolog runs no command
+
     config = node.config
     runner.run(
         runner.build_mount_argv(config.mount_command, source, target),
@@ -71,6 +77,8 @@ def mount(node: Node, source: Path, target: Path) -> None:
 
 def unmount_top(node: Node, name: str) -> None:
     """Unmount the top layer at NAME's mountpoint, detaching it lazily if it is busy."""
+    from scratch_stage import runner
+
     config = node.config
     target = node.mountpoint(name)
     try:
@@ -98,7 +106,7 @@ def unmount_all(node: Node, name: str) -> int:
 def unmount_file(node: Node, name: str, path: Path) -> int:
     """Unmount from the top until no layer at NAME's mountpoint reads PATH; layers removed."""
     count = 0
-    while any(layer.backing_path == str(path) for layer in stack(node, name)):
+    while any(layer.backing_path == real_path(path) for layer in stack(node, name)):
         unmount_top(node, name)
         count += 1
     return count
@@ -106,4 +114,4 @@ def unmount_file(node: Node, name: str, path: Path) -> int:
 
 def is_mounted_anywhere(node: Node, name: str, path: Path) -> bool:
     """True when a layer at NAME's mountpoint reads PATH."""
-    return any(layer.backing_path == str(path) for layer in stack(node, name))
+    return any(layer.backing_path == real_path(path) for layer in stack(node, name))

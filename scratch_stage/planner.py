@@ -26,8 +26,11 @@ class PlanParams:
     hysteresis: float = 0.1
     # The exact knapsack rounds sizes UP to buckets (never overfilling) and uses at most
     # this many cells (items x buckets); beyond that the bucket grows.
-    max_cells: int = 4_000_000
-    max_buckets: int = 10_000
+    max_cells: int = 400_000
+    max_buckets: int = 2_000
+    # Beyond this many candidates the DP runs on a core of this many items around the
+    # greedy break (by value per byte); those before it are taken, those after left.
+    core_items: int = 200
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,40 @@ def choose_greedy(items: list[View], values: Mapping[str, float], budget: int) -
 def choose_exact(
     items: list[View], values: Mapping[str, float], budget: int, params: PlanParams
 ) -> set[str]:
+    """0/1 knapsack: DP over all items, or over the core around the greedy break."""
+    order = sorted(items, key=lambda v: (-values[v.name] / max(v.size, 1), v.name))
+    if len(items) <= params.core_items:
+        return _fill(order, choose_dp(items, values, budget, params), budget)
+    free, brk = budget, 0
+    while brk < len(order) and order[brk].size <= free:
+        free -= order[brk].size
+        brk += 1
+    low = max(0, brk - params.core_items // 2)
+    core = order[low : low + params.core_items]
+    fixed = order[:low]
+    rest = budget - sum(v.size for v in fixed)
+    return _fill(order, {v.name for v in fixed} | choose_dp(core, values, rest, params), budget)
+
+
+def _fill(order: list[View], chosen: set[str], budget: int) -> set[str]:
+    """CHOSEN plus whatever else still fits by true size, best value per byte first.
+
+    The DP rounds sizes up, so it may leave room that true sizes would use.
+    """
+    free = budget - sum(v.size for v in order if v.name in chosen)
+    for view in order:
+        if view.name not in chosen and view.size <= free:
+            chosen.add(view.name)
+            free -= view.size
+    return chosen
+
+
+def choose_dp(
+    items: list[View], values: Mapping[str, float], budget: int, params: PlanParams
+) -> set[str]:
     """0/1 knapsack by dynamic programming over capacity buckets (sizes rounded up)."""
+    if not items or budget <= 0:
+        return set()
     buckets = max(1, min(params.max_buckets, params.max_cells // len(items), budget))
     unit = math.ceil(budget / buckets)
     cells = budget // unit

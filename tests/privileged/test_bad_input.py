@@ -34,7 +34,8 @@ def hook_log_lines(stderr: str) -> list[str]:
     """The prolog's stderr, checked to be log lines of its own, each a single short line."""
     lines = stderr.splitlines()
     for line in lines:
-        assert line.startswith("scratch-stage prolog[") and "prolog[1]:" not in line, line
+        assert line.startswith("scratch-stage prolog["), line
+        assert not line.startswith("scratch-stage prolog[1]:"), f"forged log line: {line}"
         assert len(line) < 600, line
     return lines
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -89,11 +90,14 @@ def test_kill_9_mid_copy_then_prestage_again_succeeds(big_node: NodeEnv) -> None
     ) == 1
 
 
-def test_sigterm_mid_copy_exits_nonzero_and_removes_partial(big_node: NodeEnv) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_copy_exits_nonzero_and_removes_partial(
+    big_node: NodeEnv, signum: signal.Signals
+) -> None:
     copier = big_node.spawn(["prestage", "big"])
     wait_for(lambda: copy_under_way(big_node))
 
-    copier.send_signal(signal.SIGTERM)
+    copier.send_signal(signum)
     _, stderr = copier.communicate(timeout=60)
 
     assert copier.returncode != 0
@@ -191,3 +195,26 @@ def test_state_of_unknown_version_is_never_overwritten(node_env: NodeEnv) -> Non
     assert prolog.returncode != 0
     assert "version 99" in one_line(prolog.stderr)
     assert state_file.read_bytes() == future
+
+
+def test_kill_9_of_prologs_at_random_moments_never_corrupts_state(node_env: NodeEnv) -> None:
+    names = [f"k{i}" for i in range(4)]
+    for name in names:
+        node_env.add_image(name, "alpha")
+    rng = random.Random(7)
+    for job_id in range(1, 25):
+        proc = node_env.spawn(["prolog"], node_env.job_environ(job_id, spank=rng.choice(names)))
+        time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    done = node_env.cli("status", "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert "CORRUPT" not in done.stderr
+    assert list(node_env.statedir.glob("state.json.corrupt-*")) == []
+    assert all(len(node_env.stack(name)) <= 1 for name in names)
+    # The node still serves every dataset, each from one mount.
+    assert node_env.prolog(100, spank=",".join(names)).returncode == 0
+    assert all(len(node_env.stack(name)) == 1 for name in names)
+    assert all("100" in node_env.holders()[name] for name in names)

@@ -108,7 +108,9 @@ def test_stale_cached_copy_is_not_served_to_a_job_on_an_idle_node(node_env: Node
 
     assert done.returncode == 0, done.stderr
     assert (node_env.mountdir / "alpha" / "hello.txt").read_text() == hello_of("alpha-v2")
-    assert node_env.backings("alpha") == [str(node_env.datadir / "alpha.sqfs")]
+    assert node_env.backings("alpha")[-1] == str(node_env.datadir / "alpha.sqfs")
+    row = next(d for d in node_env.status()["datasets"] if d["name"] == "alpha")
+    assert (row["cached"], row["holders"]) == (False, ["12"])
 
 
 def test_prestage_after_image_replaced_caches_the_new_version(node_env: NodeEnv) -> None:

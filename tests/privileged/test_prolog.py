@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nodetree import NodeEnv, blob_of, hello_of
+from nodetree import NodeEnv, blob_of, hello_of, loops_under
 
 
 def test_prolog_mounts_slow_image_readable(node_env: NodeEnv) -> None:
@@ -145,4 +145,55 @@ def test_prolog_stage_budget_serves_cached_copy(node_env: NodeEnv) -> None:
     top = node_env.backings("alpha")[-1]
     assert top == str(node_env.cachedir / "alpha.sqfs")
     assert (node_env.mountdir / "alpha" / "blob.bin").read_bytes() == blob_of("alpha")
+    assert node_env.holders() == {"alpha": ["11"]}
+
+
+def test_directories_reached_through_symlinks_mount_once(node_env: NodeEnv) -> None:
+    links = node_env.root / "links"
+    links.mkdir()
+    for key in ("datadir", "cachedir", "mountdir"):
+        (links / key).symlink_to(getattr(node_env, key))
+    node_env.configure(**{key: str(links / key) for key in ("datadir", "cachedir", "mountdir")})
+    node_env.add_image("alpha")
+
+    first = node_env.prolog(11, comment="datasets:alpha")
+    second = node_env.prolog(12, comment="datasets:alpha")
+
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert len(node_env.stack("alpha")) == 1
+    assert node_env.holders() == {"alpha": ["11", "12"]}
+    assert node_env.cli("prestage", "alpha").returncode == 0
+    assert node_env.prolog(13, comment="datasets:alpha").returncode == 0
+    assert node_env.backings("alpha") == [
+        str(node_env.datadir / "alpha.sqfs"), str(node_env.cachedir / "alpha.sqfs"),
+    ]  # fmt: skip
+    assert all(node_env.epilog(job).returncode == 0 for job in (11, 12, 13))
+    assert node_env.cli("purge", "alpha").returncode == 0
+    assert loops_under(node_env.cachedir) == {}  # never deleted while still mounted
+
+
+def test_dots_are_part_of_the_name_and_squashfs_suffix_works(node_env: NodeEnv) -> None:
+    node_env.add_image("imagenet")
+    node_env.add_image("imagenet.v2")
+    squashfs = node_env.store.get("coco")
+    (node_env.datadir / "coco.squashfs").write_bytes(squashfs.read_bytes())
+
+    done = node_env.prolog(11, comment="datasets:imagenet.v2,coco")
+
+    assert done.returncode == 0, done.stderr
+    assert sorted(node_env.holders()) == ["coco", "imagenet.v2"]
+    assert (node_env.mountdir / "imagenet.v2" / "hello.txt").read_text() == hello_of("imagenet.v2")
+    assert node_env.stack("imagenet") == []
+    assert node_env.cli("prestage", "coco").returncode == 0
+    assert node_env.backings("coco")[-1] == str(node_env.cachedir / "coco.sqfs")
+
+
+def test_stage_budget_falls_back_to_slow_mount_when_copy_fails(node_env: NodeEnv) -> None:
+    node_env.add_image("alpha")
+    node_env.configure(prolog_stage_budget="60s", capacity="4KiB")
+
+    done = node_env.prolog(11, comment="datasets:alpha")
+
+    assert done.returncode == 0, done.stderr
+    assert node_env.backings("alpha") == [str(node_env.datadir / "alpha.sqfs")]
     assert node_env.holders() == {"alpha": ["11"]}

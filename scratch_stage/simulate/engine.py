@@ -1,0 +1,118 @@
+"""The event-driven replay of one node under one policy (no sleeping, no clock)."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from scratch_stage.simulate.inputs import NodeJob, NodeWorkload, SimConfig, grid_ceil
+from scratch_stage.simulate.node import Action, Costs, SimNode
+
+# Events at one instant, in this order: jobs end (releasing holds), copies finish (a job
+# starting at that instant already reads the cache), jobs start, then the rebalance runs.
+TRIGGERS = ("tick", "start", "end", "copy")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a rebalance pass measures: heat (bytes/s) and demand (expected queued jobs)."""
+
+    heat: Mapping[str, float]
+    demand: Mapping[str, float]
+
+
+class Policy(Protocol):
+    """A caching policy for one node; `triggers` says when it is asked (see TRIGGERS)."""
+
+    triggers: frozenset[str]
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None: ...
+
+
+def replay_node(node: SimNode, policy: Policy) -> Costs:
+    """Replay NODE's jobs under POLICY; the rebalance runs at every tick where it could act."""
+    return _Replay(node, policy).run()
+
+
+class _Replay:
+    def __init__(self, node: SimNode, policy: Policy) -> None:
+        self.node = node
+        self.policy = policy
+        self.config: SimConfig = node.config
+        self.ticks = "tick" in policy.triggers
+        self.memo: tuple[int, Inputs] | None = None
+
+    def run(self) -> Costs:
+        node, jobs = self.node, self.node.work.jobs
+        ends: list[tuple[float, int]] = []
+        next_start, next_tick = 0, math.inf
+        if self.ticks and jobs:
+            first = min(jobs[0].start, node.next_placement(), node.unplaced.next_change(-math.inf))
+            next_tick = grid_ceil(first, self.config.interval)
+        while next_start < len(jobs) or ends:
+            t_start = jobs[next_start].start if next_start < len(jobs) else math.inf
+            t_end = ends[0][0] if ends else math.inf
+            t_copy = node.inflight[2] if node.inflight else math.inf
+            t = min(t_start, t_end, t_copy, next_tick)
+            if t_end == t:
+                job = jobs[heapq.heappop(ends)[1]]
+                node.end_job(job, t)
+                self._ask(t, "end", job)
+            elif t_copy == t:
+                node.finish_copy(t)
+                self._ask(t, "copy", None)
+            elif t_start == t:
+                job = jobs[next_start]
+                heapq.heappush(ends, (job.end, next_start))
+                next_start += 1
+                node.start_job(job, t)
+                self._ask(t, "start", job)
+            else:
+                next_tick = self._tick(t)
+                continue
+            if self.ticks:
+                next_tick = min(next_tick, grid_ceil(t, self.config.interval))
+        return node.costs
+
+    def _ask(self, now: float, trigger: str, job: NodeJob | None) -> None:
+        if trigger in self.policy.triggers:
+            self._act(self.policy.decide(self.node, now, trigger, job, None), now)
+
+    def _act(self, action: Action | None, now: float) -> None:
+        self.node.costs.decisions += 1
+        if action is not None:
+            self.node.apply(action, now)
+
+    def _tick(self, now: float) -> float:
+        """Run a pass at NOW unless its inputs equal the last pass's; the next useful tick."""
+        node = self.node
+        inputs = Inputs(node.heat(now), node.demand(now))
+        if self.memo is None or not _same(self.memo, (node.version, inputs), self.config):
+            before = node.version
+            self._act(self.policy.decide(node, now, "tick", None, inputs), now)
+            self.memo = (node.version, inputs)
+            if node.version != before:
+                return now + self.config.interval
+        if now - node.last_boundary < self.config.period or not node.demand_settled(now):
+            return now + self.config.interval  # heat or a placed job's discount still moving
+        upcoming = min(node.unplaced.next_change(now), node.next_placement())
+        return grid_ceil(upcoming, self.config.interval) if upcoming < math.inf else math.inf
+
+
+def _same(old: tuple[int, Inputs], new: tuple[int, Inputs], config: SimConfig) -> bool:
+    """Same state, and heat and demand equal within the configured relative tolerance."""
+    if old[0] != new[0]:
+        return False
+    tol = config.tolerance
+    for a, b in ((old[1].heat, new[1].heat), (old[1].demand, new[1].demand)):
+        if tol == 0.0:
+            if a != b:
+                return False
+        elif any(abs(a.get(k, 0.0) - b.get(k, 0.0)) > tol * abs(a.get(k, 0.0)) for k in {*a, *b}):
+            return False
+    return True

@@ -1,0 +1,138 @@
+"""What each node sees of a trace: its jobs, and the queued demand Slurm would show it."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scratch_stage.simulate.trace import Job, Trace
+
+# Demand weights as scratch_stage.demand.node_demand gives them (a test holds them equal).
+SCHEDULED_HERE = 2.0
+UNKNOWN_START_FACTOR = math.exp(-1.0)
+# A read shorter than this is stretched to it, so that every read has a finite rate.
+MIN_READ_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the replay models the cluster (docs/simulate.md explains each knob)."""
+
+    capacity: int
+    interval: float = 60.0  # rebalance every this many simulated seconds
+    period: float = 600.0  # heat window
+    horizon: float = 3600.0  # demand discount scale, as the planner's horizon
+    bandwidth: float = 1e9  # copy speed, bytes/s, one copy at a time per node
+    backfill_window: float = 3600.0  # start estimates and placement known this far ahead
+    estimate_noise: float = 0.0  # standard deviation (s) of the start estimate's error
+    tolerance: float = 0.0  # skip a pass whose inputs moved less than this (relative)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    """A job as one node runs it: what it reads there, at a steady rate."""
+
+    id: str
+    start: float
+    end: float
+    reads: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A job Slurm's backfill has placed on this node, between VISIBLE and START."""
+
+    visible: float
+    start: float
+    estimate: float
+    datasets: tuple[str, ...]
+
+
+@dataclass
+class NodeWorkload:
+    """One node's jobs (by start) and the pending jobs planned onto it (by visibility)."""
+
+    name: str
+    jobs: list[NodeJob] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UnplacedDemand:
+    """Demand of queued jobs not yet placed, identical on every node, sampled at ticks."""
+
+    ticks: tuple[float, ...]
+    values: tuple[Mapping[str, float], ...]
+
+    def at(self, now: float) -> Mapping[str, float]:
+        i = bisect.bisect_right(self.ticks, now) - 1
+        return self.values[i] if i >= 0 else {}
+
+    def next_change(self, now: float) -> float:
+        i = bisect.bisect_right(self.ticks, now)
+        return self.ticks[i] if i < len(self.ticks) else math.inf
+
+
+def grid_ceil(t: float, interval: float) -> float:
+    """The first rebalance tick at or after T."""
+    return math.ceil(t / interval) * interval
+
+
+def visible_from(job: Job, config: SimConfig) -> float:
+    """When backfill first places JOB (its start is then within the window)."""
+    return max(job.submit, job.start - config.backfill_window)
+
+
+def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
+    """Each node's workload; start estimates get seeded noise."""
+    rng = random.Random(config.seed)
+    nodes: dict[str, NodeWorkload] = {}
+    for job in trace.jobs:
+        end = max(job.end, job.start + MIN_READ_SECONDS)
+        reads = tuple(sorted((n, b) for n, b in job.reads.items() if b > 0))
+        visible = visible_from(job, config)
+        noise = rng.gauss(0.0, config.estimate_noise) if config.estimate_noise else 0.0
+        for name in job.nodes:
+            work = nodes.setdefault(name, NodeWorkload(name))
+            work.jobs.append(NodeJob(job.id, job.start, end, reads))
+            if visible < job.start and job.reads:
+                datasets = tuple(sorted(job.reads))
+                work.pending.append(Pending(visible, job.start, job.start + noise, datasets))
+    for work in nodes.values():
+        work.jobs.sort(key=lambda j: (j.start, j.id))
+        work.pending.sort(key=lambda p: p.visible)
+    return nodes
+
+
+def unplaced_demand(trace: Trace, config: SimConfig) -> UnplacedDemand:
+    """Queued jobs not yet placed count min(1, nodes/N) x e^-1 on every node."""
+    total_nodes = max(1, len(trace.nodes))
+    events: list[tuple[float, float, tuple[str, ...]]] = []
+    for job in trace.jobs:
+        visible = visible_from(job, config)
+        if job.submit < visible and job.reads:
+            weight = min(1.0, len(job.nodes) / total_nodes) * UNKNOWN_START_FACTOR
+            names = tuple(sorted(job.reads))
+            events.append((job.submit, weight, names))
+            events.append((visible, -weight, names))
+    events.sort(key=lambda e: e[0])
+    ticks: list[float] = []
+    values: list[dict[str, float]] = []
+    current: dict[str, float] = {}
+    for i, (t, weight, names) in enumerate(events):
+        for name in names:
+            v = current.get(name, 0.0) + weight
+            if v > 1e-9:
+                current[name] = v
+            else:
+                current.pop(name, None)
+        tick = grid_ceil(t, config.interval)
+        if i + 1 < len(events) and grid_ceil(events[i + 1][0], config.interval) == tick:
+            continue
+        ticks.append(tick)
+        values.append(dict(current))
+    return UnplacedDemand(tuple(ticks), tuple(values))

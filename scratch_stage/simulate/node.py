@@ -1,0 +1,237 @@
+"""One simulated node: its cache, copies, running jobs, and what it has cost so far."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scratch_stage.catalog import Fingerprint
+from scratch_stage.simulate.inputs import (
+    SCHEDULED_HERE,
+    NodeJob,
+    NodeWorkload,
+    SimConfig,
+    UnplacedDemand,
+)
+from scratch_stage.state import CachedCopy, Copy, Hold, NodeState
+
+
+class PolicyError(AssertionError):
+    """A policy asked for something the real executor would refuse (a bug in the policy)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """Evict these now; then copy those, replacing (or extending) the copy queue."""
+
+    evict: tuple[str, ...] = ()
+    stage: tuple[str, ...] = ()
+    replace: bool = True
+
+
+@dataclass
+class Costs:
+    """What a node's replay cost, in bytes and seconds (summed over nodes by metrics)."""
+
+    read_bytes: int = 0
+    slow_read_bytes: float = 0.0
+    copied_bytes: int = 0
+    copies: int = 0
+    evictions: int = 0
+    refused_copies: int = 0
+    slow_read_seconds: float = 0.0
+    waited_seconds: float = 0.0
+    peak_used: int = 0
+    decisions: int = 0
+    series: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def slow_bytes(self) -> float:
+        return self.slow_read_bytes + self.copied_bytes
+
+
+@dataclass
+class SlowRead:
+    """A job reading a dataset that is not (yet) cached here."""
+
+    since: float
+    rate: float
+
+
+class SimNode:
+    """The cache of one node as the executor would keep it (capacity and holds enforced)."""
+
+    def __init__(
+        self, work: NodeWorkload, sizes: Mapping[str, int], config: SimConfig,
+        unplaced: UnplacedDemand,
+    ) -> None:  # fmt: skip
+        self.work = work
+        self.sizes = sizes
+        self.config = config
+        self.capacity = config.capacity
+        self.unplaced = unplaced
+        self.catalog = {n: Fingerprint(s, 0, 0) for n, s in sizes.items()}
+        self.cached: dict[str, float] = {}
+        self.inflight: tuple[str, float, float] | None = None  # name, started, done
+        self.queue: list[str] = []
+        self.used = 0
+        self.held: dict[str, int] = {}
+        self.running: dict[str, NodeJob] = {}
+        self.slow: dict[str, dict[str, SlowRead]] = {}
+        self.streams: list[tuple[str, float, float, float]] = []  # name, start, end, rate
+        self.uses: dict[str, int] = {}
+        self.last_use: dict[str, float] = {}
+        self.last_boundary = -math.inf
+        self.version = 0
+        self.costs = Costs()
+        self._pending_next = 0
+        self._pending_active: list[int] = []
+
+    # --- what policies see -------------------------------------------------------------
+
+    @property
+    def committed(self) -> int:
+        """Bytes cached, in flight, and queued for copying."""
+        return self.used + sum(self.sizes[n] for n in self.queue)
+
+    def busy(self, name: str) -> bool:
+        """NAME is cached, being copied, or queued."""
+        return name in self.cached or name in self.queue or (
+            self.inflight is not None and self.inflight[0] == name
+        )
+
+    def evictable(self, name: str) -> bool:
+        return name in self.cached and not self.held.get(name)
+
+    def heat(self, now: float) -> dict[str, float]:
+        """Bytes/s read per dataset over the window ending at NOW (slow and cached alike)."""
+        period = self.config.period
+        left = now - period
+        self.streams = [s for s in self.streams if s[2] > left]
+        heat: dict[str, float] = {}
+        for name, start, end, rate in self.streams:
+            overlap = min(end, now) - max(start, left)
+            if overlap > 0:
+                heat[name] = heat.get(name, 0.0) + rate * overlap / period
+        return heat
+
+    def demand(self, now: float) -> dict[str, float]:
+        """Queued jobs expected here, weighted as node_demand weighs them."""
+        demand = dict(self.unplaced.at(now))
+        pending = self.work.pending
+        while self._pending_next < len(pending) and pending[self._pending_next].visible <= now:
+            self._pending_active.append(self._pending_next)
+            self._pending_next += 1
+        self._pending_active = [i for i in self._pending_active if pending[i].start > now]
+        horizon = self.config.horizon
+        for i in self._pending_active:
+            p = pending[i]
+            weight = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - now) / horizon)
+            for name in p.datasets:
+                demand[name] = demand.get(name, 0.0) + weight
+        return demand
+
+    def demand_settled(self, now: float) -> bool:
+        """No placed job's discount changes after NOW until the next placement or start."""
+        pending = self.work.pending
+        return all(pending[i].estimate <= now for i in self._pending_active)
+
+    def next_placement(self) -> float:
+        pending = self.work.pending
+        return pending[self._pending_next].visible if self._pending_next < len(pending) else math.inf
+
+    def node_state(self) -> NodeState:
+        """The NodeState the live rebalance would read from state.json."""
+        state = NodeState(
+            jobs={j.id: Hold(tuple(n for n, _ in j.reads), "sim", j.start)
+                  for j in self.running.values()},
+            cached={n: CachedCopy(self.catalog[n], t) for n, t in self.cached.items()},
+        )  # fmt: skip
+        if self.inflight is not None:
+            name, started, _ = self.inflight
+            state.staging[name] = Copy(0, "sim", self.catalog[name], started)
+        return state
+
+    # --- the executor ------------------------------------------------------------------
+
+    def apply(self, action: Action, now: float) -> None:
+        """Evict first (never a held copy), then queue the copies; start one if idle."""
+        for name in action.evict:
+            if not self.evictable(name):
+                raise PolicyError(f"{self.work.name}: cannot evict {name} (held or not cached)")
+            del self.cached[name]
+            self.used -= self.sizes[name]
+            self.costs.evictions += 1
+            self.version += 1
+        if action.replace:
+            self.queue = list(action.stage)
+        else:
+            self.queue.extend(action.stage)
+        self.start_copy(now)
+
+    def start_copy(self, now: float) -> None:
+        """Start the next queued copy that still fits (capacity checked at reservation)."""
+        while self.inflight is None and self.queue:
+            name = self.queue.pop(0)
+            if self.busy(name):
+                continue
+            size = self.sizes[name]
+            if self.used + size > self.capacity:
+                self.costs.refused_copies += 1
+                continue
+            self.used += size
+            self.costs.peak_used = max(self.costs.peak_used, self.used)
+            self.inflight = (name, now, now + size / self.config.bandwidth)
+            self.costs.copies += 1
+            self.costs.copied_bytes += size
+            self.costs.series.append((now, float(size)))
+            self.version += 1
+
+    def finish_copy(self, now: float) -> None:
+        """The copy in flight is verified and mounted over: its slow readers switch now."""
+        assert self.inflight is not None
+        name = self.inflight[0]
+        self.inflight = None
+        self.cached[name] = now
+        self.version += 1
+        for read in self.slow.pop(name, {}).values():
+            self._settle(read, now, waited=True)
+        self.start_copy(now)
+
+    def start_job(self, job: NodeJob, now: float) -> None:
+        self.running[job.id] = job
+        span = job.end - job.start
+        for name, size in job.reads:
+            self.held[name] = self.held.get(name, 0) + 1
+            self.uses[name] = self.uses.get(name, 0) + 1
+            self.last_use[name] = now
+            self.costs.read_bytes += size
+            rate = size / span
+            self.streams.append((name, job.start, job.end, rate))
+            if name not in self.cached:
+                self.slow.setdefault(name, {})[job.id] = SlowRead(now, rate)
+        self.last_boundary = now
+        self.version += 1
+
+    def end_job(self, job: NodeJob, now: float) -> None:
+        del self.running[job.id]
+        for name, _ in job.reads:
+            self.held[name] -= 1
+            if not self.held[name]:
+                del self.held[name]
+            read = self.slow.get(name, {}).pop(job.id, None)
+            if read is not None:
+                self._settle(read, now, waited=False)
+        self.last_boundary = now
+        self.version += 1
+
+    def _settle(self, read: SlowRead, now: float, *, waited: bool) -> None:
+        seconds = now - read.since
+        amount = read.rate * seconds
+        self.costs.slow_read_bytes += amount
+        self.costs.slow_read_seconds += seconds
+        if waited:
+            self.costs.waited_seconds += seconds
+        if amount:
+            self.costs.series.append((now, amount))

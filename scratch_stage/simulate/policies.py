@@ -1,0 +1,316 @@
+"""The policies compared: ours (the production planner) and the baselines.
+
+Every policy works through the same executor (SimNode.apply): held copies are never
+evicted, copies run one at a time per node, capacity is checked when a copy reserves space.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from typing import Callable
+
+from scratch_stage import planner
+from scratch_stage.simulate.engine import Inputs, Policy
+from scratch_stage.simulate.inputs import NodeJob
+from scratch_stage.simulate.node import Action, SimNode
+
+MIB = 1 << 20
+TICK = frozenset({"tick"})
+ON_START = frozenset({"start"})
+
+
+class Ours:
+    """The production planner, called exactly as the rebalance calls it."""
+
+    triggers = TICK
+
+    def __init__(
+        self, params: planner.PlanParams | None = None,
+        value: planner.ValueFunction | None = None,
+    ) -> None:  # fmt: skip
+        self.params = params
+        self.value = value
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        assert inputs is not None
+        params = self.params or planner.PlanParams(horizon=node.config.horizon)
+        value = self.value or planner.default_value
+        # Looked up at call time on the module: the simulator runs the planner the
+        # rebalance runs, whatever replaced it (tests check this with a spy).
+        result = planner.plan(
+            node.catalog, node.node_state(), inputs.heat, inputs.demand, node.capacity,
+            now=now, params=params, value=value,
+        )  # fmt: skip
+        return Action(result.evict, result.stage)
+
+
+class NoCache:
+    """Everything is read from slow storage."""
+
+    triggers: frozenset[str] = frozenset()
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        return None
+
+
+class AdmitOnAccess:
+    """Classic demand caching: a missed dataset is copied, lowest-priority copies make room."""
+
+    triggers = ON_START
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        assert job is not None
+        evict: list[str] = []
+        stage: list[str] = []
+        for name, _ in job.reads:
+            if node.busy(name):
+                self.hit(node, name)
+                continue
+            victims = self.make_room(node, name, evict)
+            if victims is None:
+                continue
+            evict.extend(victims)
+            stage.append(name)
+            self.admit(node, name)
+        return Action(tuple(evict), tuple(stage), replace=False) if evict or stage else None
+
+    def make_room(self, node: SimNode, name: str, already: list[str]) -> list[str] | None:
+        """Victims (lowest priority first) freeing room for NAME; None if it cannot fit."""
+        size = node.sizes[name]
+        if size > node.capacity:
+            return None
+        free = node.capacity - node.committed + sum(node.sizes[n] for n in already)
+        candidates = sorted(
+            (n for n in node.cached if node.evictable(n) and n not in already),
+            key=lambda n: (self.priority(node, n), n),
+        )
+        victims: list[str] = []
+        for victim in candidates:
+            if free >= size:
+                break
+            victims.append(victim)
+            free += node.sizes[victim]
+        if free < size:
+            return None
+        for victim in victims:
+            self.evicted(node, victim)
+        return victims
+
+    def priority(self, node: SimNode, name: str) -> float:
+        return node.last_use.get(name, -math.inf)
+
+    def hit(self, node: SimNode, name: str) -> None:
+        """NAME was requested and is cached (or on its way)."""
+
+    def admit(self, node: SimNode, name: str) -> None:
+        """NAME was missed and will be copied."""
+
+    def evicted(self, node: SimNode, name: str) -> None:
+        """NAME leaves the cache."""
+
+
+class LRU(AdmitOnAccess):
+    """Least recently used (by job start) goes first."""
+
+
+class LFUDA(AdmitOnAccess):
+    """LFU with dynamic aging: priority = L + frequency; L rises to each victim's priority."""
+
+    def __init__(self) -> None:
+        self.aging = 0.0
+        self.frequency: dict[str, int] = {}
+        self.key: dict[str, float] = {}
+
+    def weight(self, node: SimNode, name: str) -> float:
+        return 1.0
+
+    def _touch(self, node: SimNode, name: str) -> None:
+        self.frequency[name] = self.frequency.get(name, 0) + 1
+        self.key[name] = self.aging + self.frequency[name] * self.weight(node, name)
+
+    hit = _touch
+    admit = _touch
+
+    def priority(self, node: SimNode, name: str) -> float:
+        return self.key.get(name, self.aging)
+
+    def evicted(self, node: SimNode, name: str) -> None:
+        self.aging = max(self.aging, self.key.pop(name, self.aging))
+        self.frequency.pop(name, None)
+
+
+class GDSF(LFUDA):
+    """GreedyDual-Size-Frequency (cost 1): priority = L + frequency / size."""
+
+    def weight(self, node: SimNode, name: str) -> float:
+        return 1.0 / max(node.sizes[name], 1)
+
+
+def knapsack(
+    items: Sequence[tuple[str, int, float]], capacity: int
+) -> set[str]:  # (name, weight, value)
+    """Exact 0/1 knapsack over integer weights (the prototype's table)."""
+    best = [0.0] * (capacity + 1)
+    keep: list[list[bool]] = []
+    for _, weight, value in items:
+        row = [False] * (capacity + 1)
+        for c in range(capacity, weight - 1, -1):
+            if best[c - weight] + value > best[c]:
+                best[c] = best[c - weight] + value
+                row[c] = True
+        keep.append(row)
+    chosen: set[str] = set()
+    c = capacity
+    for (name, weight, _), row in zip(reversed(items), reversed(keep)):
+        if row[c]:
+            chosen.add(name)
+            c -= weight
+    return chosen
+
+
+def reconcile(node: SimNode, chosen: Sequence[str]) -> Action:
+    """Evict every unheld copy not in CHOSEN; copy CHOSEN's missing ones in that order."""
+    wanted = set(chosen)
+    evict = tuple(sorted(n for n in node.cached if n not in wanted and node.evictable(n)))
+    stage = tuple(n for n in chosen if n not in node.cached)
+    return Action(evict, stage)
+
+
+class ScratchManager:
+    """The seed prototype: heat (+1 MiB/s if cached) by size, knapsack over capacity/1000.
+
+    Sizes are floored to units, so a dataset smaller than a unit weighs nothing (the
+    prototype's overfill; the executor's reservation check refuses what does not fit).
+    It had no demand input.
+    """
+
+    triggers = TICK
+    units = 1000
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        assert inputs is not None
+        unit = max(1, node.capacity // self.units)
+        items = []
+        for name, size in sorted(node.sizes.items()):
+            value = inputs.heat.get(name, 0.0) + (MIB if name in node.cached else 0.0)
+            if value > 0 and size // unit <= self.units:
+                items.append((name, size // unit, value))
+        chosen = knapsack(items, self.units)
+        order = sorted(chosen, key=lambda n: (-inputs.heat.get(n, 0.0), n))
+        return reconcile(node, order)
+
+
+class HTCache:
+    """HTCondor-HTCache-style valuation: uses and queue stickiness, decayed by age; per file.
+
+    score = (uses + stickiness x queued) / (1 + age / age_scale); the cache is filled by
+    score (smaller first on ties) and anything without uses or queued jobs is not kept.
+    """
+
+    triggers = TICK
+
+    def __init__(self, stickiness: float = 1.0, age_scale: float = 3600.0) -> None:
+        self.stickiness = stickiness
+        self.age_scale = age_scale
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        assert inputs is not None
+        scores = {}
+        for name in node.sizes:
+            age = now - node.last_use.get(name, now)
+            uses = node.uses.get(name, 0) + self.stickiness * inputs.demand.get(name, 0.0)
+            if uses > 0:
+                scores[name] = uses / (1.0 + age / self.age_scale)
+        ranked = sorted(scores, key=lambda n: (-scores[n], node.sizes[n], n))
+        return reconcile(node, fill(node, ranked))
+
+
+def fill(node: SimNode, ranked: Sequence[str]) -> list[str]:
+    """Held copies and the copy in flight, then RANKED greedily while they fit."""
+    forced = [n for n in node.cached if not node.evictable(n)]
+    if node.inflight is not None:
+        forced.append(node.inflight[0])
+    free = node.capacity - sum(node.sizes[n] for n in forced)
+    chosen = list(forced)
+    for name in ranked:
+        if name not in chosen and node.sizes[name] <= free:
+            chosen.append(name)
+            free -= node.sizes[name]
+    return chosen
+
+
+class Belady:
+    """Offline reference with the node's whole future: keep the soonest-needed datasets.
+
+    At every job start, end and copy completion it wants, by next use, every dataset
+    whose remaining reads on this node exceed its size (else a copy cannot pay off),
+    while they fit; the rest is evicted (farthest next use first, as Belady's rule).
+    """
+
+    triggers = frozenset({"start", "end", "copy"})
+
+    def __init__(self) -> None:
+        self.future: dict[str, tuple[list[float], list[int]]] | None = None
+
+    def _index(self, jobs: Sequence[NodeJob]) -> dict[str, tuple[list[float], list[int]]]:
+        starts: dict[str, list[float]] = {}
+        sizes: dict[str, list[int]] = {}
+        for job in jobs:
+            for name, size in job.reads:
+                starts.setdefault(name, []).append(job.start)
+                sizes.setdefault(name, []).append(size)
+        index = {}
+        for name, times in starts.items():
+            suffix = [0] * (len(times) + 1)
+            for i in range(len(times) - 1, -1, -1):
+                suffix[i] = suffix[i + 1] + sizes[name][i]
+            index[name] = (times, suffix)
+        return index
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        if self.future is None:
+            self.future = self._index(node.work.jobs)
+        remaining = _running_remainder(node, now)
+        next_use: dict[str, float] = {}
+        for name, (times, suffix) in self.future.items():
+            i = bisect.bisect_right(times, now)
+            later = suffix[i] + remaining.get(name, 0.0)
+            if later > node.sizes[name]:
+                next_use[name] = now if name in node.held else (times[i] if i < len(times) else now)
+        ranked = sorted(next_use, key=lambda n: (next_use[n], n))
+        return reconcile(node, fill(node, ranked))
+
+
+def _running_remainder(node: SimNode, now: float) -> Mapping[str, float]:
+    remaining: dict[str, float] = {}
+    for job in node.running.values():
+        share = (job.end - now) / (job.end - job.start)
+        for name, size in job.reads:
+            remaining[name] = remaining.get(name, 0.0) + size * share
+    return remaining
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "ours": Ours,
+    "none": NoCache,
+    "lru": LRU,
+    "lfu-da": LFUDA,
+    "gdsf": GDSF,
+    "scratch_manager": ScratchManager,
+    "htcache": HTCache,
+    "belady": Belady,
+}

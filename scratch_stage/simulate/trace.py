@@ -1,0 +1,144 @@
+"""Job traces: what the simulator replays (format in docs/simulate.md).
+
+JSON lines. The first line is a header naming the format and every dataset's size; each
+following line is one job: id, submit, start and end times (seconds), the nodes it ran on,
+and per dataset what EACH of its nodes read: `passes` over the image or `bytes`.
+
+    {"format": "scratch-stage-trace", "version": 1, "datasets": {"imagenet": 150000000000}}
+    {"id": "17", "submit": 0, "start": 60, "end": 3660, "nodes": ["n1"], "passes": {"imagenet": 2}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from scratch_stage.errors import ScratchStageError
+
+TRACE_FORMAT = "scratch-stage-trace"
+TRACE_VERSION = 1
+
+
+class TraceError(ScratchStageError):
+    """A trace file cannot be read: the message names the line."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: on each of NODES it reads READS[name] bytes of each dataset, at a steady rate."""
+
+    id: str
+    submit: float
+    start: float
+    end: float
+    nodes: tuple[str, ...]
+    reads: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "submit": self.submit, "start": self.start, "end": self.end,
+            "nodes": list(self.nodes), "bytes": dict(self.reads),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Dataset sizes (bytes) and jobs sorted by start time."""
+
+    datasets: Mapping[str, int]
+    jobs: tuple[Job, ...]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node any job ran on, sorted."""
+        return tuple(sorted({n for job in self.jobs for n in job.nodes}))
+
+    def catalog_bytes(self) -> int:
+        return sum(self.datasets.values())
+
+
+def parse_header(data: Any) -> dict[str, int]:
+    """Dataset sizes from the header object; TraceError if it is not a version-1 header."""
+    if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
+        raise TraceError(f"not a {TRACE_FORMAT} file (first line must be its header)")
+    if data.get("version") != TRACE_VERSION:
+        raise TraceError(f"trace version {data.get('version')!r} is not {TRACE_VERSION}")
+    sizes = data.get("datasets")
+    if not isinstance(sizes, dict) or not all(
+        isinstance(n, str) and type(s) is int and s > 0 for n, s in sizes.items()
+    ):
+        raise TraceError("header 'datasets' must map names to positive integer sizes")
+    return dict(sizes)
+
+
+def parse_job(data: Any, sizes: Mapping[str, int]) -> Job:
+    """One job record; ValueError (with the reason) if malformed."""
+    if not isinstance(data, dict):
+        raise ValueError("a job record must be a JSON object")
+    submit, start, end = (float(data[k]) for k in ("submit", "start", "end"))
+    if not submit <= start <= end:
+        raise ValueError("times must satisfy submit <= start <= end")
+    nodes = data["nodes"]
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
+        raise ValueError("'nodes' must be a non-empty list of node names")
+    return Job(str(data["id"]), submit, start, end, tuple(nodes), _reads(data, sizes))
+
+
+def _reads(data: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str, int]:
+    reads: dict[str, int] = {}
+    for key in ("passes", "bytes"):
+        for name, amount in dict(data.get(key, {})).items():
+            if name not in sizes:
+                raise ValueError(f"dataset {name!r} is not in the header")
+            if float(amount) < 0:
+                raise ValueError(f"negative {key} for {name!r}")
+            scale = sizes[name] if key == "passes" else 1
+            reads[name] = reads.get(name, 0) + round(float(amount) * scale)
+    return reads
+
+
+def parse_trace(lines: Iterable[str]) -> Trace:
+    """The trace in LINES (blank lines and lines starting with # are skipped)."""
+    sizes: dict[str, int] | None = None
+    jobs: list[Job] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            data = json.loads(line)
+            if sizes is None:
+                sizes = parse_header(data)
+            else:
+                jobs.append(parse_job(data, sizes))
+        except (ValueError, KeyError, TypeError) as e:
+            raise TraceError(f"trace line {number}: {e}") from None
+    if sizes is None:
+        raise TraceError("empty trace: no header line")
+    jobs.sort(key=lambda j: (j.start, j.end, j.id))
+    return Trace(sizes, tuple(jobs))
+
+
+def read_trace(path: Path) -> Trace:
+    """The trace in the file at PATH; TraceError if unreadable or malformed."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return parse_trace(f)
+    except OSError as e:
+        raise TraceError(f"cannot read trace {path}: {e.strerror}") from None
+
+
+def format_trace(trace: Trace) -> Iterator[str]:
+    """The lines (without newlines) of TRACE's JSON lines form."""
+    header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "datasets": dict(trace.datasets)}
+    yield json.dumps(header, sort_keys=True)
+    for job in trace.jobs:
+        yield json.dumps(job.to_json(), sort_keys=True)
+
+
+def write_trace(trace: Trace, out: TextIO) -> None:
+    """Write TRACE to OUT as JSON lines."""
+    for line in format_trace(trace):
+        out.write(line + "\n")

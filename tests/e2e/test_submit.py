@@ -1,0 +1,359 @@
+"""End to end, on a real single-node Slurm 22.05 cluster: the submit-side pieces.
+
+The SPANK plugin (spank_config/) adds `--datasets=` to sbatch/srun/salloc and passes it to
+the prolog as SPANK_DATASETS; job_submit.lua (slurm/) refuses unknown, malformed and
+forbidden datasets at submission with a message the user sees, and copies --datasets into
+the job comment for queued-job demand.
+
+One cluster for the module (`slurm/testcluster up` under a fresh directory in /tmp, the
+plugin built with make, both plugins enabled); its finalizer always runs
+`slurm/testcluster down DIR --purge`. Jobs are submitted as the unprivileged test user.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TESTCLUSTER = REPO / "slurm" / "testcluster"
+JOB_SUBMIT_LUA = REPO / "slurm" / "job_submit.lua"
+SPANK_DIR = REPO / "spank_config"
+USER = "ssuser"
+LUA_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/slurm-wlm/job_submit_lua.so")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "make", "cc")
+# More than job_submit.lua lists in a message (10), to see the list cut short.
+FILLER = [f"filler{i:02d}" for i in range(12)]
+USAGE = "scratch-stage: --datasets needs a comma-separated list of dataset names"
+
+
+def missing_requirement() -> str | None:
+    """Why the end-to-end tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "end-to-end Slurm tests need root (they start munged, slurmctld and slurmd)"
+    if not os.access(TESTCLUSTER, os.X_OK):
+        return f"{TESTCLUSTER} is missing or not executable"
+    for program in PROGRAMS:
+        if shutil.which(program) is None:
+            return (
+                f"{program} not found: apt install munge slurmctld slurmd slurm-client "
+                "libslurm-dev make gcc"
+            )
+    if not Path("/usr/include/slurm/spank.h").exists():
+        return "/usr/include/slurm/spank.h missing: apt install libslurm-dev"
+    if not LUA_PLUGIN.exists():
+        return f"{LUA_PLUGIN} missing (Debian's slurm-wlm-basic-plugins provides it)"
+    return None
+
+
+_MISSING = missing_requirement()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+
+
+@dataclass
+class Cluster:
+    base: Path  # everything of this module: plugin, catalog, prolog output, cluster dir
+    dir: Path  # the testcluster directory
+    conf: Path  # its slurm.conf
+    catalog: Path
+    envdir: Path  # the prolog writes the environment of job N to envdir/N
+
+    def run_as_user(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.conf}", *args],
+            cwd=self.dir / "work",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def admin(self, *args: str) -> str:
+        return subprocess.run(
+            list(args),
+            env={**os.environ, "SLURM_CONF": str(self.conf)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+
+    def submit(self, *args: str) -> str:
+        """sbatch ARGS as the test user; the job id (the submission must succeed)."""
+        proc = self.run_as_user("sbatch", "--parsable", "--output=/dev/null", *args)
+        assert proc.returncode == 0, f"sbatch {args} failed: {proc.stderr}"
+        return proc.stdout.strip().split(";")[0]
+
+    def prolog_env(self, job_id: str, timeout: float = 30) -> dict[str, str]:
+        """The environment the prolog of JOB_ID ran with."""
+        path = self.envdir / job_id
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert time.monotonic() < deadline, f"no prolog ran for job {job_id} in {timeout}s"
+            time.sleep(0.2)
+        env = {}
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                env[key] = value
+        return env
+
+    def comment(self, job_id: str) -> str:
+        out = self.admin("scontrol", "show", "job", job_id)
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("Comment="):
+                return line[len("Comment=") :]
+        return ""
+
+
+def write_catalog(path: Path, groups: dict[str, str]) -> None:
+    lines = ["# scratch-stage catalog v1"] + [f"{name}\t{g}" for name, g in groups.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o644)
+    tmp.rename(path)
+
+
+def down(cluster_dir: Path) -> None:
+    subprocess.run(
+        [str(TESTCLUSTER), "down", str(cluster_dir), "--purge"], timeout=120, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # Under /tmp, world-traversable: the test user's sbatch must read plugstack.conf and
+    # load the plugin from here (pytest's tmp_path is private to root).
+    base = Path(tempfile.mkdtemp(prefix="ss-e2e-submit-", dir="/tmp"))
+    cluster_dir = base / "cluster"
+    try:
+        base.chmod(0o755)
+        plugin_dir = base / "plugin"
+        envdir = base / "env"
+        plugin_dir.mkdir(mode=0o755)
+        envdir.mkdir(mode=0o700)
+        subprocess.run(
+            ["make", "-s", "-C", str(SPANK_DIR), f"BUILDDIR={plugin_dir}"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        so = plugin_dir / "scratch_stage_spank.so"
+        so.chmod(0o755)
+        plugstack = plugin_dir / "plugstack.conf"
+        # required here (optional in production): a plugin that fails to load must fail loudly
+        plugstack.write_text(f"required {so}\n")
+        plugstack.chmod(0o644)
+        catalog = plugin_dir / "catalog.txt"
+        # job_submit.lua as shipped, pointed at this catalog and rechecking it every second
+        lua = JOB_SUBMIT_LUA.read_text()
+        lines = []
+        for line in lua.splitlines():
+            if line.startswith("local CATALOG_PATH ="):
+                line = f'local CATALOG_PATH = "{catalog}"'
+            elif line.startswith("local CATALOG_RECHECK_SECONDS ="):
+                line = "local CATALOG_RECHECK_SECONDS = 1"
+            lines.append(line)
+        assert any(str(catalog) in line for line in lines), "CATALOG_PATH line not found"
+        job_submit = plugin_dir / "job_submit.lua"
+        job_submit.write_text("\n".join(lines) + "\n")
+        prolog = plugin_dir / "prolog"
+        prolog.write_text(
+            "#!/bin/sh\n"
+            f'env > "{envdir}/.$SLURM_JOB_ID" && mv "{envdir}/.$SLURM_JOB_ID" '
+            f'"{envdir}/$SLURM_JOB_ID"\n'
+            "exit 0\n"
+        )
+        prolog.chmod(0o755)
+        env = {
+            **os.environ,
+            "TESTCLUSTER_PROLOG": str(prolog),
+            "TESTCLUSTER_PLUGSTACK": str(plugstack),
+            "TESTCLUSTER_JOB_SUBMIT": str(job_submit),
+            "TESTCLUSTER_USER": USER,
+        }
+        env.pop("SLURM_CONF", None)
+        up = subprocess.run(
+            [str(TESTCLUSTER), "up", str(cluster_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert up.returncode == 0, f"testcluster up failed:\n{up.stderr}"
+        # the user exists now (testcluster creates it): restrict one dataset to its group
+        own_group = grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name
+        write_catalog(
+            catalog,
+            {
+                "alpha": "*",
+                "beta.v2": "*",
+                "mine": own_group,
+                "secret": "root",
+                "nobody-at-all": "",
+                **dict.fromkeys(FILLER, "*"),
+            },
+        )
+        yield Cluster(base, cluster_dir, cluster_dir / "etc" / "slurm.conf", catalog, envdir)
+    finally:
+        down(cluster_dir)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- SPANK --datasets
+
+
+def test_sbatch_datasets_reaches_prolog_and_comment(cluster: Cluster) -> None:
+    job = cluster.submit("--datasets=alpha", "--wrap", "true")
+    env = cluster.prolog_env(job)
+    assert env.get("SPANK_DATASETS") == "alpha"
+    assert "datasets:alpha" in env.get("SLURM_JOB_COMMENT", "").split()
+    assert "datasets:alpha" in cluster.comment(job).split()
+
+
+def test_datasets_directive_in_batch_script(cluster: Cluster) -> None:
+    script = cluster.dir / "work" / "directive.sh"
+    script.write_text("#!/bin/sh\n#SBATCH --datasets=beta.v2,alpha\ntrue\n")
+    script.chmod(0o644)
+    job = cluster.submit(str(script))
+    env = cluster.prolog_env(job)
+    assert env.get("SPANK_DATASETS") == "beta.v2,alpha"
+    assert "datasets:beta.v2,alpha" in cluster.comment(job).split()
+
+
+def test_srun_datasets(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("srun", "--datasets=alpha", "printenv", "SLURM_JOB_ID")
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    assert cluster.prolog_env(job).get("SPANK_DATASETS") == "alpha"
+
+
+def test_salloc_datasets(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("salloc", "--datasets=beta.v2", "printenv", "SLURM_JOB_ID")
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().splitlines()[-1]
+    assert cluster.prolog_env(job).get("SPANK_DATASETS") == "beta.v2"
+
+
+def test_queued_job_comment_merges_option_and_keeps_other_text(cluster: Cluster) -> None:
+    job = cluster.submit(
+        "--hold", "--comment=run 7 datasets:alpha", "--datasets=alpha,beta.v2", "--wrap", "true"
+    )
+    try:
+        out = cluster.admin("squeue", "-h", "-j", job, "-o", "%k")
+        assert out.strip() == "run 7 datasets:alpha datasets:beta.v2"
+    finally:
+        cluster.admin("scancel", job)
+
+
+def test_comment_only_request_is_left_alone(cluster: Cluster) -> None:
+    job = cluster.submit("--comment=datasets:alpha,beta.v2 note", "--wrap", "true")
+    env = cluster.prolog_env(job)
+    assert env.get("SLURM_JOB_COMMENT") == "datasets:alpha,beta.v2 note"
+    assert "SPANK_DATASETS" not in env
+
+
+@pytest.mark.parametrize("value", ["", "alpha,,beta.v2", "alpha,", "al pha", "a;b", ".hidden"])
+def test_bad_datasets_value_fails_in_the_client(cluster: Cluster, value: str) -> None:
+    proc = cluster.run_as_user("sbatch", f"--datasets={value}", "--wrap", "true")
+    assert proc.returncode != 0
+    assert USAGE in proc.stderr
+    assert "Submitted batch job" not in proc.stdout
+
+
+# ---------------------------------------------------------------- job_submit.lua
+
+
+def test_unknown_dataset_in_comment_is_rejected(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("sbatch", "--comment=datasets:nope", "--wrap", "true")
+    assert proc.returncode != 0
+    assert "scratch-stage: unknown dataset 'nope' (known: alpha, beta.v2, " in proc.stderr
+    # the list is cut after 10 names
+    assert "... 7 more)" in proc.stderr
+
+
+def test_unknown_dataset_in_option_is_rejected(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("sbatch", "--datasets=alpha,imagenet", "--wrap", "true")
+    assert proc.returncode != 0
+    assert "scratch-stage: unknown dataset 'imagenet'" in proc.stderr
+
+
+def test_dots_are_part_of_the_name(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("sbatch", "--comment=datasets:beta", "--wrap", "true")
+    assert proc.returncode != 0
+    assert "unknown dataset 'beta'" in proc.stderr
+
+
+def test_malformed_name_in_comment_is_rejected(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("sbatch", "--comment=datasets:../etc", "--wrap", "true")
+    assert proc.returncode != 0
+    assert "scratch-stage: malformed dataset name '../etc'" in proc.stderr
+
+
+def test_restricted_dataset_is_rejected_for_non_members(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("sbatch", "--datasets=secret", "--wrap", "true")
+    assert proc.returncode != 0
+    assert (
+        f"scratch-stage: dataset 'secret' is restricted to the groups root and user {USER} "
+        "is in none of them" in proc.stderr
+    )
+    proc = cluster.run_as_user("srun", "--comment=datasets:nobody-at-all", "true")
+    assert proc.returncode != 0
+    assert "dataset 'nobody-at-all' is restricted" in proc.stderr
+
+
+def test_restricted_dataset_is_accepted_for_members(cluster: Cluster) -> None:
+    job = cluster.submit("--datasets=mine", "--wrap", "true")
+    assert cluster.prolog_env(job).get("SPANK_DATASETS") == "mine"
+
+
+def test_catalog_problems_fail_open(cluster: Cluster) -> None:
+    aside = cluster.catalog.with_name("catalog.aside")
+    cluster.catalog.rename(aside)
+    try:
+        time.sleep(1.5)  # the copy under test rechecks the catalog every second
+        job = cluster.submit("--comment=datasets:nope", "--wrap", "true")
+        assert job.isdigit()
+        log = (cluster.dir / "log" / "slurmctld.log").read_text()
+        assert "scratch-stage: cannot read the catalog" in log
+    finally:
+        aside.rename(cluster.catalog)
+    time.sleep(1.5)
+    proc = cluster.run_as_user("sbatch", "--comment=datasets:nope", "--wrap", "true")
+    assert proc.returncode != 0
+    assert "unknown dataset 'nope'" in proc.stderr
+
+
+def test_comment_update_of_a_queued_job_is_checked(cluster: Cluster) -> None:
+    # Slurm 22.05's scontrol does not print slurm.log_user() text of a refused update (it
+    # says "Unspecified error for job N"): the reason is in slurmctld's log.
+    job = cluster.submit("--hold", "--wrap", "true")
+    try:
+        for comment, reason in [
+            ("datasets:nope", "unknown dataset 'nope'"),
+            ("datasets:secret", "dataset 'secret' is restricted"),
+        ]:
+            proc = cluster.run_as_user("scontrol", "update", f"jobid={job}", f"comment={comment}")
+            assert proc.returncode != 0
+            assert f"Unspecified error for job {job}" in proc.stderr
+            log = (cluster.dir / "log" / "slurmctld.log").read_text()
+            assert f"refused a modification by uid {pwd.getpwnam(USER).pw_uid}" in log
+            assert reason in log
+        assert cluster.comment(job) == ""
+        proc = cluster.run_as_user("scontrol", "update", f"jobid={job}", "comment=datasets:beta.v2")
+        assert proc.returncode == 0, proc.stderr
+        assert cluster.comment(job) == "datasets:beta.v2"
+    finally:
+        cluster.admin("scancel", job)
