@@ -61,6 +61,8 @@ class Config:
     value_function: str = ""
     idle_unmount: float = 3600.0
     bandwidth: int = 0
+    node_features: bool = False
+    scontrol_command: tuple[str, ...] = ("/usr/bin/scontrol",)
     source: str = "<defaults>"
 
 
@@ -165,6 +167,18 @@ def _fraction(value: Any) -> float:
     return number
 
 
+def _boolean(value: Any) -> bool:
+    # YAML gives a bool; an environment override gives text.
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
 def _nonnegative_duration(value: Any) -> float:
     return parse_duration(value)
 
@@ -195,6 +209,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "value_function": _callable_name,
     "idle_unmount": _nonnegative_duration,
     "bandwidth": parse_size,
+    "node_features": _boolean,
+    "scontrol_command": _command,
 }
 _REQUIRED = ("datadir", "cachedir")
 # Keys whose environment override is read as YAML-free text (all but mappings).

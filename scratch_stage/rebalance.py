@@ -174,8 +174,22 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
         _evict(node, state, the_plan, report)
         _unmount_idle(node, state, catalog, now, report)
     _stage(node, the_plan, report, progress)
+    if node.config.node_features:
+        _publish_features(node, report)
     _save_report(node, report, now)
     return report
+
+
+def _publish_features(node: Node, report: Report) -> None:
+    from scratch_stage.features import publish_features
+
+    try:
+        changed = publish_features(node, sorted(node.store.read().cached))
+    except ScratchStageError as e:
+        report.failed.append(f"node features: {e}")
+        return
+    if changed:
+        report.done.append(changed)
 
 
 def _save_report(node: Node, report: Report, now: float) -> None:
