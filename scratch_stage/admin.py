@@ -133,6 +133,19 @@ def unpin(node: Node, name: str) -> str:
     return f"{name}: unpinned"
 
 
+def release(node: Node, job_id: str) -> str:
+    """Remove JOB_ID's holds (a job id, or 'recovered' after a state rebuild)."""
+    with node.store.transaction() as state:
+        hold = state.jobs.pop(job_id, None)
+        if hold is None:
+            raise DatasetError(f"job {shorten(job_id)} holds nothing on this node")
+        for name in hold.datasets:
+            state.last_used[name] = node.clock()
+    for name in hold.datasets:
+        node.events.emit("release", name, job=job_id)
+    return f"job {job_id}: released {', '.join(hold.datasets)}"
+
+
 def purge(node: Node, names: Iterable[str], *, purge_all: bool, force: bool) -> list[str]:
     """Drop cached copies (of all if PURGE_ALL); held ones only with FORCE. What was done."""
     names = list(names)

@@ -222,6 +222,17 @@ def _progress_reporter(name: str) -> Callable[[int, int], None]:
 
 
 @cli.command()
+@click.argument("job_id")
+@pass_ctx
+def release(ctx: Context, job_id: str) -> int:
+    """Drop a job's holds, as its epilog would (for a job whose epilog never ran)."""
+    from scratch_stage.admin import release as do_release
+
+    click.echo(do_release(ctx.node, job_id))
+    return 0
+
+
+@cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "purge_all", is_flag=True, help="Every cached copy no job holds.")
 @click.option("--force", is_flag=True, help="Also drop copies held by running jobs.")
@@ -410,8 +421,12 @@ def run_cli(args: Sequence[str]) -> int:
     """Run the click group on ARGS; map every failure to its exit code (DESIGN section 5)."""
     try:
         result = cli.main(list(args), prog_name="scratch-stage", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        click.echo(f"scratch-stage: usage: {e.format_message()}{hint}", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"scratch-stage: error: {e.format_message()}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return int(e.exit_code)

@@ -48,7 +48,7 @@ def ensure_mounted(node: Node, state: NodeState, image: Image) -> str | None:
     layers = stack(node, image.name)
     if serves(layers, source):
         return None
-    current = {real_path(image.path), real_path(node.cached_path(image.name))}
+    current = {real_path(image.path), real_path(source)}  # a stale cached copy is not current
     stale = any(layer.deleted or layer.backing_path not in current for layer in layers)
     if stale and not state.holders(image.name):
         unmount_all(node, image.name)  # nobody reads the old version: start clean

@@ -78,6 +78,7 @@ def reap_dead_copies(node: Node, state: NodeState) -> list[str]:
             # Killed between the rename and the commit: the file was never recorded or mounted.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(node.cached_path(name))
+    _remove_stray_temp_files(node)
     live = {partial_name(name, c.pid) for name, c in state.staging.items()}
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(node.partial_dir):
@@ -86,6 +87,15 @@ def reap_dead_copies(node: Node, state: NodeState) -> list[str]:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
     return dead
+
+
+def _remove_stray_temp_files(node: Node) -> None:
+    """Temp files of state writes whose process died (kill -9 between write and rename)."""
+    for path in node.config.statedir.glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and process_start(node.root, int(pid)) is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def partial_name(name: str, pid: int) -> str:

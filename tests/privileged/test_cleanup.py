@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nodetree import ImageStore, NodeEnv, clean_tree, loops_under, mounts_under
+from nodetree import ImageStore, NodeEnv, clean_tree, loops_under, mounts_under, wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,8 +62,7 @@ def test_failing_tests_leave_nothing_behind(tmp_path: Path) -> None:
     record = tmp_path / "record"
     record.mkdir()
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings"]
-    argv += [str(suite)]
-    argv += ["--basetemp", str(tmp_path / "basetemp")]
+    argv += [str(suite), "--basetemp", str(tmp_path / "basetemp")]
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=300, cwd=suite,
@@ -76,9 +75,9 @@ def test_failing_tests_leave_nothing_behind(tmp_path: Path) -> None:
         seen = {p.name: json.loads(p.read_text()) for p in record.iterdir()}
         assert seen["body"]["mounts"] == 3 and seen["body"]["loops"] == 3
         assert seen["fixture"]["mounts"] == 1
-        for run in seen.values():
-            assert mounts_under(Path(run["root"])) == []
-            assert loops_under(Path(run["root"])) == {}
+        roots = [Path(run["root"]) for run in seen.values()]
+        assert [mounts_under(root) for root in roots] == [[], []]
+        wait_for(lambda: all(loops_under(root) == {} for root in roots), timeout=10)
     finally:
         assert clean_tree(tmp_path) == []
 
@@ -102,7 +101,7 @@ def test_finalizer_cleans_up_after_an_exception(tmp_path: Path, image_store: Ima
         assert busy is not None and len(busy.read()) > 0  # still readable, lazily detached
         busy.close()
         # The last close frees the loop devices (autoclear, set by `mount -o loop`/`losetup -d`).
-        assert loops_under(node.root) == {}
+        wait_for(lambda: loops_under(node.root) == {}, timeout=10)
     finally:
         if busy is not None:
             busy.close()

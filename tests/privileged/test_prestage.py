@@ -142,3 +142,16 @@ def test_prestage_of_bad_or_unknown_name_fails_with_one_line(node_env: NodeEnv, 
     assert not (node_env.root / "escape.sqfs.sqfs").exists()
     assert sorted(p.name for p in node_env.cachedir.iterdir() if p.name != ".partial") == []
     assert os.listdir(node_env.mountdir) == []
+
+
+def test_cached_copy_of_removed_image_is_not_served(node_env: NodeEnv) -> None:
+    node_env.add_image("alpha")
+    node_env.prolog(11, comment="datasets:alpha")
+    assert node_env.cli("prestage", "alpha").returncode == 0
+    (node_env.datadir / "alpha.sqfs").unlink()
+
+    done = node_env.prolog(12, comment="datasets:alpha")
+
+    assert done.returncode == 0, done.stderr
+    assert node_env.holders() == {"alpha": ["11"]}
+    assert [e["job"] for e in node_env.events("refused")] == ["12"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from nodetree import NodeEnv, blob_of, hello_of, loops_under
+import json
+
+from nodetree import NodeEnv, blob_of, hello_of, loops_under, stack_at
 
 
 def test_prolog_mounts_slow_image_readable(node_env: NodeEnv) -> None:
@@ -47,7 +49,10 @@ def test_second_job_shares_the_mount(node_env: NodeEnv) -> None:
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert len(node_env.stack("alpha")) == 1
     assert len(node_env.stack("beta")) == 1
-    rows = {d["name"]: d for d in node_env.status()["datasets"]}
+    status = node_env.status()
+    assert {"capacity_bytes", "used_bytes", "datasets"} <= set(status)
+    rows = {d["name"]: d for d in status["datasets"]}
+    assert {"name", "size", "state", "cached", "holders", "pinned"} <= set(rows["alpha"])
     assert rows["alpha"]["holders"] == ["11", "12"]
     assert rows["beta"]["holders"] == ["11"]
     assert rows["alpha"]["state"] == "mounted"
@@ -197,3 +202,25 @@ def test_stage_budget_falls_back_to_slow_mount_when_copy_fails(node_env: NodeEnv
     assert done.returncode == 0, done.stderr
     assert node_env.backings("alpha") == [str(node_env.datadir / "alpha.sqfs")]
     assert node_env.holders() == {"alpha": ["11"]}
+
+
+def test_directories_with_spaces_mount_once(node_env: NodeEnv) -> None:
+    spaced = node_env.root / "with space\tand tab"
+    for key in ("datadir", "cachedir", "mountdir"):
+        (spaced / key).mkdir(parents=True)
+    node_env.configure(**{key: str(spaced / key) for key in ("datadir", "cachedir", "mountdir")})
+    (spaced / "datadir" / "alpha.sqfs").write_bytes(node_env.store.get("alpha").read_bytes())
+
+    results = [node_env.prolog(job, comment="datasets:alpha") for job in (11, 12)]
+    results.append(node_env.cli("prestage", "alpha"))
+    results.append(node_env.prolog(13, comment="datasets:alpha"))
+
+    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
+    assert [m.backing for m in stack_at(spaced / "mountdir" / "alpha")] == [
+        str(spaced / "datadir" / "alpha.sqfs"), str(spaced / "cachedir" / "alpha.sqfs"),
+    ]  # fmt: skip
+    info = json.loads(node_env.cli("info", "alpha", "--json").stdout)
+    assert [layer["backing"] for layer in info["mount_stack"]] == [
+        m.backing for m in stack_at(spaced / "mountdir" / "alpha")
+    ]
+    assert node_env.holders() == {"alpha": ["11", "12", "13"]}

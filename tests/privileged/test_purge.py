@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from nodetree import NodeEnv, blob_of, hello_of, loops_under, one_line
+from nodetree import NodeEnv, blob_of, hello_of, loops_under, one_line, wait_for
 
 
 def cached_node(node_env: NodeEnv, *names: str, holder: int | None = None) -> None:
@@ -77,7 +77,7 @@ def test_forced_purge_keeps_open_file_working_and_serves_slow_image(node_env: No
     assert (node_env.mountdir / "alpha" / "hello.txt").read_text() == hello_of("alpha")
     assert node_env.holders() == {"alpha": ["11"]}
     # Once the open file is closed, the detached cached layer lets go of its loop device.
-    assert nothing_from_cachedir(node_env)
+    wait_for(lambda: nothing_from_cachedir(node_env), timeout=10)
 
 
 def test_purge_all_keeps_held_ones(node_env: NodeEnv) -> None:
