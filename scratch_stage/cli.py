@@ -164,7 +164,8 @@ def pin(ctx: Context, name: str, ttl: str | None) -> int:
     """Keep a dataset cached (optionally until a time)."""
     from scratch_stage.admin import pin as do_pin
 
-    click.echo(do_pin(ctx.node, name, _ttl(ttl)))
+    seconds = _ttl(ttl)  # a bad --ttl is a usage error, whatever the configuration
+    click.echo(do_pin(ctx.node, name, seconds))
     return 0
 
 

@@ -153,3 +153,17 @@ def test_epilog_releases_holds_idempotently(node: Node) -> None:
     assert state.holders("imagenet") == ["99"]
     released = [e["dataset"] for e in events_of(node) if e["event"] == "release"]
     assert released == ["imagenet", "coco"]
+
+
+def test_admin_release_drops_a_recovered_hold_and_refuses_an_unknown_job(node: Node) -> None:
+    from scratch_stage.admin import release
+    from scratch_stage.errors import DatasetError
+    from scratch_stage.state import RECOVERED
+
+    with node.store.transaction() as state:
+        state.jobs[RECOVERED] = Hold(("imagenet",), "?", 1.0)
+    assert release(node, RECOVERED) == "job recovered: released imagenet"
+    state = node.store.read()
+    assert state.jobs == {} and state.last_used == {"imagenet": 1000.0}
+    with pytest.raises(DatasetError, match="holds nothing"):
+        release(node, RECOVERED)
