@@ -1,77 +1,149 @@
 #!/usr/bin/env bash
-# The node-level story of scratch-stage, without Slurm: the prolog and epilog are run
-# exactly as Slurm runs them (job facts in environment variables), on real squashfs
-# images, loop mounts and a mount-over. Everything lives under one temporary directory,
-# removed (and unmounted) on exit, even on failure.
+# The scratch-stage story on a real Slurm cluster: a throw-away single-node Slurm 22.05
+# (slurm/testcluster) whose Prolog/Epilog run scratch-stage, with the --datasets SPANK
+# plugin and the job_submit.lua check enabled. Jobs are submitted by the unprivileged user
+# ssuser. Everything lives under one temporary directory; on exit (also on failure or ^C)
+# the cluster is stopped by its recorded PIDs, every mount under the directory is
+# unmounted, and the directory is removed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 S="$here/.venv/bin/scratch-stage"
-[ "$(id -u)" = 0 ] || { echo "demo: run as root (loop mounts need it)" >&2; exit 1; }
+TC="$here/slurm/testcluster"
+USER_NAME=ssuser
+[ "$(id -u)" = 0 ] || { echo "demo: run as root (Slurm daemons and loop mounts need it)" >&2; exit 1; }
+[ -x "$S" ] || { echo "demo: $S missing: run 'make setup' first" >&2; exit 1; }
 
 run=$(mktemp -d /tmp/scratch-stage-demo.XXXXXX)
+chmod 0755 "$run" # the test user's jobs and sbatch reach mountdir and the plugin here
+t0=$SECONDS
+pids=""
+
 cleanup() {
-  # Unmount every layer under our mountdir (loop devices autoclear), then drop the tree.
+  set +e
+  printf '\n\033[1m== Tear down\033[0m\n'
+  [ -d "$run/cluster" ] && "$TC" down "$run/cluster" --purge
+  # Unmount every layer under the demo directory, top first (loop devices autoclear).
   while findmnt -rn -o TARGET | grep -q "^$run/"; do
-    findmnt -rn -o TARGET | grep "^$run/" | sort -r | while read -r t; do umount -l "$t" || true; done
+    findmnt -rn -o TARGET | grep "^$run/" | sort -r | while read -r t; do umount -l "$t"; done
   done
-  rm -rf "$run"
+  rm -rf --one-file-system "$run"
+  local alive=""
+  for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+  if [ -n "$alive" ] || findmnt -rn -o TARGET | grep -q "^$run/"; then
+    echo "demo: left behind: pids$alive, mounts: $(findmnt -rn -o TARGET | grep "^$run/")" >&2
+  else
+    echo "nothing left running (munged, slurmctld, slurmd stopped), nothing mounted under $run"
+  fi
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
+# As the job user, from its work directory, talking to this cluster.
+user() { (cd "$run/cluster/work" && runuser -u "$USER_NAME" -- env SLURM_CONF="$SLURM_CONF" "$@"); }
+ushow() { printf '%s$ %s\n' "$USER_NAME" "$*"; user "$@"; }
+submit() { # sbatch ARGS as the user, shown on stderr; the job id on stdout
+  local id
+  printf '%s$ sbatch %s\n' "$USER_NAME" "$*" >&2
+  id=$(user sbatch --parsable "$@" | cut -d';' -f1)
+  echo "Submitted batch job $id" >&2
+  echo "$id"
+}
+job_state() { scontrol show job -o "$1" | tr ' ' '\n' | sed -n 's/^JobState=//p'; }
+wait_job() { # job id: until it has ended (and its epilog has run)
+  local i
+  for ((i = 0; i < 300; i++)); do
+    case $(job_state "$1") in PENDING | CONFIGURING | RUNNING | COMPLETING | "") sleep 0.2 ;; *) return 0 ;; esac
+  done
+  echo "demo: job $1 did not end in 60s" >&2
+  return 1
+}
+output() { printf -- '--- output of job %s\n' "$1"; cat "$run/cluster/work/$1.out"; }
 
-mkdir -p "$run"/{datasets-slow,cache,datasets,state,src}
-cat > "$run/config.yaml" <<CONF
-datadir: $run/datasets-slow
+mkdir -p "$run"/{data,cache,datasets,state,plugin,src}
+chmod 0755 "$run"/{data,datasets,plugin}
+cat >"$run/config.yaml" <<CONF
+datadir: $run/data
 cachedir: $run/cache
 mountdir: $run/datasets
 statedir: $run/state
 capacity: 1GiB
+node: localhost             # the test cluster's NodeName
+demand: {source: squeue}    # queued jobs (squeue -t PD) drive the rebalance
+node_features: true         # publish ds_<name> for cached datasets after each rebalance
 CONF
 export SCRATCH_STAGE_CONFIG="$run/config.yaml"
+for hook in prolog epilog; do
+  # Slurm runs the wrappers with no PATH and none of our environment: absolute paths only.
+  printf '#!/bin/sh\nexport SCRATCH_STAGE_CONFIG=%s\nexec %s %s\n' "$run/config.yaml" "$S" "$hook" >"$run/$hook.sh"
+  chmod 0755 "$run/$hook.sh"
+done
 
 step "A data steward builds two sample datasets into the slow data directory"
 for name in imagenet-mini coco-mini; do
   mkdir -p "$run/src/$name/train"
-  for i in $(seq 1 20); do head -c 262144 /dev/urandom > "$run/src/$name/train/img$i.bin"; done
-  echo "labels of $name" > "$run/src/$name/labels.txt"
+  for i in $(seq 1 16); do head -c 262144 /dev/urandom >"$run/src/$name/train/img$i.bin"; done
+  echo "labels of $name" >"$run/src/$name/labels.txt"
   show "$S" image build "$run/src/$name" "$name" --compression fast
 done
+show "$S" catalog --publish "$run/plugin/catalog.txt"
 
-step "Job 101 starts: #SBATCH --comment=datasets:imagenet-mini (the prolog mounts it)"
-show env -i SLURM_JOB_ID=101 SLURM_JOB_USER=root SLURM_JOB_UID=0 SLURM_JOB_GID=0 \
-  SLURM_JOB_COMMENT="sweep lr=0.1 datasets:imagenet-mini" SCRATCH_STAGE_CONFIG="$run/config.yaml" \
-  "$S" prolog
-step "Job 102 starts: #SBATCH --datasets=imagenet-mini,coco-mini (SPANK), shares the mount"
-show env -i SLURM_JOB_ID=102 SLURM_JOB_USER=root SLURM_JOB_UID=0 SLURM_JOB_GID=0 \
-  SPANK_DATASETS=imagenet-mini,coco-mini SCRATCH_STAGE_CONFIG="$run/config.yaml" "$S" prolog
-step "Job 103 makes mistakes (unknown and malformed names): logged, the prolog still exits 0"
-show env -i SLURM_JOB_ID=103 SLURM_JOB_COMMENT='datasets:nope,../etc' \
-  SCRATCH_STAGE_CONFIG="$run/config.yaml" "$S" prolog && echo "prolog exit code: $?"
+step "The administrator brings up Slurm: Prolog/Epilog, the --datasets plugin, job_submit.lua"
+make -s -C "$here/spank_config" BUILDDIR="$run/plugin"
+chmod 0755 "$run/plugin/scratch_stage_spank.so"
+echo "required $run/plugin/scratch_stage_spank.so" >"$run/plugin/plugstack.conf"
+sed "s|^local CATALOG_PATH = .*|local CATALOG_PATH = \"$run/plugin/catalog.txt\"|" \
+  "$here/slurm/job_submit.lua" >"$run/plugin/job_submit.lua"
+chmod 0644 "$run/plugin/"*.conf "$run/plugin/"*.lua "$run/plugin/catalog.txt"
+TESTCLUSTER_PROLOG="$run/prolog.sh" TESTCLUSTER_EPILOG="$run/epilog.sh" \
+  TESTCLUSTER_PLUGSTACK="$run/plugin/plugstack.conf" TESTCLUSTER_JOB_SUBMIT="$run/plugin/job_submit.lua" \
+  TESTCLUSTER_USER="$USER_NAME" show "$TC" up "$run/cluster"
+eval "$("$TC" env "$run/cluster")"
+pids=$(cat "$run/cluster"/{munged,slurmctld,slurmd}.pid)
+show sinfo
 
-step "The jobs read their data at <mountdir>/<name>"
-show cat "$run/datasets/imagenet-mini/labels.txt"
-show "$S" status
-
-step "The administrator stages imagenet-mini to the SSD: the cached copy is mounted over"
-exec 3< "$run/datasets/imagenet-mini/train/img1.bin"   # a file a job opened before
-show "$S" prestage imagenet-mini
-show findmnt -R "$run/datasets/imagenet-mini"
-cmp <(cat <&3) "$run/src/imagenet-mini/train/img1.bin" && echo "file opened before the mount-over still reads correctly"
-exec 3<&-
-show "$S" info imagenet-mini
-
-step "The jobs end: epilogs release their holds (idempotent)"
-for job in 101 102 103 101; do
-  env -i SLURM_JOB_ID=$job SCRATCH_STAGE_CONFIG="$run/config.yaml" "$S" epilog
+step "Two jobs ask for their data: one with --comment, one with the SPANK option --datasets"
+read_cmd="ls $run/datasets/; cat $run/datasets/*/labels.txt; sha256sum $run/datasets/imagenet-mini/train/img1.bin"
+j1=$(submit --output=%j.out --comment="lr=0.1 datasets:imagenet-mini" --wrap "$read_cmd; sleep 4")
+j2=$(submit --output=%j.out --datasets=imagenet-mini,coco-mini --wrap "$read_cmd; sleep 4")
+for ((i = 0; i < 100; i++)); do # until both run (their prologs have run)
+  [ "$(job_state "$j1")$(job_state "$j2")" = RUNNINGRUNNING ] && break
+  sleep 0.2
 done
+show squeue
+echo "(both jobs hold imagenet-mini: one mount, two holders)"
 show "$S" status
+wait_job "$j1"
+wait_job "$j2"
+output "$j1"
+output "$j2"
+echo "--- the image itself: $(sha256sum "$run/src/imagenet-mini/train/img1.bin" | cut -c1-64)"
 
-step "Purge the idle cached copy"
-show "$S" purge imagenet-mini
+step "A pending job: coco-mini is wanted by a job queued behind one that fills the node"
+blocker=$(submit --output=/dev/null --time=2 -n 2 --wrap "sleep 120")
+pending=$(submit --output=%j.out --time=1 --datasets=coco-mini \
+  --wrap "cat $run/datasets/coco-mini/labels.txt; findmnt -rn -o TARGET,SOURCE $run/datasets/coco-mini | while read -r t d; do echo \"layer \$d <- \$(cat /sys/block/\${d#/dev/}/loop/backing_file)\"; done")
+echo "waiting for a backfill pass to plan it onto this node (bf_interval=5) ..."
+for ((i = 0; i < 100; i++)); do
+  [ "$(squeue -h -j "$pending" -o %Y)" = localhost ] && break
+  sleep 0.3
+done
+show squeue -o '%.4i %.9T %.20S %.10Y %k'
+show "$S" rebalance --explain
 show "$S" status
-step "Why did job 103 get nothing? The event log says"
-grep '"job": "103"' "$run/state/events.log"
+echo '$ scontrol show node localhost | grep Features'
+scontrol show node localhost | grep Features
+show scancel "$blocker"
+wait_job "$pending"
+output "$pending"
+echo "(the top layer the job read is the cached copy in $run/cache)"
+
+step "A user asks for a dataset that does not exist: rejected at submission, with the reason"
+ushow sbatch --datasets=nope --wrap true || echo "(sbatch exit code: $?)"
+ushow sbatch --comment="datasets:../etc" --wrap true || echo "(sbatch exit code: $?)"
+
+step "Every job ended: no holders left, the node is idle (never drained)"
+show "$S" status
+show sinfo -N -o '%N %T'
 echo
-echo "demo finished: everything under $run is unmounted and removed on exit"
+echo "demo finished in $((SECONDS - t0))s"

@@ -5,9 +5,9 @@ the prolog as SPANK_DATASETS; job_submit.lua (slurm/) refuses unknown, malformed
 forbidden datasets at submission with a message the user sees, and copies --datasets into
 the job comment for queued-job demand.
 
-One cluster for the module (`slurm/testcluster up` under a fresh directory in /tmp, the
-plugin built with make, both plugins enabled); its finalizer always runs
-`slurm/testcluster down DIR --purge`. Jobs are submitted as the unprivileged test user.
+One cluster for the module (`slurm/testcluster up` under a fresh directory in /tmp, with the
+plugin built once per session by conftest.py, both plugins enabled); its finalizer always
+runs `slurm/testcluster down DIR --purge`. Jobs are submitted as the unprivileged test user.
 """
 
 from __future__ import annotations
@@ -22,42 +22,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TESTCLUSTER = REPO / "slurm" / "testcluster"
-JOB_SUBMIT_LUA = REPO / "slurm" / "job_submit.lua"
-SPANK_DIR = REPO / "spank_config"
+if TYPE_CHECKING:
+    from conftest import SlurmKit
+
 USER = "ssuser"
-LUA_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/slurm-wlm/job_submit_lua.so")
-PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "make", "cc")
 # More than job_submit.lua lists in a message (10), to see the list cut short.
 FILLER = [f"filler{i:02d}" for i in range(12)]
 USAGE = "scratch-stage: --datasets needs a comma-separated list of dataset names"
-
-
-def missing_requirement() -> str | None:
-    """Why the end-to-end tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "end-to-end Slurm tests need root (they start munged, slurmctld and slurmd)"
-    if not os.access(TESTCLUSTER, os.X_OK):
-        return f"{TESTCLUSTER} is missing or not executable"
-    for program in PROGRAMS:
-        if shutil.which(program) is None:
-            return (
-                f"{program} not found: apt install munge slurmctld slurmd slurm-client "
-                "libslurm-dev make gcc"
-            )
-    if not Path("/usr/include/slurm/spank.h").exists():
-        return "/usr/include/slurm/spank.h missing: apt install libslurm-dev"
-    if not LUA_PLUGIN.exists():
-        return f"{LUA_PLUGIN} missing (Debian's slurm-wlm-basic-plugins provides it)"
-    return None
-
-
-_MISSING = missing_requirement()
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
 
 
 @dataclass
@@ -125,16 +100,9 @@ def write_catalog(path: Path, groups: dict[str, str]) -> None:
     tmp.rename(path)
 
 
-def down(cluster_dir: Path) -> None:
-    subprocess.run(
-        [str(TESTCLUSTER), "down", str(cluster_dir), "--purge"], timeout=120, check=False
-    )
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    # Under /tmp, world-traversable: the test user's sbatch must read plugstack.conf and
-    # load the plugin from here (pytest's tmp_path is private to root).
+def cluster(slurm_kit: SlurmKit) -> Iterator[Cluster]:
+    # Under /tmp, world-traversable: the test user's sbatch reads the catalog's directory.
     base = Path(tempfile.mkdtemp(prefix="ss-e2e-submit-", dir="/tmp"))
     cluster_dir = base / "cluster"
     try:
@@ -143,31 +111,8 @@ def cluster() -> Iterator[Cluster]:
         envdir = base / "env"
         plugin_dir.mkdir(mode=0o755)
         envdir.mkdir(mode=0o700)
-        subprocess.run(
-            ["make", "-s", "-C", str(SPANK_DIR), f"BUILDDIR={plugin_dir}"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        so = plugin_dir / "scratch_stage_spank.so"
-        so.chmod(0o755)
-        plugstack = plugin_dir / "plugstack.conf"
-        # required here (optional in production): a plugin that fails to load must fail loudly
-        plugstack.write_text(f"required {so}\n")
-        plugstack.chmod(0o644)
         catalog = plugin_dir / "catalog.txt"
-        # job_submit.lua as shipped, pointed at this catalog and rechecking it every second
-        lua = JOB_SUBMIT_LUA.read_text()
-        lines = []
-        for line in lua.splitlines():
-            if line.startswith("local CATALOG_PATH ="):
-                line = f'local CATALOG_PATH = "{catalog}"'
-            elif line.startswith("local CATALOG_RECHECK_SECONDS ="):
-                line = "local CATALOG_RECHECK_SECONDS = 1"
-            lines.append(line)
-        assert any(str(catalog) in line for line in lines), "CATALOG_PATH line not found"
-        job_submit = plugin_dir / "job_submit.lua"
-        job_submit.write_text("\n".join(lines) + "\n")
+        job_submit = slurm_kit.job_submit_lua(plugin_dir / "job_submit.lua", catalog)
         prolog = plugin_dir / "prolog"
         prolog.write_text(
             "#!/bin/sh\n"
@@ -176,23 +121,13 @@ def cluster() -> Iterator[Cluster]:
             "exit 0\n"
         )
         prolog.chmod(0o755)
-        env = {
-            **os.environ,
-            "TESTCLUSTER_PROLOG": str(prolog),
-            "TESTCLUSTER_PLUGSTACK": str(plugstack),
-            "TESTCLUSTER_JOB_SUBMIT": str(job_submit),
-            "TESTCLUSTER_USER": USER,
-        }
-        env.pop("SLURM_CONF", None)
-        up = subprocess.run(
-            [str(TESTCLUSTER), "up", str(cluster_dir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+        slurm_kit.up(
+            cluster_dir,
+            prolog=str(prolog),
+            plugstack=str(slurm_kit.plugstack),
+            job_submit=str(job_submit),
+            user=USER,
         )
-        assert up.returncode == 0, f"testcluster up failed:\n{up.stderr}"
         # the user exists now (testcluster creates it): restrict one dataset to its group
         own_group = grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name
         write_catalog(
@@ -208,7 +143,7 @@ def cluster() -> Iterator[Cluster]:
         )
         yield Cluster(base, cluster_dir, cluster_dir / "etc" / "slurm.conf", catalog, envdir)
     finally:
-        down(cluster_dir)
+        slurm_kit.down(cluster_dir)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -1,0 +1,432 @@
+"""End to end, on a real single-node Slurm 22.05 cluster: jobs reading their datasets.
+
+The cluster's Prolog/Epilog exec wrappers that run this checkout's `scratch-stage prolog` /
+`epilog` with a configuration whose datadir, cachedir, mountdir and statedir all live under
+one fresh directory in /tmp; images are real squashfs files, mounts are real loop mounts.
+Jobs are submitted as the unprivileged test user, with `--comment=datasets:...` and with the
+SPANK option `--datasets=...` (job_submit.lua enabled, reading the published catalog).
+
+Finalizers always run, in this order: `slurm/testcluster down DIR --purge` (cancels the jobs
+and stops the daemons), then every mount under the directory is unmounted (lazily, top
+layer first; the loop devices are autocleared), then the directory is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import SlurmKit
+
+REPO = Path(__file__).resolve().parents[2]
+SCRATCH_STAGE = REPO / ".venv" / "bin" / "scratch-stage"
+USER = "ssuser"
+DATASETS = ("a", "p")  # a: read by most jobs; p: only ever wanted by a pending job
+HELLO = "hello from dataset {}\n"
+ACTIVE_STATES = ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
+
+# The job: print the dataset's files and its mount layers (the loop device's backing file,
+# top layer last), record its job id, then wait until the test releases it.
+JOB_SCRIPT = """#!/bin/sh
+{directive}
+tag=$1 ds=$2
+if [ -n "$ds" ]; then
+    cat "{mountdir}/$ds/hello.txt"
+    sha256sum "{mountdir}/$ds/blob.bin"
+    awk -v m="{mountdir}/$ds" '$5 == m' /proc/self/mountinfo | while read -r line; do
+        dev=${{line##* - squashfs }}; dev=${{dev%% *}}
+        echo "layer $dev $(cat /sys/block/${{dev#/dev/}}/loop/backing_file)"
+    done
+fi
+echo "ran"
+echo "$SLURM_JOB_ID" > "{work}/$tag.id.tmp" && mv "{work}/$tag.id.tmp" "{work}/$tag.id"
+i=0
+while [ ! -e "{work}/$tag.release" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+"""
+
+
+def unmount_under(base: Path) -> None:
+    """Unmount every mount below BASE, deepest and topmost first, until none is left."""
+    for _ in range(20):
+        targets = subprocess.run(
+            ["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()
+        mine = [t for t in targets if t.startswith(f"{base}/")]
+        if not mine:
+            return
+        for target in sorted(mine, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    """CHECK()'s first truthy result, polled; fails the test after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.2)
+
+
+@dataclass
+class Site:
+    """One test cluster and the scratch-stage node configuration its prolog uses."""
+
+    base: Path
+    cluster_dir: Path
+    config: Path
+    mountdir: Path
+    cachedir: Path
+    statedir: Path
+    checksums: dict[str, str]
+
+    @property
+    def conf(self) -> Path:
+        return self.cluster_dir / "etc" / "slurm.conf"
+
+    @property
+    def work(self) -> Path:
+        return self.cluster_dir / "work"  # owned by the test user; jobs run from here
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def run_as_user(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.conf}", *args],
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def admin(self, *args: str) -> str:
+        return subprocess.run(
+            list(args), env=self.env(), capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+
+    def scratch_stage(self, *args: str) -> str:
+        """`scratch-stage --config CONFIG ARGS` as root, with this cluster's SLURM_CONF."""
+        proc = subprocess.run(
+            [str(SCRATCH_STAGE), "--config", str(self.config), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, f"scratch-stage {args} failed: {proc.stderr}"
+        return proc.stdout
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        data = json.loads(self.scratch_stage("status", "--json"))
+        return {d["name"]: d for d in data["datasets"]}
+
+    def holders(self, name: str) -> list[str]:
+        return list(self.status().get(name, {}).get("holders", []))
+
+    def script(self, name: str, directive: str = "") -> Path:
+        path = self.work / name
+        path.write_text(
+            JOB_SCRIPT.format(directive=directive, mountdir=self.mountdir, work=self.work)
+        )
+        path.chmod(0o644)
+        return path
+
+    def submit(self, *args: str) -> str:
+        """sbatch ARGS as the test user; the job id (the submission must succeed)."""
+        proc = self.run_as_user("sbatch", "--parsable", *args)
+        assert proc.returncode == 0, f"sbatch {args} failed: {proc.stderr}"
+        return proc.stdout.strip().split(";")[0]
+
+    def started(self, tag: str, timeout: float = 60) -> str:
+        """The job id the job tagged TAG recorded once it ran (its output is written)."""
+        path = self.work / f"{tag}.id"
+        wait_for(f"job {tag} to start", path.exists, timeout)
+        return path.read_text().strip()
+
+    def output(self, tag: str) -> str:
+        return (self.work / f"{tag}.out").read_text()
+
+    def release(self, tag: str) -> None:
+        (self.work / f"{tag}.release").touch()
+
+    def job_field(self, job_id: str, key: str) -> str:
+        out = self.admin("scontrol", "show", "job", "-o", job_id)
+        for field in out.split():
+            name, _, value = field.partition("=")
+            if name == key:
+                return value
+        return ""
+
+    def wait_completed(self, job_id: str, timeout: float = 60) -> None:
+        def ended() -> str:
+            state = self.job_field(job_id, "JobState")
+            return "" if state in ACTIVE_STATES else state
+
+        state = wait_for(f"job {job_id} to end", ended, timeout)
+        assert state == "COMPLETED", f"job {job_id} ended {state}"
+
+    def node_state(self) -> str:
+        return self.admin("sinfo", "-h", "-N", "-n", "localhost", "-o", "%T").strip()
+
+    def wait_idle(self) -> None:
+        """The node returns to idle; it must never be drained on the way."""
+
+        def idle() -> bool:
+            state = self.node_state()
+            assert "drain" not in state, f"node drained: {self.admin('sinfo', '-R')}"
+            return state == "idle"
+
+        wait_for("the node to be idle", idle, 60)
+
+    def features(self) -> list[str]:
+        out = self.admin("scontrol", "show", "node", "-o", "localhost")
+        for field in out.split():
+            name, _, value = field.partition("=")
+            if name == "ActiveFeatures":
+                return [] if value in ("", "(null)") else value.split(",")
+        return []
+
+
+def build_site(base: Path, name: str, images: dict[str, Path], lua: bool, kit: SlurmKit) -> Site:
+    """Config and wrappers for one cluster under BASE/NAME-*, then the cluster itself."""
+    dirs = {key: base / f"{name}-{key}" for key in ("datadir", "cachedir", "mountdir", "statedir")}
+    dirs["datadir"] = base / "data"  # the images are shared by every cluster
+    for path in dirs.values():
+        path.mkdir(mode=0o755, exist_ok=True)
+    config = base / f"{name}-config.yaml"
+    config.write_text(
+        "".join(f"{key}: {path}\n" for key, path in dirs.items()) + "capacity: 256MiB\n"
+        "node: localhost\n"
+        "demand: {source: squeue}\n"
+        "squeue_command: /usr/bin/squeue\n"
+        "sinfo_command: /usr/bin/sinfo\n"
+        "scontrol_command: /usr/bin/scontrol\n"
+        "node_features: true\n"
+    )
+    wrappers = {}
+    for hook in ("prolog", "epilog"):
+        # Slurm runs these with no PATH and no SCRATCH_STAGE_CONFIG
+        wrapper = base / f"{name}-{hook}.sh"
+        wrapper.write_text(
+            f"#!/bin/sh\nexport SCRATCH_STAGE_CONFIG={config}\nexec {SCRATCH_STAGE} {hook}\n"
+        )
+        wrapper.chmod(0o755)
+        wrappers[hook] = str(wrapper)
+    cluster_dir = base / f"{name}-cluster"
+    settings = {**wrappers, "plugstack": str(kit.plugstack), "user": USER}
+    site = Site(base, cluster_dir, config, dirs["mountdir"], dirs["cachedir"], dirs["statedir"], {})
+    if lua:
+        catalog = base / f"{name}-catalog.txt"
+        site.scratch_stage("catalog", "--publish", str(catalog))
+        settings["job_submit"] = str(kit.job_submit_lua(base / f"{name}-job_submit.lua", catalog))
+    kit.up(cluster_dir, **settings)
+    for dataset, src in images.items():
+        site.checksums[dataset] = hashlib.sha256((src / "blob.bin").read_bytes()).hexdigest()
+    return site
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    """A world-traversable directory with the sample images in BASE/data."""
+    path = Path(tempfile.mkdtemp(prefix="ss-e2e-jobs-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        (path / "data").mkdir(mode=0o755)
+        bootstrap = path / "build-config.yaml"
+        bootstrap.write_text(f"datadir: {path}/data\ncachedir: {path}/build-cache\n")
+        for name in DATASETS:
+            src = path / "src" / name
+            src.mkdir(parents=True)
+            (src / "hello.txt").write_text(HELLO.format(name))
+            (src / "blob.bin").write_bytes(os.urandom(512 * 1024))
+            subprocess.run(
+                [str(SCRATCH_STAGE), "--config", str(bootstrap), "image", "build", str(src), name,
+                 "--compression", "fast"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        yield path
+    finally:
+        for cluster_dir in path.glob("*-cluster"):
+            subprocess.run(
+                [str(REPO / "slurm" / "testcluster"), "down", str(cluster_dir), "--purge"],
+                timeout=120,
+                check=False,
+            )
+        unmount_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site(base: Path, slurm_kit: SlurmKit) -> Site:
+    images = {name: base / "src" / name for name in DATASETS}
+    return build_site(base, "main", images, lua=True, kit=slurm_kit)
+
+
+@pytest.fixture()
+def site_without_lua(base: Path, slurm_kit: SlurmKit) -> Iterator[Site]:
+    images = {name: base / "src" / name for name in DATASETS}
+    built = build_site(base, "nolua", images, lua=False, kit=slurm_kit)
+    yield built
+    slurm_kit.down(built.cluster_dir)
+
+
+def check_read(site: Site, tag: str, dataset: str) -> None:
+    out = site.output(tag)
+    assert HELLO.format(dataset) in out
+    assert f"{site.checksums[dataset]}  {site.mountdir}/{dataset}/blob.bin" in out
+
+
+# ---------------------------------------------------------------- one job, four ways
+
+
+@pytest.mark.parametrize("how", ["comment", "sbatch-option", "sbatch-directive", "srun-option"])
+def test_job_reads_its_dataset_and_releases_it(site: Site, how: str) -> None:
+    tag = f"one-{how}"
+    out = str(site.work / f"{tag}.out")
+    srun = None
+    if how == "comment":
+        site.submit(
+            f"--output={out}", "--comment=datasets:a", str(site.script("plain.sh")), tag, "a"
+        )
+    elif how == "sbatch-option":
+        site.submit(f"--output={out}", "--datasets=a", str(site.script("plain.sh")), tag, "a")
+    elif how == "sbatch-directive":
+        script = site.script("directive.sh", directive="#SBATCH --datasets=a")
+        site.submit(f"--output={out}", str(script), tag, "a")
+    else:
+        with open(out, "w") as stdout:
+            srun = subprocess.Popen(
+                ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={site.conf}", "srun",
+                 "--datasets=a", "sh", str(site.script("plain.sh")), tag, "a"],
+                cwd=site.work, stdout=stdout, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+    try:
+        job = site.started(tag)
+        check_read(site, tag, "a")
+        assert site.holders("a") == [job]
+    finally:
+        site.release(tag)
+        if srun is not None:
+            assert srun.wait(timeout=60) == 0, site.output(tag)
+    site.wait_completed(job)
+    site.wait_idle()
+    assert site.holders("a") == []
+
+
+def test_concurrent_jobs_share_one_mount(site: Site) -> None:
+    script = str(site.script("plain.sh"))
+    tags = ["shared-1", "shared-2"]
+    for tag in tags:
+        site.submit(f"--output={site.work / tag}.out", "--comment=datasets:a", script, tag, "a")
+    try:
+        jobs = [site.started(tag) for tag in tags]
+        for tag in tags:
+            check_read(site, tag, "a")
+        assert sorted(site.holders("a")) == sorted(jobs)
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        layers = [line for line in mountinfo if line.split()[4] == f"{site.mountdir}/a"]
+        assert len(layers) == 1, layers
+        # both jobs saw that same single layer
+        assert site.output(tags[0]).count("layer ") == 1
+        assert [ln for ln in site.output(tags[0]).splitlines() if ln.startswith("layer ")] == [
+            ln for ln in site.output(tags[1]).splitlines() if ln.startswith("layer ")
+        ]
+    finally:
+        for tag in tags:
+            site.release(tag)
+    for job in jobs:
+        site.wait_completed(job)
+    site.wait_idle()
+    assert site.holders("a") == []
+
+
+# ---------------------------------------------------------------- bad requests
+
+
+def test_malformed_request_past_validation_never_drains(site_without_lua: Site) -> None:
+    site = site_without_lua
+    tag = "malformed"
+    site.submit(
+        f"--output={site.work / tag}.out",
+        "--comment=datasets:../etc,nope",
+        str(site.script("plain.sh")),
+        tag,
+        "",
+    )
+    site.release(tag)  # nothing to check while it runs
+    job = site.started(tag)
+    site.wait_completed(job)
+    site.wait_idle()
+    assert "ran" in site.output(tag)
+    events = [json.loads(line) for line in (site.statedir / "events.log").read_text().splitlines()]
+    refused = [e for e in events if e.get("job") == job and e["event"] == "refused"]
+    assert {e["dataset"] for e in refused} == {"../etc", "nope"}, refused
+    assert not [e for e in events if e.get("job") == job and e["event"] != "refused"]
+    assert list(site.mountdir.iterdir()) == []
+
+
+# ---------------------------------------------------------------- rebalance and Slurm
+
+
+def test_rebalance_prefetches_for_a_pending_job(site: Site) -> None:
+    script = str(site.script("plain.sh"))
+    # the blocker takes both CPUs; time limits let backfill plan the pending job's start
+    site.submit("--output=/dev/null", "--time=2", "-n", "2", script, "blocker", "")
+    try:
+        site.started("blocker")
+        out = f"--output={site.work}/pending.out"
+        job = site.submit(out, "--time=1", "--comment=datasets:p", script, "pending", "p")
+        site.release("pending")  # it ends as soon as it has read p
+        wait_for(
+            "backfill to plan the pending job onto localhost (squeue's SchedNodes, %Y)",
+            lambda: site.admin("squeue", "-h", "-j", job, "-o", "%Y").strip() == "localhost",
+            30,
+        )
+        assert site.status()["p"]["state"] == "cold"
+        report = json.loads(site.scratch_stage("rebalance", "--json"))
+        decision = report["decisions"]["p"]
+        assert decision["heat"] == 0 and decision["demand"] > 0, decision
+        assert report["stage"] == ["p"], report
+        assert report["failed"] == [], report
+        assert site.job_field(job, "JobState") == "PENDING"  # prefetched before it starts
+        assert site.status()["p"]["cached"] is True
+    finally:
+        site.release("blocker")
+    assert site.started("pending") == job
+    site.wait_completed(job)
+    site.wait_idle()
+    # inside the job, the top layer at mountdir/p was the loop device of the cached copy
+    check_read(site, "pending", "p")
+    layers = [ln.split() for ln in site.output("pending").splitlines() if ln.startswith("layer ")]
+    assert layers, site.output("pending")
+    assert layers[-1][2].startswith(f"{os.path.realpath(site.cachedir)}/"), layers
+    assert site.holders("p") == []
+
+
+def test_node_features_follow_the_cache(site: Site) -> None:
+    site.scratch_stage("pin", "a")
+    report = json.loads(site.scratch_stage("rebalance", "--json"))
+    assert "a" in report["stage"] or site.status()["a"]["cached"], report
+    assert "ds_a" in site.features()
+    site.scratch_stage("unpin", "a")
+    site.scratch_stage("purge", "a")
+    report = json.loads(site.scratch_stage("rebalance", "--json"))
+    assert "a" not in report["stage"], report
+    assert "ds_a" not in site.features()
+    site.wait_idle()
