@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,7 +42,7 @@ class Config:
     capacity: tuple[str, float] = ("percent", 80.0)
     period: float = 600.0
     interval: float = 60.0
-    node: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    node: str = field(default_factory=lambda: os.uname().nodename.split(".")[0])
     mount_command: tuple[str, ...] = ("/usr/bin/mount",)
     umount_command: tuple[str, ...] = ("/usr/bin/umount",)
     mksquashfs_command: tuple[str, ...] = ("/usr/bin/mksquashfs",)

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import logging.handlers
 import os
 import sys
 
 SYSLOG_SOCKET = "/dev/log"
 
 
+class SyslogHandler(logging.Handler):
+    """Records to syslog(3) through the C module: cheaper than logging.handlers' socket."""
+
+    _PRIORITIES = ((logging.ERROR, "LOG_ERR"), (logging.WARNING, "LOG_WARNING"))
+
+    def __init__(self, ident: str) -> None:
+        super().__init__()
+        import syslog
+
+        self.syslog = syslog
+        syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = next((p for level, p in self._PRIORITIES if record.levelno >= level), "LOG_INFO")
+        try:
+            self.syslog.syslog(getattr(self.syslog, name), self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def setup_hook_logging(kind: str) -> None:
     """Log to syslog (the journal) when it is there, and to stderr for Slurm's own log."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(
+        logging.Formatter(f"scratch-stage {kind}[{os.getpid()}]: %(levelname)s %(message)s")
+    )
+    root.addHandler(stderr)
     if os.path.exists(SYSLOG_SOCKET):
-        with contextlib.suppress(OSError):
-            handlers.append(logging.handlers.SysLogHandler(address=SYSLOG_SOCKET))
-    fmt = logging.Formatter(f"scratch-stage {kind}[{os.getpid()}]: %(levelname)s %(message)s")
-    for handler in handlers:
-        handler.setFormatter(fmt)
+        handler = SyslogHandler(f"scratch-stage-{kind}")
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(handler)
 
 

@@ -119,19 +119,15 @@ def measure_heat(node: Node, state: NodeState, now: float) -> dict[str, float]:
 @contextlib.contextmanager
 def single_rebalance(node: Node) -> Iterator[bool]:
     """True when this process is the node's only rebalance; False if another one runs."""
-    from filelock import FileLock, Timeout
+    from scratch_stage.locks import try_flock
 
     node.store.ensure_statedir()
-    lock = FileLock(str(node.config.statedir / REBALANCE_LOCK), timeout=0)
+    fd = try_flock(node.config.statedir / REBALANCE_LOCK)
     try:
-        lock.acquire()
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
+        yield fd is not None
     finally:
-        lock.release()
+        if fd is not None:
+            os.close(fd)
 
 
 def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> Report:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scratch_stage.catalog import Fingerprint
-from scratch_stage.errors import LockTimeout, NodeFault
+from scratch_stage.errors import NodeFault
 from scratch_stage.heat import HeatMemory
 
 log = logging.getLogger(__name__)
@@ -198,22 +198,11 @@ class StateStore:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        from filelock import FileLock, Timeout  # lazy: keeps `status --help` light
+        from scratch_stage.locks import flocked
 
         self.ensure_statedir()
-        lock = FileLock(str(self.statedir / LOCK_FILE), timeout=self.lock_timeout)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockTimeout(
-                f"node state lock {lock.lock_file} busy for {self.lock_timeout:g}s"
-            ) from None
-        except OSError as e:
-            raise NodeFault(f"cannot lock node state in {self.statedir}: {e.strerror}") from None
-        try:
+        with flocked(self.statedir / LOCK_FILE, self.lock_timeout):
             yield
-        finally:
-            lock.release()
 
     def ensure_statedir(self) -> None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 
 _SIZE_UNITS = {
     "": 1,
@@ -38,7 +37,9 @@ def parse_size(text: str | int) -> int:
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
     # Exact decimal arithmetic: float would make '2.01MB' 2009999 bytes.
-    return int(Fraction(match.group(1)) * _SIZE_UNITS[unit])
+    whole, _, fraction = str(match.group(1)).partition(".")
+    scale = _SIZE_UNITS[unit]
+    return int(whole) * scale + (int(fraction or "0") * scale) // int(10 ** len(fraction))
 
 
 def parse_capacity(text: str | int) -> tuple[str, float]:

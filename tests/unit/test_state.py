@@ -348,10 +348,10 @@ def test_default_statedir_is_off_limits_in_tests(tmp_path: Path) -> None:
 
 HOLD_LOCK = textwrap.dedent(
     """
-    import sys, time
-    from filelock import FileLock
-    lock = FileLock(sys.argv[1])
-    lock.acquire()
+    import fcntl, sys
+    # flock(2) on the lock file: what scratch-stage and the filelock library both take.
+    f = open(sys.argv[1], "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
     print("locked", flush=True)
     sys.stdin.read()
     """
