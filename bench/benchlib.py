@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -97,6 +98,20 @@ def remove_tree(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def stop_child(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM CHILD (scratch-stage then removes its partial copy) and wait until it is gone."""
+    child.terminate()
+    while child.poll() is None:
+        with contextlib.suppress(KeyboardInterrupt):
+            child.wait()
+
+
+def ignore_interrupts() -> None:
+    """From now on Ctrl-C and SIGTERM cannot cut the cleanup short (a 2nd Ctrl-C is common)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM unwind like Ctrl-C, so every finally: cleanup still runs."""
 
@@ -173,10 +188,27 @@ def load_average() -> float:
 
 def timed_run(argv: list[str], env: dict[str, str]) -> float:
     """Run ARGV with ENV, output discarded; its wall time in seconds. RuntimeError if it fails."""
-    started = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {detail}")
-    return elapsed
+    return timed_run_cpu(argv, env)[0]
+
+
+def timed_run_cpu(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ARGV with ENV; its wall time and CPU time (user + system, from wait4) in seconds.
+
+    CPU time hardly depends on what else the machine runs: it backs up wall-time ratios
+    measured on a busy machine. RuntimeError if the command fails.
+    """
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:
+            stop_child(child)
+            raise
+        elapsed = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            err.seek(0)
+            detail = err.read().decode(errors="replace").strip()
+            raise RuntimeError(f"{' '.join(argv)} exited {child.returncode}: {detail}")
+    return elapsed, usage.ru_utime + usage.ru_stime

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -24,12 +25,14 @@ from benchlib import (
     VENV,
     NodeTree,
     create_tree,
+    ignore_interrupts,
     interrupt_on_sigterm,
     load_average,
     percentile,
     remove_tree,
 )
 from benchlib import timed_run as _timed_run
+from benchlib import timed_run_cpu as _timed_run_cpu
 
 DATASET = "bench"
 TARGET_RATIO = 3.0
@@ -44,6 +47,10 @@ def log(message: str) -> None:
 
 def timed_run(command: Command) -> float:
     return _timed_run(*command)
+
+
+def timed_run_cpu(command: Command) -> tuple[float, float]:
+    return _timed_run_cpu(*command)
 
 
 def build_dataset(tree: NodeTree, scratch: str) -> None:
@@ -69,15 +76,20 @@ def summarize(samples: list[float]) -> dict[str, float]:
     }
 
 
-def run_sequential(kinds: dict[str, Kind], indexes: range) -> dict[str, list[float]]:
-    """One timing per kind and index, interleaved (order rotated) so drift hits all alike."""
+def run_sequential(
+    kinds: dict[str, Kind], indexes: range
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU time per kind and index, interleaved (order rotated) so drift hits all."""
     names = list(kinds)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for i in indexes:
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(timed_run(kinds[name](i)))
-    return samples
+            elapsed, used = timed_run_cpu(kinds[name](i))
+            wall[name].append(elapsed)
+            cpu[name].append(used)
+    return wall, cpu
 
 
 def run_concurrently(commands: list[Command]) -> tuple[list[float], float]:
@@ -117,14 +129,19 @@ def parse_importtime(stderr: str) -> list[dict[str, Any]]:
 
 def measure_imports(python: str, scratch: str, env: dict[str, str]) -> list[dict[str, Any]]:
     """One prolog under `python -X importtime`: every module it imported and what it cost."""
-    import subprocess
-
     done = subprocess.run(
         [python, "-X", "importtime", scratch, "prolog"], env=env, capture_output=True, text=True
     )
     if done.returncode != 0:
         raise RuntimeError(f"importtime prolog exited {done.returncode}: {done.stderr[-500:]}")
     return parse_importtime(done.stderr)
+
+
+def package_dir(python: str) -> Path:
+    """Where PYTHON imports scratch_stage from."""
+    code = "import os, scratch_stage; print(os.path.dirname(scratch_stage.__file__))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
 
 
 def check_holders(tree: NodeTree, job_ids: list[int]) -> list[str]:
@@ -135,6 +152,8 @@ def check_holders(tree: NodeTree, job_ids: list[int]) -> list[str]:
 
 def run_benchmark(tree: NodeTree, args: argparse.Namespace) -> dict[str, Any]:
     python, scratch = str(args.venv / "bin/python"), str(args.venv / "bin/scratch-stage")
+    # As after `pip install`: stale or missing .pyc files would add compile time to each run.
+    subprocess.run([python, "-m", "compileall", "-q", str(package_dir(python))], check=True)
     log(f"node tree {tree.root}; building image {DATASET}")
     build_dataset(tree, scratch)
     prolog, epilog = [scratch, "prolog"], [scratch, "epilog"]
@@ -150,7 +169,7 @@ def run_benchmark(tree: NodeTree, args: argparse.Namespace) -> dict[str, Any]:
     run_sequential(kinds, range(args.warmup))
     log(f"sequential: {args.runs} runs of each, interleaved")
     load = load_average()
-    samples = run_sequential(kinds, range(args.warmup, args.warmup + args.runs))
+    samples, cpu = run_sequential(kinds, range(args.warmup, args.warmup + args.runs))
     log(f"concurrent: {args.concurrent} prologs launched together, then as many baselines")
     concurrent_ids = [30_000 + i for i in range(args.concurrent)]
     conc, makespan = run_concurrently(
@@ -171,6 +190,11 @@ def run_benchmark(tree: NodeTree, args: argparse.Namespace) -> dict[str, Any]:
     left = json.loads((tree.statedir / "state.json").read_text())["jobs"]
     result = report(samples, makespan, base_makespan, missing, left, imports, empty_imports, args)
     result["load_average"] = {"before": round(load, 2), "after": round(load_average(), 2)}
+    result["cpu_series"] = {name: summarize(values) for name, values in cpu.items()}
+    base = result["cpu_series"]["venv python -c pass"]["p50_ms"]
+    result["cpu_p50_ratios"] = {
+        name: round(s["p50_ms"] / base, 2) for name, s in result["cpu_series"].items()
+    }
     return result
 
 
@@ -219,7 +243,10 @@ def print_report(result: dict[str, Any], top: int) -> None:
             f"{name:34} {s['n']:>4} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} {s['mean_ms']:>8.1f} "
             f"{s['min_ms']:>7.1f} {s['max_ms']:>7.1f}"
         )
-    print("\nratios (p50/p50, p99/p99):")
+    print("\nCPU time (user+sys) per run, p50 ms, and p50 ratio to the venv interpreter:")
+    for name, s in result["cpu_series"].items():
+        print(f"  {name:34} {s['p50_ms']:>8.1f}  {result['cpu_p50_ratios'][name]:>5.2f}x")
+    print("\nwall-time ratios (p50/p50, p99/p99):")
     for name, r in result["ratios"].items():
         print(f"  {name:66} {r['p50']:>5.2f}x {r['p99']:>5.2f}x")
     print(
@@ -271,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; cleaning up")
         return 130
     finally:
+        ignore_interrupts()
         remove_tree(tree.root)
     if args.json:
         print(json.dumps(result, indent=2))

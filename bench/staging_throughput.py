@@ -27,6 +27,7 @@ from benchlib import (
     NodeTree,
     create_tree,
     drop_page_cache,
+    ignore_interrupts,
     interrupt_on_sigterm,
     load_average,
     percentile,
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; cleaning up")
         return 130
     finally:
+        ignore_interrupts()
         remove_tree(tree.root)
         if args.drop_image and image is not None and not args.image:
             image.unlink()
