@@ -14,6 +14,8 @@ from scratch_stage.requests import is_valid_name
 from scratch_stage.units import parse_capacity, parse_duration, parse_size
 
 DEFAULT_PATH = Path("/etc/scratch-stage/config.yaml")
+# Root-only runtime directory (tmpfs) for the parsed-configuration cache.
+RUNDIR = Path("/run/scratch-stage")
 ENV_PATH = "SCRATCH_STAGE_CONFIG"
 ENV_PREFIX = "SCRATCH_STAGE_"
 VERIFY_MODES = ("size", "sha256")
@@ -287,8 +289,58 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     """The effective configuration; ConfigError on any problem."""
     env = os.environ if environ is None else environ
     path = find_config_path(explicit, env)
-    raw = apply_env_overrides(read_config_file(path), env)
+    raw = apply_env_overrides(read_config_cached(path), env)
     return validate_config(raw, str(path))
+
+
+def read_config_cached(path: Path) -> dict[str, Any]:
+    """The raw mapping in PATH, from a JSON cache in RUNDIR while the file is unchanged.
+
+    Every prolog loads the configuration; the cache spares it the YAML parser's import.
+    It is keyed by the file's identity and times, and used only when JSON represents the
+    mapping exactly; anything odd falls back to parsing the file.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return read_config_file(path)  # raises the one-line error
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    cache = RUNDIR / ("config" + str(path).replace("%", "%25").replace("/", "%2F") + ".json")
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        return cached
+    raw = read_config_file(path)
+    _write_cache(cache, key, raw)
+    return raw
+
+
+def _read_cache(cache: Path, key: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(cache.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("key") == key and isinstance(data.get("raw"), dict):
+        return data["raw"]  # type: ignore[no-any-return]
+    return None
+
+
+def _write_cache(cache: Path, key: str, raw: dict[str, Any]) -> None:
+    import json
+
+    try:
+        text = json.dumps({"key": key, "raw": raw})
+        if json.loads(text)["raw"] != raw:
+            return  # YAML gave something JSON cannot hold exactly (dates, int keys)
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, cache)
+    except (OSError, TypeError, ValueError):
+        return  # a cache is optional: not root, read-only /run, ...
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:

@@ -22,6 +22,7 @@ def forbid_real_defaults(
     blocker = tmp_path_factory.mktemp("off-limits") / "real-defaults-are-off-limits"
     blocker.write_text("tests must not touch the real defaults\n")
     monkeypatch.setattr(config, "DEFAULT_PATH", blocker / "config.yaml")
+    monkeypatch.setattr(config, "RUNDIR", tmp_path_factory.mktemp("rundir"))
     defaults = {
         Path("/var/lib/scratch-stage"): blocker / "statedir",
         Path("/datasets"): blocker / "mountdir",

@@ -295,3 +295,46 @@ def test_config_as_dict_is_plain_data() -> None:
     assert plain["datadir"] == "/d"
     assert plain["capacity"] == "80%"
     assert isinstance(plain["mount_command"], list)
+
+
+# --- the parsed-configuration cache ---------------------------------------------------
+
+
+def test_cache_serves_an_unchanged_file_and_never_a_changed_one(tmp_path: Path) -> None:
+    from scratch_stage import config as config_module
+
+    path = tmp_path / "c.yaml"
+    path.write_text("datadir: /d\ncachedir: /c\ncapacity: 1GiB\n")
+    first = config_module.load_config(str(path), {})
+    caches = list(config_module.RUNDIR.glob("config*.json"))
+    assert len(caches) == 1 and "1GiB" in caches[0].read_text()
+    # Doctor the cache: an unchanged file is served from it (proof the cache is used).
+    caches[0].write_text(caches[0].read_text().replace("1GiB", "2GiB"))
+    assert config_module.load_config(str(path), {}).capacity == ("bytes", 2 * 1024**3)
+    # Any change of the file (here its size and times) makes the cache miss.
+    path.write_text("datadir: /d\ncachedir: /c\ncapacity: 3GiB\n")
+    assert config_module.load_config(str(path), {}).capacity == ("bytes", 3 * 1024**3)
+    assert first.capacity == ("bytes", 1024**3)
+
+
+def test_environment_overrides_apply_over_a_cached_file(tmp_path: Path) -> None:
+    from scratch_stage import config as config_module
+
+    path = tmp_path / "c.yaml"
+    path.write_text("datadir: /d\ncachedir: /c\n")
+    config_module.load_config(str(path), {})
+    loaded = config_module.load_config(str(path), {"SCRATCH_STAGE_PERIOD": "30"})
+    assert loaded.period == 30.0
+
+
+def test_values_json_cannot_hold_exactly_are_not_cached(tmp_path: Path) -> None:
+    from scratch_stage import config as config_module
+    from scratch_stage.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("datadir: /d\ncachedir: /c\naccess: {123: [g]}\n")
+    with pytest.raises(ConfigError, match="123"):
+        config_module.load_config(str(path), {})
+    assert list(config_module.RUNDIR.glob("config*.json")) == []
+    with pytest.raises(ConfigError, match="123"):  # still an error, not "123" as a name
+        config_module.load_config(str(path), {})
