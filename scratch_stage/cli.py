@@ -418,6 +418,15 @@ def image_build(ctx: Context, src: Path, name: str, compression: str, replace: b
     return 0
 
 
+def _register_simulate() -> None:
+    from scratch_stage.simulate.command import simulate
+
+    cli.add_command(simulate)
+
+
+_register_simulate()
+
+
 def run_cli(args: Sequence[str]) -> int:
     """Run the click group on ARGS; map every failure to its exit code (DESIGN section 5)."""
     try:

@@ -196,6 +196,8 @@ def choose(
     """The subset of ITEMS of greatest total value within BUDGET bytes; and the method."""
     if not items or budget <= 0:
         return set(), "exact"
+    if sum(v.size for v in items) <= budget:
+        return {v.name for v in items}, "exact"  # everything worth caching fits
     greedy = choose_greedy(items, values, budget)
     exact = choose_exact(items, values, budget, params)
 

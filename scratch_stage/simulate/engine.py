@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from scratch_stage.simulate.inputs import NodeJob, NodeWorkload, SimConfig, grid_ceil
+from scratch_stage.simulate.inputs import NodeJob, SimConfig, grid_ceil
 from scratch_stage.simulate.node import Action, Costs, SimNode
 
 # Events at one instant, in this order: jobs end (releasing holds), copies finish (a job

@@ -97,8 +97,10 @@ class SimNode:
 
     def busy(self, name: str) -> bool:
         """NAME is cached, being copied, or queued."""
-        return name in self.cached or name in self.queue or (
-            self.inflight is not None and self.inflight[0] == name
+        return (
+            name in self.cached
+            or name in self.queue
+            or (self.inflight is not None and self.inflight[0] == name)
         )
 
     def evictable(self, name: str) -> bool:
@@ -139,7 +141,9 @@ class SimNode:
 
     def next_placement(self) -> float:
         pending = self.work.pending
-        return pending[self._pending_next].visible if self._pending_next < len(pending) else math.inf
+        return (
+            pending[self._pending_next].visible if self._pending_next < len(pending) else math.inf
+        )
 
     def node_state(self) -> NodeState:
         """The NodeState the live rebalance would read from state.json."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Callable
 
 from scratch_stage import planner
-from scratch_stage.simulate.engine import Inputs, Policy
+from scratch_stage.simulate.engine import TRIGGERS, Inputs, Policy
 from scratch_stage.simulate.inputs import NodeJob
 from scratch_stage.simulate.node import Action, SimNode
 
@@ -154,22 +155,24 @@ class GDSF(LFUDA):
         return 1.0 / max(node.sizes[name], 1)
 
 
-def knapsack(
-    items: Sequence[tuple[str, int, float]], capacity: int
-) -> set[str]:  # (name, weight, value)
-    """Exact 0/1 knapsack over integer weights (the prototype's table)."""
+def knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]:
+    """Exact 0/1 knapsack over integer weights: ITEMS are (name, weight, value)."""
+    if sum(weight for _, weight, value in items if value > 0) <= capacity:
+        return {name for name, _, value in items if value > 0}  # everything fits: same answer
     best = [0.0] * (capacity + 1)
-    keep: list[list[bool]] = []
+    taken: list[bytearray] = []
     for _, weight, value in items:
-        row = [False] * (capacity + 1)
-        for c in range(capacity, weight - 1, -1):
-            if best[c - weight] + value > best[c]:
-                best[c] = best[c - weight] + value
-                row[c] = True
-        keep.append(row)
+        if weight == 0:
+            best = [b + value for b in best]
+            taken.append(bytearray([1]) * (capacity + 1))
+            continue
+        shifted = [b + value for b in best[: capacity + 1 - weight]]
+        tail = best[weight:]
+        taken.append(bytearray([0]) * weight + bytearray(map(operator.gt, shifted, tail)))
+        best = best[:weight] + list(map(max, tail, shifted))
     chosen: set[str] = set()
     c = capacity
-    for (name, weight, _), row in zip(reversed(items), reversed(keep)):
+    for (name, weight, _), row in zip(reversed(items), reversed(taken)):
         if row[c]:
             chosen.add(name)
             c -= weight
@@ -254,29 +257,30 @@ def fill(node: SimNode, ranked: Sequence[str]) -> list[str]:
 class Belady:
     """Offline reference with the node's whole future: keep the soonest-needed datasets.
 
-    At every job start, end and copy completion it wants, by next use, every dataset
-    whose remaining reads on this node exceed its size (else a copy cannot pay off),
-    while they fit; the rest is evicted (farthest next use first, as Belady's rule).
+    At every tick and job start, end and copy completion it wants, by next use, every
+    dataset whose remaining reads on this node pay for a copy (more bytes than its size;
+    any at all if it is cached), while they fit; the rest is evicted, farthest next use
+    first (Belady's rule).
     """
 
-    triggers = frozenset({"start", "end", "copy"})
+    triggers = frozenset(TRIGGERS)
 
     def __init__(self) -> None:
-        self.future: dict[str, tuple[list[float], list[int]]] | None = None
+        self.future: dict[str, tuple[list[float], list[str], list[int]]] | None = None
 
-    def _index(self, jobs: Sequence[NodeJob]) -> dict[str, tuple[list[float], list[int]]]:
-        starts: dict[str, list[float]] = {}
-        sizes: dict[str, list[int]] = {}
+    @staticmethod
+    def _index(jobs: Sequence[NodeJob]) -> dict[str, tuple[list[float], list[str], list[int]]]:
+        """Per dataset: start times, job ids, and suffix sums of the bytes read."""
+        reads: dict[str, list[tuple[float, str, int]]] = {}
         for job in jobs:
             for name, size in job.reads:
-                starts.setdefault(name, []).append(job.start)
-                sizes.setdefault(name, []).append(size)
+                reads.setdefault(name, []).append((job.start, job.id, size))
         index = {}
-        for name, times in starts.items():
-            suffix = [0] * (len(times) + 1)
-            for i in range(len(times) - 1, -1, -1):
-                suffix[i] = suffix[i + 1] + sizes[name][i]
-            index[name] = (times, suffix)
+        for name, rows in reads.items():
+            suffix = [0] * (len(rows) + 1)
+            for i in range(len(rows) - 1, -1, -1):
+                suffix[i] = suffix[i + 1] + rows[i][2]
+            index[name] = ([r[0] for r in rows], [r[1] for r in rows], suffix)
         return index
 
     def decide(
@@ -286,11 +290,14 @@ class Belady:
             self.future = self._index(node.work.jobs)
         remaining = _running_remainder(node, now)
         next_use: dict[str, float] = {}
-        for name, (times, suffix) in self.future.items():
-            i = bisect.bisect_right(times, now)
+        for name, (times, ids, suffix) in self.future.items():
+            i = bisect.bisect_left(times, now)
+            while i < len(times) and times[i] == now and ids[i] in node.running:
+                i += 1  # started at this instant: counted in the running remainder
             later = suffix[i] + remaining.get(name, 0.0)
-            if later > node.sizes[name]:
-                next_use[name] = now if name in node.held else (times[i] if i < len(times) else now)
+            if later > (0 if name in node.cached else node.sizes[name]):
+                soon = now if name in node.held or i == len(times) else times[i]
+                next_use[name] = soon
         ranked = sorted(next_use, key=lambda n: (next_use[n], n))
         return reconcile(node, fill(node, ranked))
 

@@ -1,0 +1,1 @@
+"""Trace-driven policy simulator: replays jobs through the production planner and baselines."""

@@ -1,0 +1,77 @@
+"""`python -m scratch_stage.simulate generate|convert-swf`: make traces for `simulate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from scratch_stage.simulate.trace import Trace, write_trace
+from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
+
+
+def _write(trace: Trace, output: Path | None) -> None:
+    if output is None:
+        write_trace(trace, sys.stdout)
+        return
+    with output.open("w", encoding="utf-8") as f:
+        write_trace(trace, f)
+    click.echo(f"{output}: {len(trace.jobs)} jobs, {len(trace.datasets)} datasets", err=True)
+
+
+@click.group()
+def main() -> None:
+    """Make job traces for `scratch-stage simulate`."""
+
+
+@main.command("generate")
+@click.option(
+    "--sizes",
+    "sizes_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="CSV name,size_bytes (e.g. dataset-sizes.csv).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KNOB=VALUE",
+    help="A WorkloadSpec knob, e.g. --set jobs=5000 --set zipf=1.2 (repeatable).",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+def generate_command(sizes_path: Path, overrides: tuple[str, ...], output: Path | None) -> None:
+    """A synthetic trace, reproducible from its knobs (seed included)."""
+    spec = WorkloadSpec()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        fields = {f.name: f for f in dataclasses.fields(WorkloadSpec)}
+        if key not in fields:
+            raise click.BadParameter(f"unknown knob {key!r}; known: {', '.join(fields)}")
+        kind = type(getattr(spec, key))
+        spec = dataclasses.replace(spec, **{key: kind(value)})
+    _write(generate(spec, load_sizes(sizes_path)), output)
+
+
+@main.command("convert-swf")
+@click.argument("swf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sizes", "sizes_path", required=True, type=click.Path(path_type=Path))
+@click.option("--nodes", default=64, show_default=True)
+@click.option("--cores-per-node", default=32, show_default=True)
+@click.option("--passes", default=1.0, show_default=True, help="Passes over the dataset per job.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+def convert_command(
+    swf: Path, sizes_path: Path, nodes: int, cores_per_node: int, passes: float,
+    output: Path | None,
+) -> None:  # fmt: skip
+    """A trace from a Parallel Workloads Archive SWF file (executable number -> dataset)."""
+    with swf.open(encoding="utf-8", errors="replace") as f:
+        trace = convert_swf(f, load_sizes(sizes_path), nodes=nodes,
+                            cores_per_node=cores_per_node, passes=passes)  # fmt: skip
+    _write(trace, output)
+
+
+if __name__ == "__main__":
+    main()

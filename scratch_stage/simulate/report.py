@@ -1,0 +1,78 @@
+"""What `scratch-stage simulate` does once its options are parsed: run, print, plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scratch_stage.errors import ScratchStageError
+from scratch_stage.simulate.inputs import SimConfig
+from scratch_stage.simulate.metrics import Report, format_table
+from scratch_stage.simulate.run import simulate
+from scratch_stage.simulate.trace import Trace, read_trace
+from scratch_stage.units import parse_capacity, parse_size
+
+
+class SimulateUsageError(ScratchStageError):
+    """A simulate option cannot be used (bad size, missing plotting library)."""
+
+    exit_code = 2
+
+
+def capacity_bytes(text: str, trace: Trace) -> int:
+    """Bytes for '2TB' or '5%' (of the trace's catalog)."""
+    try:
+        kind, amount = parse_capacity(text)
+    except ValueError as e:
+        raise SimulateUsageError(f"--capacity: {e}") from None
+    return int(trace.catalog_bytes() * amount / 100) if kind == "percent" else int(amount)
+
+
+def run_simulation(
+    path: Path, *, capacity: str, policies: Sequence[str], as_json: bool, plot: Path | None,
+    bound: bool, bandwidth: str, **knobs: Any,
+) -> int:  # fmt: skip
+    """Replay the trace at PATH, print the table (or JSON), write the plot; exit code."""
+    trace = read_trace(path)
+    try:
+        speed = float(parse_size(bandwidth))
+    except ValueError as e:
+        raise SimulateUsageError(f"--bandwidth: {e}") from None
+    config = SimConfig(capacity=capacity_bytes(capacity, trace), bandwidth=speed, **knobs)
+    report = simulate(trace, config, list(dict.fromkeys(policies)), bound=bound)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_table(report))
+    if plot is not None:
+        write_plot(report, plot)
+    return 0
+
+
+def write_plot(report: Report, path: Path) -> None:
+    """A PNG of cumulative slow-storage bytes over time, one line per policy."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SimulateUsageError(
+            "--plot needs matplotlib: pip install 'scratch-stage[plot]'"
+        ) from None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, result in report.results.items():
+        times, totals = result.cumulative()
+        ax.plot([t / 86400 for t in times], [b / 1e12 for b in totals], label=name)
+    if report.bound is not None:
+        ax.axhline(report.bound.lower / 1e12, linestyle=":", color="k", label="lower bound")
+    ax.set_xlabel("days")
+    ax.set_ylabel("slow-storage bytes read (TB, cumulative)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,162 @@
+"""Synthetic traces (seeded) and a converter from the Parallel Workloads Archive's SWF."""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from scratch_stage.simulate.trace import Job, Trace, TraceError
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """A synthetic cluster workload (docs/simulate.md describes each knob)."""
+
+    jobs: int = 2000
+    nodes: int = 16
+    slots: int = 4  # jobs running at once per node
+    datasets: int = 0  # 0: the sizes file's catalog; more: sizes drawn from it
+    zipf: float = 0.9  # dataset popularity exponent
+    sweep_share: float = 0.3  # share of jobs submitted in hyper-parameter sweeps
+    sweep_min: int = 8
+    sweep_max: int = 32
+    utilization: float = 0.9  # offered load against nodes x slots
+    read_rate: float = 500e6  # median bytes/s one job reads (lognormal, sigma 0.5)
+    max_passes: int = 5  # passes per job: uniform in 1..max_passes
+    max_duration: float = 48 * HOUR  # longer jobs read a fraction of their dataset
+    sched_delay: float = 120.0  # mean scheduler latency before a job may start (s)
+    seed: int = 0
+
+
+def load_sizes(path: Path) -> dict[str, int]:
+    """Dataset name -> size from a `name,size_bytes` CSV (lines starting with # skipped)."""
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    except OSError as e:
+        raise TraceError(f"cannot read dataset sizes {path}: {e.strerror}") from None
+    if not rows or rows[0][:2] != ["name", "size_bytes"]:
+        raise TraceError(f"{path}: expected a header 'name,size_bytes'")
+    return {name: int(size) for name, size, *_ in rows[1:]}
+
+
+def make_catalog(sizes: Mapping[str, int], count: int, rng: random.Random) -> dict[str, int]:
+    """SIZES itself (count 0), or COUNT datasets whose sizes are drawn from it."""
+    if count <= 0:
+        return dict(sizes)
+    names = sorted(sizes)
+    catalog = {}
+    for i in range(count):
+        base = rng.choice(names)
+        catalog[f"{base}.{i}"] = max(1, round(sizes[base] * rng.uniform(0.5, 1.5)))
+    return catalog
+
+
+def zipf_weights(count: int, exponent: float) -> list[float]:
+    return [1.0 / (rank**exponent) for rank in range(1, count + 1)]
+
+
+def generate(spec: WorkloadSpec, sizes: Mapping[str, int]) -> Trace:
+    """A reproducible trace: Zipf popularity, sweeps, list-scheduled onto nodes x slots."""
+    rng = random.Random(spec.seed)
+    catalog = make_catalog(sizes, spec.datasets, rng)
+    order = sorted(catalog)
+    rng.shuffle(order)  # popularity rank is independent of size
+    weights = zipf_weights(len(order), spec.zipf)
+    batches = list(_batches(spec, catalog, order, weights, rng))
+    durations = [d for batch in batches for _, d, _ in batch]
+    gap = sum(durations) / max(1, len(durations)) / (spec.nodes * spec.slots * spec.utilization)
+    jobs: list[tuple[float, str, float, int]] = []
+    submit = 0.0
+    for batch in batches:
+        jobs.extend((submit, name, duration, amount) for name, duration, amount in batch)
+        submit += rng.expovariate(1.0 / (gap * len(batch)))
+    return Trace(catalog, tuple(_schedule(spec, jobs, rng)))
+
+
+def _batch_size(spec: WorkloadSpec, rng: random.Random) -> int:
+    """1 for a single job; a sweep's size with the probability that makes sweep_share."""
+    mean_sweep = (spec.sweep_min + spec.sweep_max) / 2
+    share = spec.sweep_share
+    p_sweep = share / (share + (1 - share) * mean_sweep) if share < 1 else 1.0
+    return rng.randint(spec.sweep_min, spec.sweep_max) if rng.random() < p_sweep else 1
+
+
+def _batches(
+    spec: WorkloadSpec, catalog: Mapping[str, int], order: list[str], weights: list[float],
+    rng: random.Random,
+) -> Iterable[list[tuple[str, float, int]]]:  # fmt: skip
+    """Jobs submitted together as (dataset, duration, bytes read): one, or a sweep."""
+    produced = 0
+    while produced < spec.jobs:
+        size = min(_batch_size(spec, rng), spec.jobs - produced)
+        name = rng.choices(order, weights)[0]
+        passes = rng.randint(1, spec.max_passes)
+        rate = spec.read_rate * math.exp(rng.gauss(0.0, 0.5))
+        amount = passes * catalog[name]
+        duration = amount / rate
+        if duration > spec.max_duration:
+            duration, amount = spec.max_duration, round(spec.max_duration * rate)
+        yield [(name, duration, amount)] * size
+        produced += size
+
+
+def _schedule(
+    spec: WorkloadSpec, jobs: list[tuple[float, str, float, int]], rng: random.Random
+) -> Iterable[Job]:
+    """First come, first served onto the earliest free slot."""
+    slots = [(0.0, n, s) for n in range(spec.nodes) for s in range(spec.slots)]
+    heapq.heapify(slots)
+    for i, (submit, name, duration, amount) in enumerate(jobs):
+        free, node, slot = heapq.heappop(slots)
+        ready = submit + rng.expovariate(1.0 / spec.sched_delay) if spec.sched_delay else submit
+        start = max(free, ready)
+        end = start + duration
+        heapq.heappush(slots, (end, node, slot))
+        yield Job(str(i + 1), round(submit, 3), round(start, 3), round(end, 3),
+                  (f"n{node:04d}",), {name: amount})  # fmt: skip
+
+
+# SWF fields (1-based): https://www.cs.huji.ac.il/labs/parallel/workload/swf.html
+_SUBMIT, _WAIT, _RUN, _PROCS, _REQ_PROCS, _USER, _EXECUTABLE = 1, 2, 3, 4, 7, 11, 13
+
+
+def convert_swf(
+    lines: Iterable[str], sizes: Mapping[str, int], *, nodes: int, cores_per_node: int,
+    passes: float = 1.0,
+) -> Trace:  # fmt: skip
+    """A trace from SWF: executable number (else user) -> dataset, procs -> nodes.
+
+    SWF has no node list: jobs are placed on the least recently released nodes that are
+    free at their start (the archive's schedule is kept; only placement is ours).
+    """
+    names = sorted(sizes)
+    free_at = [(0.0, n) for n in range(nodes)]
+    jobs: list[Job] = []
+    for line in lines:
+        fields = line.split()
+        if not fields or line.lstrip().startswith(";") or len(fields) < 18:
+            continue
+        submit, wait, run = float(fields[_SUBMIT]), float(fields[_WAIT]), float(fields[_RUN])
+        if run <= 0 or wait < 0:
+            continue  # cancelled or failed before starting
+        procs = int(fields[_PROCS]) if int(fields[_PROCS]) > 0 else int(fields[_REQ_PROCS])
+        key = int(fields[_EXECUTABLE]) if int(fields[_EXECUTABLE]) >= 0 else int(fields[_USER])
+        dataset = names[key % len(names)]
+        count = min(nodes, max(1, math.ceil(max(procs, 1) / cores_per_node)))
+        start = submit + wait
+        free_at.sort()
+        chosen, free_at = free_at[:count], free_at[count:]
+        free_at.extend((start + run, n) for _, n in chosen)
+        jobs.append(Job(fields[0], submit, start, start + run,
+                        tuple(f"n{n:04d}" for _, n in sorted(chosen, key=lambda c: c[1])),
+                        {dataset: round(passes * sizes[dataset])}))  # fmt: skip
+    jobs.sort(key=lambda j: (j.start, j.end, j.id))
+    return Trace(dict(sizes), tuple(jobs))
