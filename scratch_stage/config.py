@@ -21,7 +21,7 @@ ENV_PREFIX = "SCRATCH_STAGE_"
 VERIFY_MODES = ("size", "sha256")
 
 
-DEMAND_SOURCES = ("squeue", "file", "none")
+DEMAND_SOURCES = ("squeue", "pyslurm", "file", "none")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def _access(value: Any) -> dict[str, tuple[str, ...]]:
 
 def _demand(value: Any) -> DemandConfig:
     if not isinstance(value, dict):
-        raise ValueError("must be a mapping with source (squeue|file|none), path, max_age")
+        raise ValueError("must be a mapping with source (squeue|pyslurm|file|none), path, max_age")
     unknown = sorted(set(value) - {"source", "path", "max_age"})
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")

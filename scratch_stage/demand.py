@@ -96,7 +96,7 @@ def _hour_start(hour: str) -> float | None:
         return None
 
 
-def _hosts(expr: str) -> tuple[str, ...]:
+def expand_hosts(expr: str) -> tuple[str, ...]:
     if expr in ("(null)", "", "N/A"):
         return ()
     try:
@@ -113,7 +113,7 @@ def parse_squeue(text: str) -> list[PendingJob]:
         if len(fields) != 7 or not fields[0].strip():
             continue
         job_id, partitions, priority, nodes, start, sched, comment = fields
-        datasets = _comment_datasets(comment) if "datasets:" in comment else ()
+        datasets = comment_datasets(comment) if "datasets:" in comment else ()
         if not datasets:
             continue
         jobs.append(
@@ -123,7 +123,7 @@ def parse_squeue(text: str) -> list[PendingJob]:
                 int(priority) if priority.strip().isdigit() else 0,
                 int(nodes) if nodes.strip().isdigit() else 1,
                 parse_slurm_time(start),
-                _hosts(sched),
+                expand_hosts(sched),
                 datasets,
             )
         )
@@ -131,7 +131,7 @@ def parse_squeue(text: str) -> list[PendingJob]:
 
 
 @functools.lru_cache(maxsize=65536)
-def _comment_datasets(comment: str) -> tuple[str, ...]:
+def comment_datasets(comment: str) -> tuple[str, ...]:
     # A sweep submits thousands of jobs with one comment: parse it once.
     return parse_request(comment).names
 
@@ -142,7 +142,7 @@ def parse_sinfo(text: str) -> dict[str, tuple[str, ...]]:
     for line in text.splitlines():
         name, sep, nodes = line.partition("|")
         if sep and name.strip():
-            partitions.setdefault(name.strip(), []).extend(_hosts(nodes))
+            partitions.setdefault(name.strip(), []).extend(expand_hosts(nodes))
     return {p: tuple(dict.fromkeys(n)) for p, n in partitions.items()}
 
 

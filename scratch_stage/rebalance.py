@@ -88,6 +88,10 @@ def read_snapshot(node: Node, now: float) -> Snapshot | None:
     if config.demand.source == "file":
         assert config.demand.path is not None
         return read_demand_file(config.demand.path, now=now, max_age=config.demand.max_age)
+    if config.demand.source == "pyslurm":
+        snapshot = _pyslurm_snapshot(node, now)
+        if snapshot is not None:
+            return snapshot
     from scratch_stage.demand import SINFO_FORMAT, SQUEUE_FORMAT
 
     try:
@@ -99,6 +103,28 @@ def read_snapshot(node: Node, now: float) -> Snapshot | None:
         log.warning("no demand this pass: %s", e)
         return None
     return snapshot_from_cli(squeue, sinfo, now)
+
+
+def _pyslurm_snapshot(node: Node, now: float) -> Snapshot | None:
+    """The snapshot through pyslurm, or None (with one log line why) to use the CLI."""
+    from scratch_stage.pyslurm_source import snapshot_from_pyslurm, usable_pyslurm
+
+    config = node.config
+    try:
+        version = runner.run(
+            [*config.scontrol_command, "--version"], timeout=config.command_timeout
+        )
+    except ScratchStageError as e:
+        version = f"unknown ({e})"
+    pyslurm, why = usable_pyslurm(version)
+    if pyslurm is None:
+        log.info("demand through squeue, not pyslurm: %s", why)
+        return None
+    try:
+        return snapshot_from_pyslurm(pyslurm, now)
+    except Exception as e:  # a pyslurm call failing is no reason to lose the pass
+        log.warning("demand through squeue, pyslurm failed: %s", e)
+        return None
 
 
 def measure_heat(node: Node, state: NodeState, now: float) -> dict[str, float]:
