@@ -23,6 +23,10 @@ typecheck: setup
 bench: setup
 	$(BIN)/python bench/prolog_hot_path.py
 	$(BIN)/python bench/staging_throughput.py
+	$(BIN)/python bench/planner_scaling.py
+	$(BIN)/python bench/rebalance_idle.py
+	$(BIN)/python bench/job_start.py
+	$(BIN)/python bench/simulate_policies.py tables
 
 setup: system-deps slurm-deps $(VENV)/.installed
 
