@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -147,3 +148,32 @@ def test_removed_and_replaced_images_are_unmounted_when_idle(node_env: NodeEnv) 
         "unmounted a (image removed from datadir)",
         "unmounted b (image replaced in datadir)",
     ]
+
+
+def test_daemon_notifies_systemd_and_stops_cleanly_mid_copy(node_env: NodeEnv) -> None:
+    import socket
+
+    node_env.configure(demand={"source": "none"}, interval=1)
+    node_env.add_image("big", "big")
+    assert node_env.cli("pin", "big").returncode == 0
+    notify = node_env.root / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(60)
+        daemon = node_env.spawn(
+            ["daemon"], {**node_env.admin_environ(), "NOTIFY_SOCKET": str(notify)}
+        )
+        assert listener.recv(4096) == b"READY=1"
+        wait_for(lambda: any((node_env.cachedir / ".partial").glob("*")), timeout=60)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+        messages = []
+        with contextlib.suppress(OSError):
+            listener.settimeout(1)
+            while True:
+                messages.append(listener.recv(4096))
+    assert b"STOPPING=1" in messages
+    assert list((node_env.cachedir / ".partial").iterdir()) == []
+    assert node_env.state()["staging"] == {}
+    assert not (node_env.cachedir / "big.sqfs").exists()
+    assert [e["event"] for e in node_env.events()][-1] == "stage-failed"
