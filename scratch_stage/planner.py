@@ -9,7 +9,7 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from scratch_stage.catalog import Fingerprint
 from scratch_stage.state import NodeState
@@ -33,9 +33,8 @@ class PlanParams:
     core_items: int = 200
 
 
-@dataclass(frozen=True)
-class View:
-    """One dataset as the value function sees it."""
+class View(NamedTuple):
+    """One dataset as the value function sees it (a tuple: the simulator makes millions)."""
 
     name: str
     size: int
@@ -59,13 +58,20 @@ def default_value(view: View, params: PlanParams) -> float:
     return benefit - view.size
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the plan does with one dataset and why."""
+class Decision(NamedTuple):
+    """What the plan does with one dataset and why (the figures formatted only when read)."""
 
     action: str  # "keep", "stage", "evict", "none"
     value: float
-    reason: str
+    why: str
+    view: View | None = None
+
+    @property
+    def reason(self) -> str:
+        if self.view is None:
+            return self.why
+        v = self.view
+        return f"{self.why}: value {self.value:.3g} (heat {v.heat:.3g} B/s, demand {v.demand:.3g})"
 
 
 @dataclass(frozen=True)
@@ -171,15 +177,14 @@ def _explain_rest(
         if name in decisions or name in forced:
             continue
         v = values[name]
-        detail = f"value {v:.3g} (heat {view.heat:.3g} B/s, demand {view.demand:.3g})"
         if name in chosen:
-            decisions[name] = Decision("keep" if view.cached else "stage", v, "selected: " + detail)
+            decisions[name] = Decision("keep" if view.cached else "stage", v, "selected", view)
         elif v <= 0:
-            decisions[name] = Decision("none", v, "not worth a copy: " + detail)
+            decisions[name] = Decision("none", v, "not worth a copy", view)
         elif view.size > budget:
-            decisions[name] = Decision("none", v, "larger than the free budget: " + detail)
+            decisions[name] = Decision("none", v, "larger than the free budget", view)
         else:
-            decisions[name] = Decision("none", v, "outvalued by the selected set: " + detail)
+            decisions[name] = Decision("none", v, "outvalued by the selected set", view)
 
 
 def _evict_reason(name: str, catalog: Mapping[str, Fingerprint], fresh: set[str]) -> str:
