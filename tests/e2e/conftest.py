@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the test modules import slurmclient from here
+    sys.path.insert(0, str(HERE))
 TESTCLUSTER = REPO / "slurm" / "testcluster"
 JOB_SUBMIT_LUA = REPO / "slurm" / "job_submit.lua"
 SPANK_DIR = REPO / "spank_config"

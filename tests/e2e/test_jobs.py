@@ -21,18 +21,18 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
+from slurmclient import USER, SlurmClient
 
 if TYPE_CHECKING:
     from conftest import SlurmKit
 
 REPO = Path(__file__).resolve().parents[2]
 SCRATCH_STAGE = REPO / ".venv" / "bin" / "scratch-stage"
-USER = "ssuser"
 DATASETS = ("a", "p")  # a: read by most jobs; p: only ever wanted by a pending job
 HELLO = "hello from dataset {}\n"
 ACTIVE_STATES = ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
@@ -82,42 +82,15 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
 
 
 @dataclass
-class Site:
+class Site(SlurmClient):
     """One test cluster and the scratch-stage node configuration its prolog uses."""
 
-    base: Path
-    cluster_dir: Path
-    config: Path
-    mountdir: Path
-    cachedir: Path
-    statedir: Path
-    checksums: dict[str, str]
-
-    @property
-    def conf(self) -> Path:
-        return self.cluster_dir / "etc" / "slurm.conf"
-
-    @property
-    def work(self) -> Path:
-        return self.cluster_dir / "work"  # owned by the test user; jobs run from here
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
-
-    def run_as_user(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.conf}", *args],
-            cwd=self.work,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def admin(self, *args: str) -> str:
-        return subprocess.run(
-            list(args), env=self.env(), capture_output=True, text=True, timeout=60, check=True
-        ).stdout
+    base: Path = Path()
+    config: Path = Path()
+    mountdir: Path = Path()
+    cachedir: Path = Path()
+    statedir: Path = Path()
+    checksums: dict[str, str] = field(default_factory=dict)
 
     def scratch_stage(self, *args: str) -> str:
         """`scratch-stage --config CONFIG ARGS` as root, with this cluster's SLURM_CONF."""
@@ -167,8 +140,8 @@ class Site:
 
     def job_field(self, job_id: str, key: str) -> str:
         out = self.admin("scontrol", "show", "job", "-o", job_id)
-        for field in out.split():
-            name, _, value = field.partition("=")
+        for item in out.split():
+            name, _, value = item.partition("=")
             if name == key:
                 return value
         return ""
@@ -196,8 +169,8 @@ class Site:
 
     def features(self) -> list[str]:
         out = self.admin("scontrol", "show", "node", "-o", "localhost")
-        for field in out.split():
-            name, _, value = field.partition("=")
+        for item in out.split():
+            name, _, value = item.partition("=")
             if name == "ActiveFeatures":
                 return [] if value in ("", "(null)") else value.split(",")
         return []
@@ -230,7 +203,7 @@ def build_site(base: Path, name: str, images: dict[str, Path], lua: bool, kit: S
         wrappers[hook] = str(wrapper)
     cluster_dir = base / f"{name}-cluster"
     settings = {**wrappers, "plugstack": str(kit.plugstack), "user": USER}
-    site = Site(base, cluster_dir, config, dirs["mountdir"], dirs["cachedir"], dirs["statedir"], {})
+    site = Site(cluster_dir, base, config, dirs["mountdir"], dirs["cachedir"], dirs["statedir"])
     if lua:
         catalog = base / f"{name}-catalog.txt"
         site.scratch_stage("catalog", "--publish", str(catalog))

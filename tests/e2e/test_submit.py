@@ -13,10 +13,8 @@ runs `slurm/testcluster down DIR --purge`. Jobs are submitted as the unprivilege
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,49 +23,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from slurmclient import USER, SlurmClient
 
 if TYPE_CHECKING:
     from conftest import SlurmKit
 
-USER = "ssuser"
 # More than job_submit.lua lists in a message (10), to see the list cut short.
 FILLER = [f"filler{i:02d}" for i in range(12)]
 USAGE = "scratch-stage: --datasets needs a comma-separated list of dataset names"
 
 
 @dataclass
-class Cluster:
-    base: Path  # everything of this module: plugin, catalog, prolog output, cluster dir
-    dir: Path  # the testcluster directory
-    conf: Path  # its slurm.conf
-    catalog: Path
-    envdir: Path  # the prolog writes the environment of job N to envdir/N
+class Cluster(SlurmClient):
+    base: Path = Path()  # everything of this module: plugin, catalog, prolog output
+    catalog: Path = Path()
+    envdir: Path = Path()  # the prolog writes the environment of job N to envdir/N
 
-    def run_as_user(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.conf}", *args],
-            cwd=self.dir / "work",
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def admin(self, *args: str) -> str:
-        return subprocess.run(
-            list(args),
-            env={**os.environ, "SLURM_CONF": str(self.conf)},
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+    @property
+    def dir(self) -> Path:
+        return self.cluster_dir
 
     def submit(self, *args: str) -> str:
-        """sbatch ARGS as the test user; the job id (the submission must succeed)."""
-        proc = self.run_as_user("sbatch", "--parsable", "--output=/dev/null", *args)
-        assert proc.returncode == 0, f"sbatch {args} failed: {proc.stderr}"
-        return proc.stdout.strip().split(";")[0]
+        return super().submit("--output=/dev/null", *args)
 
     def prolog_env(self, job_id: str, timeout: float = 30) -> dict[str, str]:
         """The environment the prolog of JOB_ID ran with."""
@@ -141,7 +118,7 @@ def cluster(slurm_kit: SlurmKit) -> Iterator[Cluster]:
                 **dict.fromkeys(FILLER, "*"),
             },
         )
-        yield Cluster(base, cluster_dir, cluster_dir / "etc" / "slurm.conf", catalog, envdir)
+        yield Cluster(cluster_dir, base, catalog, envdir)
     finally:
         slurm_kit.down(cluster_dir)
         shutil.rmtree(base, ignore_errors=True)
