@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable
 
 import click
@@ -185,17 +183,13 @@ def unpin(ctx: Context, name: str) -> int:
 @pass_ctx
 def prestage(ctx: Context, names: Sequence[str]) -> int:
     """Copy datasets into the cache now and mount them over; blocks until done."""
+    from scratch_stage import interrupts
     from scratch_stage.stager import stage
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    interrupts.install()  # SIGTERM abandons the copy at the next chunk, cleanly
     for name in names:
         click.echo(stage(ctx.node, name, progress=_progress_reporter(name)))
     return 0
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # SystemExit unwinds through the stager's cleanup: the partial copy is removed.
-    raise SystemExit(128 + signum)
 
 
 def _progress_reporter(name: str) -> Callable[[int, int], None]:
@@ -259,7 +253,9 @@ def rebalance(ctx: Context, dry_run: bool, explain: bool, as_json: bool) -> int:
     from scratch_stage.rebalance import rebalance as run_pass
 
     if not dry_run:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        from scratch_stage import interrupts
+
+        interrupts.install()
     progress = None if as_json or dry_run else _progress_reporter
     report = run_pass(ctx.node, dry_run=dry_run, progress=progress)
     if as_json:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
-from types import FrameType
+import time
 from typing import Callable
 
-from scratch_stage.errors import ScratchStageError
+from scratch_stage.errors import Interrupted, ScratchStageError
 from scratch_stage.node import Node
 
 log = logging.getLogger(__name__)
@@ -31,30 +29,38 @@ def sd_notify(message: str) -> None:
 
 
 def run_daemon(node: Node, one_pass: Callable[[Node], object]) -> int:
-    """Run ONE_PASS every `interval` seconds; SIGTERM stops between or during passes."""
-    stop = threading.Event()
+    """Run ONE_PASS every `interval` seconds; SIGTERM stops between steps of a pass.
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            return
-        stop.set()
-        # Interrupt a copy in flight: SystemExit unwinds through the stager's cleanup.
-        raise SystemExit(0)
+    The signal only sets a flag (`interrupts`): a pass stops at its next clean point (the
+    copy in flight is abandoned at its next chunk, no unmount is cut halfway).
+    """
+    from scratch_stage import interrupts
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    interrupts.install()
     sd_notify("READY=1")
     passes = 0
-    try:
-        while not stop.is_set():
-            try:
-                one_pass(node)
-            except ScratchStageError as e:
-                log.error("rebalance pass failed: %s", e)
-            passes += 1
-            sd_notify(f"STATUS=rebalance passes: {passes}")
-            stop.wait(node.config.interval)
-    except SystemExit:
-        log.info("stopping after %d passes (SIGTERM)", passes)
+    while interrupts.requested() is None:
+        try:
+            one_pass(node)
+        except Interrupted:
+            break
+        except ScratchStageError as e:
+            log.error("rebalance pass failed: %s", e)
+        except OSError as e:  # a filesystem problem this pass; the next one may succeed
+            log.error("rebalance pass failed: %s", e)
+        passes += 1
+        sd_notify(f"STATUS=rebalance passes: {passes}")
+        _sleep(node.config.interval, interrupts.requested)
+    log.info("stopping after %d passes (signal %s)", passes, interrupts.requested())
     sd_notify("STOPPING=1")
     return 0
+
+
+def _sleep(seconds: float, stop: Callable[[], object]) -> None:
+    """Sleep SECONDS in short steps, returning early once STOP() is true."""
+    deadline = time.monotonic() + seconds
+    while not stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.2))

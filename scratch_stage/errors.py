@@ -37,8 +37,20 @@ class DatasetError(ScratchStageError):
 
 
 class CommandError(NodeFault):
-    """An external command (mount, umount, mksquashfs) failed."""
+    """An external command (mount, umount, mksquashfs) failed; MISSING: it could not run."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class StagingError(ScratchStageError):
     """A copy into the cache failed or was interrupted; nothing partial is kept."""
+
+
+class Interrupted(ScratchStageError):
+    """SIGTERM or SIGINT arrived; the command stopped between two steps."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -9,14 +9,14 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.log"
 KINDS = frozenset(
     ["request", "mount", "unmount", "stage-start", "stage-progress", "stage-done",
-     "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered"]
+     "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered", "reconcile"]
 )  # fmt: skip
 # Bounds one line so that O_APPEND writes stay single and a hostile comment cannot bloat it.
 _MAX_FIELD = 200
@@ -25,13 +25,14 @@ _MAX_FIELD = 200
 class EventLog:
     """Appends events to STATEDIR/events.log; a failure to log never fails the caller."""
 
-    def __init__(self, statedir: Path) -> None:
+    def __init__(self, statedir: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = statedir / EVENTS_FILE
+        self.clock = clock
 
     def emit(self, kind: str, dataset: str | None = None, **fields: Any) -> None:
         """Append one event of KIND (one of KINDS) with FIELDS."""
         assert kind in KINDS, kind
-        record: dict[str, Any] = {"ts": round(time.time(), 3), "event": kind}
+        record: dict[str, Any] = {"ts": round(self.clock(), 3), "event": kind}
         if dataset is not None:
             record["dataset"] = dataset
         for key, value in fields.items():
@@ -40,8 +41,11 @@ class EventLog:
             record[key] = value
         line = (json.dumps(record, ensure_ascii=True) + "\n").encode()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # Private: job ids, users and refusal reasons are not for other users.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, 0o600)
                 os.write(fd, line)
             finally:
                 os.close(fd)

@@ -1,4 +1,4 @@
-"""Prolog and epilog (DESIGN section 6): a user's mistake is a log line, never a drained node."""
+"""Prolog and epilog: a user's mistake is a log line, never a drained node (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from scratch_stage.requests import Request, parse_request, shorten
 
 if TYPE_CHECKING:  # lazy: a prolog for a job without datasets never loads the node's modules
     from scratch_stage.catalog import Image
+    from scratch_stage.mounts import MountStep
     from scratch_stage.node import Node
+    from scratch_stage.state import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +53,115 @@ def _int(value: str | None) -> int:
 
 
 def run_prolog(node: Node, job: Job) -> int:
-    """Mount every permitted dataset of JOB and record it as holder; NodeFault on node faults."""
+    """Mount every permitted dataset of JOB and record it as holder; NodeFault on node faults.
+
+    Decide under the lock (hold and intents recorded first, so a kill at any point loses no
+    hold and leaves nothing unaccounted for), mount outside it, then drop the intents.
+    A dataset whose image cannot be mounted, or that another process keeps busy past
+    `lock_timeout`, is refused for this job: a user's image never drains the node.
+    """
+    import time
+
     _log_rejections(node, job)
-    images = [
-        image for image in map(lambda n: _permitted(node, job, n), job.request.names) if image
-    ]
-    if not images:
+    permitted = (_permitted(node, job, name) for name in job.request.names)
+    pending = {image.name: image for image in permitted if image is not None}
+    if not pending:
         return 0
-    from scratch_stage.mounts import ensure_mounted
-    from scratch_stage.recovery import reap_dead_copies
+    deadline = time.monotonic() + node.config.lock_timeout
+    mounted: list[str] = []
+    first = True
+    while pending:
+        busy = _mount_round(node, job, pending, mounted, announce=first)
+        first = False
+        pending = {name: pending[name] for name in busy}
+        if pending and time.monotonic() >= deadline:
+            _drop_holds(node, job, list(pending))
+            for name in pending:
+                _refuse(node, job, name, "another scratch-stage process kept it busy")
+            break
+        if pending:
+            time.sleep(0.02)
+    if node.config.prolog_stage_budget > 0 and mounted:
+        _stage_within_budget(node, job, mounted)
+    return 0
+
+
+def _mount_round(
+    node: Node, job: Job, pending: dict[str, Image], mounted: list[str], *, announce: bool
+) -> list[str]:
+    """One decide-act-finish round; the names another process is acting on (to retry)."""
+    from scratch_stage.errors import CommandError
+    from scratch_stage.mounts import claim, describe, perform_mount, prepare_mount
     from scratch_stage.state import Hold
 
+    busy: list[str] = []
+    steps = []
     with node.store.transaction() as state:
-        if state.staging:
-            reap_dead_copies(node, state)
-        done = [(image, ensure_mounted(node, state, image)) for image in images]
         held = state.jobs.get(job.job_id)
-        names = tuple(dict.fromkeys((*(held.datasets if held else ()), *(i.name for i in images))))
-        state.jobs[job.job_id] = Hold(names, job.user, node.clock())
-    for image, action in done:
-        node.events.emit("request", image.name, job=job.job_id, user=job.user)
-        if action:
-            node.events.emit("mount", image.name, job=job.job_id, detail=action)
-    if node.config.prolog_stage_budget > 0:
-        _stage_within_budget(node, job, images)
-    return 0
+        names = tuple(dict.fromkeys((*(held.datasets if held else ()), *pending)))
+        state.jobs[job.job_id] = Hold(names, job.user, held.since if held else node.clock())
+        for name, image in pending.items():
+            if name in state.intents:
+                busy.append(name)
+                continue
+            step = prepare_mount(node, state, image)
+            if step is None:
+                mounted.append(name)
+            elif claim(node, state, name, "mount", str(step.source)):
+                steps.append(step)
+    if announce:
+        for name in pending:
+            node.events.emit("request", name, job=job.job_id, user=job.user)
+    failed: dict[str, str] = {}
+    try:
+        for step in steps:
+            try:
+                perform_mount(node, step)
+            except CommandError as e:
+                if e.missing:
+                    raise
+                failed[step.name] = str(e)
+                continue
+            mounted.append(step.name)
+            node.events.emit("mount", step.name, job=job.job_id, detail=describe(step))
+    except NodeFault:
+        # The node cannot mount at all: the prolog fails (drain), and this job holds nothing.
+        _finish(node, job, steps, {name: "node fault" for name in pending})
+        raise
+    _finish(node, job, steps, failed)
+    for name, why in failed.items():
+        _refuse(node, job, name, f"cannot be mounted: {why}")
+    return busy
+
+
+def _finish(node: Node, job: Job, steps: list[MountStep], failed: dict[str, str]) -> None:
+    """Drop this process's intents; a dataset that failed to mount is no longer held."""
+    from scratch_stage.mounts import release_claim
+
+    if not steps:
+        return
+    with node.store.transaction() as state:
+        for step in steps:
+            release_claim(state, step.name)
+        _unhold(state, job, list(failed))
+
+
+def _drop_holds(node: Node, job: Job, names: list[str]) -> None:
+    with node.store.transaction() as state:
+        _unhold(state, job, names)
+
+
+def _unhold(state: NodeState, job: Job, names: list[str]) -> None:
+    from scratch_stage.state import Hold
+
+    hold = state.jobs.get(job.job_id)
+    if hold is None or not names:
+        return
+    kept = tuple(n for n in hold.datasets if n not in names)
+    if kept:
+        state.jobs[job.job_id] = Hold(kept, hold.user, hold.since)
+    else:
+        del state.jobs[job.job_id]
 
 
 def _permitted(node: Node, job: Job, name: str) -> Image | None:
@@ -108,16 +194,18 @@ def _log_rejections(node: Node, job: Job) -> None:
         _refuse(node, job, "...", f"{len(rejected) - _MAX_LOGGED_REJECTIONS} more bad entries")
 
 
-def _stage_within_budget(node: Node, job: Job, images: list[Image]) -> None:
+def _stage_within_budget(node: Node, job: Job, names: list[str]) -> None:
     """Wait up to the staging budget for cached copies; on any failure keep the slow mount."""
+    import time
+
     from scratch_stage.stager import stage
 
-    deadline = node.clock() + node.config.prolog_stage_budget
-    for image in images:
+    deadline = time.monotonic() + node.config.prolog_stage_budget
+    for name in names:
         try:
-            stage(node, image.name, deadline=deadline)
-        except ScratchStageError as e:
-            log.info("job %s: %s stays on slow storage: %s", job.job_id, image.name, e)
+            stage(node, name, deadline=deadline)
+        except (ScratchStageError, OSError) as e:
+            log.info("job %s: %s stays on slow storage: %s", job.job_id, name, e)
 
 
 def run_epilog(node: Node, job: Job) -> int:

@@ -20,23 +20,33 @@ _FIRST_WAIT = 0.001
 _MAX_WAIT = 0.02
 
 
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 @contextlib.contextmanager
-def flocked(path: Path, timeout: float) -> Iterator[None]:
-    """Hold an exclusive flock on PATH; LockTimeout after TIMEOUT s, NodeFault if unusable."""
+def flocked(path: Path, timeout: float) -> Iterator[float]:
+    """Hold an exclusive flock on PATH, giving the seconds waited; LockTimeout after TIMEOUT.
+
+    The lock file is private (0600, in the private statedir): no other user can hold it.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, _FLAGS, 0o600)
     except OSError as e:
         raise NodeFault(f"cannot open lock {path}: {e.strerror}") from None
     try:
+        started = time.monotonic()
         _acquire(fd, path, timeout)
-        yield
+        yield time.monotonic() - started
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
 def try_flock(path: Path) -> int | None:
     """The descriptor holding an exclusive flock on PATH, or None if another process has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, _FLAGS, 0o600)
+    except OSError as e:
+        raise NodeFault(f"cannot open lock {path}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,16 +1,26 @@
-"""Mount stacks at <mountdir>/<name>: mount slow or cached images, mount over, unmount."""
+"""Mount stacks at <mountdir>/<name>: decide under the lock, act outside it.
+
+Every change to a stack follows the node-state protocol (docs/design.md): under the state
+lock a process decides and records an `Intent` for the dataset (`claim`); outside the lock
+it carries out the prepared step (`perform`), which runs mount/umount; under the lock again
+it drops the intent (`finish`). While the intent stands, no other process acts on that
+dataset; if the process dies, `reconcile` settles it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from scratch_stage import faults
 from scratch_stage.catalog import Image
 from scratch_stage.errors import CommandError, NodeFault
 from scratch_stage.mountinfo import Layer, read_stack
 from scratch_stage.node import Node
-from scratch_stage.state import NodeState
+from scratch_stage.state import Intent, IntentKind, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +30,20 @@ def stack(node: Node, name: str) -> list[Layer]:
     return read_stack(node.root, str(node.mountpoint(name)))
 
 
+def fresh_copy(node: Node, state: NodeState, image: Image) -> bool:
+    """The one rule: NAME's cached copy is a verified copy of this very image version."""
+    cached = state.cached.get(image.name)
+    return (
+        cached is not None
+        and cached.fingerprint == image.fingerprint
+        and image.name not in state.intents  # an eviction in progress serves nobody
+        and node.cached_path(image.name).exists()
+    )
+
+
 def fresh_source(node: Node, state: NodeState, image: Image) -> Path:
     """The file a new job must read for IMAGE: its verified cached copy, else the image."""
-    cached = state.cached.get(image.name)
-    path = node.cached_path(image.name)
-    if cached is not None and cached.fingerprint == image.fingerprint and path.exists():
-        return path
-    return image.path
+    return node.cached_path(image.name) if fresh_copy(node, state, image) else image.path
 
 
 def real_path(path: Path) -> str:
@@ -34,29 +51,109 @@ def real_path(path: Path) -> str:
     return os.path.realpath(path)
 
 
+def layers_reading(layers: list[Layer], path: Path) -> list[Layer]:
+    """The layers whose loop device reads PATH (the one definition of 'reads this file')."""
+    wanted = real_path(path)
+    return [layer for layer in layers if layer.backing_path == wanted]
+
+
 def serves(layers: list[Layer], source: Path) -> bool:
     """True when the top layer is a live (not replaced) mount of SOURCE."""
-    if not layers:
-        return False
-    top = layers[-1]
-    return not top.deleted and top.backing_path == real_path(source)
+    return bool(layers) and not layers[-1].deleted and bool(layers_reading(layers[-1:], source))
 
 
-def ensure_mounted(node: Node, state: NodeState, image: Image) -> str | None:
-    """Make the mountpoint serve the fresh source of IMAGE; what was done, or None."""
+# --- prepared steps: values decided under the lock, performed outside it ---
+
+
+@dataclass(frozen=True)
+class MountStep:
+    """Make NAME's stack serve SOURCE; first unmount the REPLACE stale layers nobody reads."""
+
+    name: str
+    source: Path
+    cached: bool
+    replace: int
+    below: int
+
+
+@dataclass(frozen=True)
+class UnmountStep:
+    """Remove layers of NAME: those reading PATH (an eviction), or all of them (PATH None).
+
+    With DELETE, PATH (the cached copy) is deleted once no layer reads it; with LAZY, busy
+    layers are detached (open files keep working).
+    """
+
+    name: str
+    path: Path | None
+    delete: bool
+    lazy: bool = False
+
+
+def prepare_mount(node: Node, state: NodeState, image: Image) -> MountStep | None:
+    """The step that makes IMAGE's mountpoint serve its fresh source, None if it does."""
     source = fresh_source(node, state, image)
     layers = stack(node, image.name)
     if serves(layers, source):
         return None
     current = {real_path(image.path), real_path(source)}  # a stale cached copy is not current
     stale = any(layer.deleted or layer.backing_path not in current for layer in layers)
-    if stale and not state.holders(image.name):
-        unmount_all(node, image.name)  # nobody reads the old version: start clean
-        layers = []
-    mount(node, source, node.mountpoint(image.name))
-    cached = source != image.path
-    kind = "cached" if cached else "slow"
-    return f"mounted {kind} copy over {len(layers)} layer(s)" if layers else f"mounted {kind} copy"
+    replace = len(layers) if stale and not state.holders(image.name) else 0
+    return MountStep(image.name, source, source != image.path, replace, len(layers) - replace)
+
+
+def claim(node: Node, state: NodeState, name: str, kind: IntentKind, source: str = "") -> bool:
+    """Record this process's intent on NAME; False when another process has one."""
+    from scratch_stage.recovery import process_start
+
+    current = state.intents.get(name)
+    pid = os.getpid()
+    if current is not None and current.pid != pid:
+        return False
+    start = process_start(node.root, pid) or "?"
+    state.intents[name] = Intent(kind, pid, start, node.clock(), source)
+    return True
+
+
+def release_claim(state: NodeState, name: str) -> None:
+    """Drop this process's intent on NAME (after the action, done or failed)."""
+    current = state.intents.get(name)
+    if current is not None and current.pid == os.getpid():
+        del state.intents[name]
+
+
+def describe(step: MountStep) -> str:
+    """What a mount step did, for events and the CLI."""
+    kind = "cached" if step.cached else "slow"
+    return (
+        f"mounted {kind} copy over {step.below} layer(s)" if step.below else f"mounted {kind} copy"
+    )
+
+
+def perform_mount(node: Node, step: MountStep) -> None:
+    """Carry out STEP (outside the lock); CommandError or NodeFault if it fails."""
+    for _ in range(step.replace):
+        unmount_top(node, step.name)  # nobody reads the old version: start clean
+    mount(node, step.source, node.mountpoint(step.name))
+
+
+def perform_unmount(node: Node, step: UnmountStep) -> int:
+    """Carry out STEP (outside the lock); the layers removed. CommandError if it fails."""
+    count = 0
+    if step.path is None:
+        while stack(node, step.name):
+            unmount_top(node, step.name, lazy=step.lazy)
+            count += 1
+    else:
+        while layers_reading(stack(node, step.name), step.path):
+            unmount_top(node, step.name, lazy=step.lazy)
+            count += 1
+    if step.delete and step.path is not None:
+        faults.point("before-unlink")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(step.path)
+        faults.point("after-unlink")
+    return count
 
 
 def mount(node: Node, source: Path, target: Path) -> None:
@@ -68,50 +165,34 @@ def mount(node: Node, source: Path, target: Path) -> None:
     from scratch_stage import runner  # lazy: the hot-path prolog runs no command
 
     config = node.config
+    faults.point("before-mount")
     runner.run(
         runner.build_mount_argv(config.mount_command, source, target),
         timeout=config.command_timeout,
     )
+    faults.point("after-mount")
     log.info("mounted %s at %s", source, target)
 
 
-def unmount_top(node: Node, name: str) -> None:
+def unmount_top(node: Node, name: str, *, lazy: bool = False) -> None:
     """Unmount the top layer at NAME's mountpoint, detaching it lazily if it is busy."""
     from scratch_stage import runner
 
     config = node.config
     target = node.mountpoint(name)
+    faults.point("before-umount")
     try:
         runner.run(
-            runner.build_umount_argv(config.umount_command, target), timeout=config.command_timeout
+            runner.build_umount_argv(config.umount_command, target, lazy=lazy),
+            timeout=config.command_timeout,
         )
     except CommandError as first:
+        if lazy:
+            raise
         log.warning("unmount of %s failed (%s); detaching lazily", target, first)
         runner.run(
             runner.build_umount_argv(config.umount_command, target, lazy=True),
             timeout=config.command_timeout,
         )
+    faults.point("after-umount")
     log.info("unmounted top layer at %s", target)
-
-
-def unmount_all(node: Node, name: str) -> int:
-    """Unmount every layer at NAME's mountpoint; how many were unmounted."""
-    count = 0
-    while stack(node, name):
-        unmount_top(node, name)
-        count += 1
-    return count
-
-
-def unmount_file(node: Node, name: str, path: Path) -> int:
-    """Unmount from the top until no layer at NAME's mountpoint reads PATH; layers removed."""
-    count = 0
-    while any(layer.backing_path == real_path(path) for layer in stack(node, name)):
-        unmount_top(node, name)
-        count += 1
-    return count
-
-
-def is_mounted_anywhere(node: Node, name: str, path: Path) -> bool:
-    """True when a layer at NAME's mountpoint reads PATH."""
-    return any(layer.backing_path == real_path(path) for layer in stack(node, name))

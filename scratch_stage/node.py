@@ -12,12 +12,10 @@ from typing import Callable
 
 from scratch_stage.config import Config
 from scratch_stage.events import EventLog
+from scratch_stage.layout import PARTIAL_DIR, cached_name
 from scratch_stage.state import StateStore
 
 log = logging.getLogger(__name__)
-
-CACHE_SUFFIX = ".sqfs"
-PARTIAL_DIR = ".partial"
 
 
 @dataclass
@@ -35,17 +33,19 @@ class Node:
 
     @cached_property
     def store(self) -> StateStore:
+        from scratch_stage.reconcile import settle
         from scratch_stage.recovery import rebuild_state
 
         return StateStore(
             self.config.statedir,
             lock_timeout=self.config.lock_timeout,
             rebuild=lambda: rebuild_state(self),
+            settle=lambda state: settle(self, state),
         )
 
     @cached_property
     def events(self) -> EventLog:
-        return EventLog(self.config.statedir)
+        return EventLog(self.config.statedir, clock=self.clock)
 
     @property
     def partial_dir(self) -> Path:
@@ -57,7 +57,7 @@ class Node:
 
     def cached_path(self, name: str) -> Path:
         """Where the cached copy of NAME lives."""
-        return self.config.cachedir / (name + CACHE_SUFFIX)
+        return self.config.cachedir / cached_name(name)
 
     def capacity_bytes(self) -> int:
         """The cache budget in bytes (a percentage is of the cachedir filesystem)."""

@@ -1,4 +1,4 @@
-"""One rebalance pass: measure heat, read demand, plan, act (DESIGN section 8)."""
+"""One rebalance pass: measure heat, read demand, plan, act (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scratch_stage import runner
 from scratch_stage.catalog import Catalog, Fingerprint, scan_catalog
 from scratch_stage.demand import Snapshot, node_demand, read_demand_file, snapshot_from_cli
-from scratch_stage.errors import ConfigError, ScratchStageError
+from scratch_stage.errors import ConfigError, Interrupted, ScratchStageError
 from scratch_stage.heat import dataset_of_path, parse_diskstats, read_loop_backings, update_heat
 from scratch_stage.mountinfo import read_all_stacks
 from scratch_stage.node import Node
 from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value, plan
-from scratch_stage.state import NodeState
+from scratch_stage.state import Failure, NodeState
+
+if TYPE_CHECKING:
+    from scratch_stage.mounts import UnmountStep
 
 log = logging.getLogger(__name__)
 
@@ -185,17 +188,20 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
         )
         return Report(the_plan, heat, demand, capacity)
     with node.store.transaction() as state:
-        from scratch_stage.recovery import reap_dead_copies
+        from scratch_stage.reconcile import settle
 
-        reap_dead_copies(node, state)
+        settle(node, state, full=True)
         heat = measure_heat(node, state, now)
         the_plan = plan(
             fingerprints, state, heat, demand, capacity, now=now, params=params, value=value
         )
         report = Report(the_plan, heat, demand, capacity)
-        _evict(node, state, the_plan, report)
-        _unmount_idle(node, state, catalog, now, report)
-    _stage(node, the_plan, report, progress)
+        steps = _claim_evictions(node, state, the_plan)
+        steps += _claim_idle_unmounts(node, state, catalog, now)
+        backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
+    _act(node, steps, the_plan, report)
+    stage_plan = _without_backoff(the_plan, backoff, report)
+    _stage(node, stage_plan, report, progress)
     if node.config.node_features:
         _publish_features(node, report)
     _save_report(node, report, now)
@@ -238,48 +244,88 @@ def read_last_report(node: Node) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _evict(node: Node, state: NodeState, the_plan: Plan, report: Report) -> None:
-    """Evict first (under the lock): unmount the cached layer, then delete the copy."""
-    from scratch_stage.mounts import unmount_file
+def _claim_evictions(node: Node, state: NodeState, the_plan: Plan) -> list[UnmountStep]:
+    """Claim each planned eviction nobody holds or acts on (under the lock)."""
+    from scratch_stage.mounts import UnmountStep, claim
 
+    steps = []
     for name in the_plan.evict:
-        if state.holders(name) or name not in state.cached:
+        if state.holders(name) or name not in state.cached or name in state.intents:
             continue
         path = node.cached_path(name)
-        try:
-            unmount_file(node, name, path)
-        except ScratchStageError as e:
-            report.failed.append(f"evict {name}: {e}")
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        del state.cached[name]
-        reason = the_plan.decisions[name].reason
-        node.events.emit("evict", name, reason=reason)
-        report.done.append(f"evicted {name} ({reason})")
+        if claim(node, state, name, "evict", str(path)):
+            steps.append(UnmountStep(name, path, delete=True))
+    return steps
 
 
-def _unmount_idle(
-    node: Node, state: NodeState, catalog: Catalog, now: float, report: Report
-) -> None:
-    """Unmount stacks nobody holds that are removed, replaced, or idle past idle_unmount."""
-    from scratch_stage.mounts import unmount_all
+def _claim_idle_unmounts(
+    node: Node, state: NodeState, catalog: Catalog, now: float
+) -> list[UnmountStep]:
+    """Claim the stacks nobody holds that are removed, replaced, or idle past idle_unmount."""
+    from scratch_stage.mounts import UnmountStep, claim
 
+    steps = []
     for name, layers in sorted(read_all_stacks(node.root, str(node.mountdir)).items()):
-        if state.holders(name) or not layers:
+        if state.holders(name) or not layers or name in state.intents:
             continue
         image = catalog.images.get(name)
         why = _idle_reason(node, state, name, layers, image.fingerprint if image else None, now)
-        if why is None:
-            continue
+        if why is not None and claim(node, state, name, "unmount", why):
+            steps.append(UnmountStep(name, None, delete=False))
+    return steps
+
+
+def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: Report) -> None:
+    """Carry out the claimed evictions and unmounts outside the lock, one finish each."""
+    from scratch_stage import interrupts
+    from scratch_stage.mounts import perform_unmount, release_claim
+
+    for i, step in enumerate(steps):
+        if interrupts.requested():  # stop between steps: drop the claims not acted on
+            with node.store.transaction() as state:
+                for left in steps[i:]:
+                    release_claim(state, left.name)
+            interrupts.check()
+        error = ""
         try:
-            unmount_all(node, name)
+            perform_unmount(node, step)
         except ScratchStageError as e:
-            report.failed.append(f"unmount {name}: {e}")
+            error = str(e)
+        with node.store.transaction() as state:
+            intent = state.intents.get(step.name)
+            release_claim(state, step.name)
+            if not error and step.delete:
+                state.cached.pop(step.name, None)
+            if not error and not step.delete:
+                state.last_used.pop(step.name, None)
+        if error:
+            what = "evict" if step.delete else "unmount"
+            report.failed.append(f"{what} {step.name}: {error}")
             continue
-        state.last_used.pop(name, None)
-        node.events.emit("unmount", name, reason=why)
-        report.done.append(f"unmounted {name} ({why})")
+        if step.delete:
+            why = the_plan.decisions[step.name].reason
+            node.events.emit("evict", step.name, reason=why)
+            report.done.append(f"evicted {step.name} ({why})")
+        else:
+            why = intent.source if intent else "idle"
+            node.events.emit("unmount", step.name, reason=why)
+            report.done.append(f"unmounted {step.name} ({why})")
+
+
+def _without_backoff(the_plan: Plan, backoff: Mapping[str, Failure], report: Report) -> Plan:
+    """THE_PLAN without copies still in their failure backoff (each reported)."""
+    import dataclasses
+
+    blocked = [n for n in the_plan.stage if n in backoff]
+    for name in blocked:
+        f = backoff[name]
+        report.failed.append(
+            f"stage {name}: not retried before {f.retry_at:.0f} after {f.count} failure(s): "
+            f"{f.reason}"
+        )
+    if not blocked:
+        return the_plan
+    return dataclasses.replace(the_plan, stage=tuple(n for n in the_plan.stage if n not in blocked))
 
 
 def _idle_reason(
@@ -302,11 +348,18 @@ def _idle_reason(
 
 def _stage(node: Node, the_plan: Plan, report: Report, progress: Any) -> None:
     """Copy in value order, outside the state lock; one failure does not stop the rest."""
+    from scratch_stage import interrupts
     from scratch_stage.stager import stage
 
     for name in the_plan.stage:
+        interrupts.check()
         try:
             report.done.append(stage(node, name, progress=progress(name) if progress else None))
         except ScratchStageError as e:
+            if isinstance(e, Interrupted):
+                raise
             report.failed.append(f"stage {name}: {e}")
+            log.warning("staging %s failed: %s", name, e)
+        except OSError as e:  # the cache filesystem misbehaving must not end the daemon
+            report.failed.append(f"stage {name}: {e.strerror or e}")
             log.warning("staging %s failed: %s", name, e)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from scratch_stage.catalog import Fingerprint, lookup_image
 from scratch_stage.errors import ScratchStageError
+from scratch_stage.layout import dataset_of_cached
 from scratch_stage.mountinfo import read_all_stacks
-from scratch_stage.node import CACHE_SUFFIX, Node
-from scratch_stage.state import RECOVERED, CachedCopy, Hold, NodeState
+from scratch_stage.node import Node
+from scratch_stage.state import RECOVERED, CachedCopy, Hold, NodeState, temp_owner
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,10 @@ def rebuild_state(node: Node) -> NodeState:
     state = NodeState()
     now = node.clock()
     for path in _cached_files(node):
-        name = path.name[: -len(CACHE_SUFFIX)]
-        copy = _recover_copy(node, name, path)
-        if copy is not None:
-            state.cached[name] = CachedCopy(copy, now)
+        name = dataset_of_cached(path.name)
+        copy = _recover_copy(node, name, path) if name else None
+        if name and copy is not None:
+            state.cached[name] = CachedCopy(copy, now, path.stat().st_ino)
     mounted = sorted(read_all_stacks(node.root, str(node.mountdir)))
     if mounted:
         state.jobs[RECOVERED] = Hold(tuple(mounted), "?", now)
@@ -46,7 +47,7 @@ def rebuild_state(node: Node) -> NodeState:
 
 def _cached_files(node: Node) -> list[Path]:
     try:
-        return sorted(p for p in node.config.cachedir.iterdir() if p.name.endswith(CACHE_SUFFIX))
+        return sorted(p for p in node.config.cachedir.iterdir() if dataset_of_cached(p.name))
     except OSError:
         return []
 
@@ -65,39 +66,19 @@ def _recover_copy(node: Node, name: str, path: Path) -> Fingerprint | None:
     return None
 
 
-def reap_dead_copies(node: Node, state: NodeState) -> list[str]:
-    """Drop copies in flight whose process is gone and remove stray partial files."""
-    dead = [
-        name for name, copy in state.staging.items()
-        if process_start(node.root, copy.pid) != copy.pid_start
-    ]  # fmt: skip
-    for name in dead:
-        del state.staging[name]
-        log.warning("copy of %s by a dead process dropped", name)
-        if name not in state.cached:
-            # Killed between the rename and the commit: the file was never recorded or mounted.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(node.cached_path(name))
-    _remove_stray_temp_files(node)
-    live = {partial_name(name, c.pid) for name, c in state.staging.items()}
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(node.partial_dir):
-            if entry.name not in live:
-                log.warning("removing leftover partial copy %s", entry.path)
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-    return dead
+def is_alive(root: Path, pid: int, pid_start: str) -> bool:
+    """True while process PID is the process that started at PID_START (not a reused pid)."""
+    return process_start(root, pid) == pid_start
 
 
-def _remove_stray_temp_files(node: Node) -> None:
+def remove_stray_temp_files(node: Node) -> None:
     """Temp files of state writes whose process died (kill -9 between write and rename)."""
-    for path in node.config.statedir.glob(".*.tmp"):
-        pid = path.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and process_start(node.root, int(pid)) is None:
+    try:
+        entries = os.listdir(node.config.statedir)
+    except OSError:
+        return
+    for filename in entries:
+        pid = temp_owner(filename)
+        if pid is not None and process_start(node.root, pid) is None:
             with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def partial_name(name: str, pid: int) -> str:
-    """The file name of a copy of NAME in flight by PID, inside cachedir/.partial/."""
-    return f"{name}.{pid}.part"
+                os.unlink(node.config.statedir / filename)

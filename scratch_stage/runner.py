@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scratch_stage.errors import CommandError
 
-# DESIGN section 6: an image never grants setuid or device access.
+# An image never grants setuid or device access (docs/security.md).
 MOUNT_OPTIONS = "loop,ro,nosuid,nodev"
 COMPRESSORS = {
     "fast": ("-comp", "lz4"),
@@ -45,9 +45,9 @@ def run(argv: Sequence[str], *, timeout: float) -> str:
             list(argv), capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError:
-        raise CommandError(f"command not found: {argv[0]}") from None
+        raise CommandError(f"command not found: {argv[0]}", missing=True) from None
     except OSError as e:  # not executable, a directory, ...: still the command's fault
-        raise CommandError(f"cannot run {argv[0]}: {e.strerror or e}") from None
+        raise CommandError(f"cannot run {argv[0]}: {e.strerror or e}", missing=True) from None
     except subprocess.TimeoutExpired:
         raise CommandError(f"{argv[0]} timed out after {timeout:g}s: {' '.join(argv)}") from None
     if done.returncode != 0:

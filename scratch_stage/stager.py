@@ -10,13 +10,21 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
-from scratch_stage.catalog import Image, check_squashfs_header, lookup_image, read_header
-from scratch_stage.errors import StagingError
+from scratch_stage import faults, interrupts
+from scratch_stage.catalog import (
+    Fingerprint,
+    Image,
+    check_squashfs_header,
+    lookup_image,
+    read_header,
+)
+from scratch_stage.errors import Interrupted, StagingError
+from scratch_stage.layout import partial_name
 from scratch_stage.node import Node
-from scratch_stage.recovery import partial_name, process_start, reap_dead_copies
-from scratch_stage.state import CachedCopy, Copy, NodeState
+from scratch_stage.recovery import process_start
+from scratch_stage.state import CachedCopy, Copy, Failure, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +38,18 @@ _WRITEBACK_WINDOW = 16 * 1024 * 1024
 _SYNC_START = 2  # SYNC_FILE_RANGE_WRITE
 _SYNC_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
 _POLL_SECONDS = 0.2
+_BACKOFF_FIRST = 60.0
+_BACKOFF_MAX = 86400.0
 
 
 def stage(
     node: Node, name: str, *, deadline: float | None = None, progress: Progress | None = None
 ) -> str:
-    """Make NAME cached and mounted over; what was done. StagingError if it cannot be."""
+    """Make NAME cached and mounted over; what was done. StagingError if it cannot be.
+
+    DEADLINE is on the monotonic clock. A copy waits for another process's copy of the same
+    image (reaping it if that process died) and is interrupted cleanly by SIGTERM.
+    """
     image = lookup_image(node.config.datadir, name)
     while True:
         status = _reserve(node, image)
@@ -74,14 +88,17 @@ def _with_progress_events(node: Node, name: str, progress: Progress | None) -> P
     return report
 
 
-def _reserve(node: Node, image: Image) -> str:
-    """'cached', 'busy' (another copy in flight) or 'reserved' (ours to copy), under the lock."""
+Reservation = Literal["cached", "busy", "reserved"]
+
+
+def _reserve(node: Node, image: Image) -> Reservation:
+    """Whether IMAGE is cached, being copied by another process, or now ours to copy."""
+    from scratch_stage.mounts import fresh_copy
+
     with node.store.transaction() as state:
-        reap_dead_copies(node, state)
-        cached = state.cached.get(image.name)
-        if cached is not None and cached.fingerprint == image.fingerprint:
+        if fresh_copy(node, state, image):
             return "cached"
-        if image.name in state.staging:
+        if image.name in state.staging or image.name in state.intents:
             return "busy"
         _check_fits(node, state, image)
         pid = os.getpid()
@@ -92,21 +109,44 @@ def _reserve(node: Node, image: Image) -> str:
 
 
 def _check_fits(node: Node, state: NodeState, image: Image) -> None:
+    """StagingError unless IMAGE fits the budget and the filesystem's real free space."""
+    from scratch_stage.space import FREE_MARGIN, free_bytes, used_bytes
+
     capacity = node.capacity_bytes()
-    # A stale copy of the same dataset still occupies the disk during the copy: count it.
-    used = state.reserved_bytes()
+    # A stale copy still on disk (or deleted but mounted) occupies it during the copy.
+    used = used_bytes(node, state)
     if used + image.size > capacity:
         raise StagingError(
             f"{image.name} ({image.size} bytes) does not fit: {used} of {capacity} bytes "
             "used or in flight; purge something first"
         )
+    free = free_bytes(node) - sum(c.size for c in state.staging.values())
+    if image.size + FREE_MARGIN > free:
+        raise StagingError(
+            f"{image.name} ({image.size} bytes) does not fit on the cache filesystem: "
+            f"{max(free, 0)} bytes free (capacity is larger than the disk?)"
+        )
 
 
 def _wait_for_other_copy(node: Node, name: str, deadline: float | None) -> None:
-    """Sleep until no copy of NAME is in flight; StagingError at DEADLINE."""
+    """Sleep until no other copy of NAME is in flight; StagingError at DEADLINE.
+
+    A copier that died is noticed here (pid and start time) and reaped under the lock.
+    """
+    from scratch_stage.recovery import is_alive
+
     log.info("waiting for the copy of %s already in flight", name)
-    while name in node.store.read().staging:
-        if deadline is not None and node.clock() >= deadline:
+    while True:
+        state = node.store.read()
+        actor = state.staging.get(name) or state.intents.get(name)
+        if actor is None:
+            return
+        if not is_alive(node.root, actor.pid, actor.pid_start):
+            with node.store.transaction():
+                pass  # loading under the lock reconciles: the dead copier is reaped
+            continue
+        interrupts.check()
+        if deadline is not None and time.monotonic() >= deadline:
             raise StagingError(f"{name}: copy by another process still in flight at the deadline")
         time.sleep(_POLL_SECONDS)
 
@@ -114,22 +154,47 @@ def _wait_for_other_copy(node: Node, name: str, deadline: float | None) -> None:
 def _abandon(node: Node, name: str, partial: Path, error: BaseException) -> None:
     with contextlib.suppress(OSError):
         os.unlink(partial)
+    interrupted = isinstance(error, (Interrupted, KeyboardInterrupt, SystemExit))
+    reason = str(error) or type(error).__name__
     with node.store.transaction() as state:
         copy = state.staging.get(name)
         if copy is not None and copy.pid == os.getpid():
             del state.staging[name]
-    node.events.emit("stage-failed", name, reason=str(error) or type(error).__name__)
+        if not interrupted:
+            state.failures[name] = next_failure(state.failures.get(name), reason, node.clock())
+    node.events.emit("stage-failed", name, reason=reason)
+
+
+def next_failure(previous: Failure | None, reason: str, now: float) -> Failure:
+    """The backoff after one more failed copy: 1 min, doubling, at most 1 day."""
+    count = (previous.count if previous else 0) + 1
+    delay = min(_BACKOFF_FIRST * 2 ** (count - 1), _BACKOFF_MAX)
+    return Failure(count, now + delay, reason[:200])
 
 
 def _commit(node: Node, image: Image, *, copied: bool) -> str:
-    """Record the verified copy and mount it over; what was done."""
-    from scratch_stage.mounts import ensure_mounted
+    """Record the verified copy, then mount it over (outside the lock); what was done."""
+    from scratch_stage.mounts import claim, describe, perform_mount, prepare_mount, release_claim
 
     with node.store.transaction() as state:
         if copied:
             state.staging.pop(image.name, None)
-            state.cached[image.name] = CachedCopy(image.fingerprint, node.clock())
-        action = ensure_mounted(node, state, image)
+            inode = os.stat(node.cached_path(image.name)).st_ino
+            state.cached[image.name] = CachedCopy(image.fingerprint, node.clock(), inode)
+            state.failures.pop(image.name, None)
+        step = prepare_mount(node, state, image)
+        if step is not None and not claim(node, state, image.name, "mount", str(step.source)):
+            step = None  # another process is acting on the stack; the next pass mounts it
+    action = None
+    if step is not None:
+        try:
+            perform_mount(node, step)
+            action = describe(step)
+        finally:
+            with node.store.transaction() as state:
+                release_claim(state, image.name)
+                if not state.holders(image.name):
+                    state.last_used.setdefault(image.name, node.clock())
     if action:
         node.events.emit("mount", image.name, detail=action)
     return f"{image.name}: {'copied, ' if copied else ''}{action or 'already cached and mounted'}"
@@ -145,8 +210,10 @@ def copy_image(
         digest = _copy_bytes(image, partial, node, deadline, progress)
         _verify(image, partial, digest)
         os.utime(partial, ns=(image.fingerprint.mtime_ns, image.fingerprint.mtime_ns))
+        faults.point("before-rename")
         os.replace(partial, final)
         _fsync_dir(final.parent)
+        faults.point("after-rename")
     except OSError as e:
         raise StagingError(f"copy of {image.name} failed: {e.strerror or e}") from None
     finally:
@@ -161,12 +228,15 @@ def _copy_bytes(
     chunk = node.config.chunk_size
     hasher = hashlib.sha256() if node.config.verify == "sha256" else None
     with _open_pair(image.path, partial) as (src, dst):
+        if Fingerprint.of(os.fstat(src)) != image.fingerprint:
+            raise StagingError(f"{image.name}: image changed since it was checked; not copied")
         os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         done = flushed = 0
         in_flight: tuple[int, int] | None = None  # the window being written back
         started = time.monotonic()
         while done < image.size:
-            if deadline is not None and node.clock() >= deadline:
+            interrupts.check()  # a stop request abandons the copy here, cleanly
+            if deadline is not None and time.monotonic() >= deadline:
                 raise StagingError(f"{image.name}: staging budget ran out")
             n = _copy_chunk(src, dst, done, min(chunk, image.size - done), hasher)
             if n == 0:
@@ -239,9 +309,10 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 @contextlib.contextmanager
 def _open_pair(src_path: Path, dst_path: Path) -> Iterator[tuple[int, int]]:
-    src = os.open(src_path, os.O_RDONLY)
+    src = os.open(src_path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Root-only: a restricted dataset's copy must not be readable by other users.
+        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             yield src, dst
             os.fsync(dst)
@@ -253,10 +324,7 @@ def _open_pair(src_path: Path, dst_path: Path) -> Iterator[tuple[int, int]]:
 
 def _verify(image: Image, partial: Path, digest: str | None) -> None:
     """The copy has the image's size and header (and hash), and the image did not change."""
-    st = os.stat(image.path)
-    if (st.st_size, st.st_mtime_ns, st.st_ino) != (
-        image.size, image.fingerprint.mtime_ns, image.fingerprint.inode,
-    ):  # fmt: skip
+    if Fingerprint.of(os.stat(image.path)) != image.fingerprint:
         raise StagingError(f"{image.name}: image changed while copying; copy discarded")
     size = os.stat(partial).st_size
     if size != image.size:

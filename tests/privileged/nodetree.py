@@ -217,8 +217,9 @@ class NodeEnv:
     procs: list[Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for d in (self.datadir, self.cachedir, self.mountdir, self.statedir):
+        for d in (self.datadir, self.cachedir, self.mountdir):
             d.mkdir(parents=True, exist_ok=True)
+        self.statedir.mkdir(mode=0o700)  # private, as scratch-stage creates it
         self.configure()
 
     @property

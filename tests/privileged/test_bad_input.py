@@ -132,9 +132,24 @@ def test_statedir_unusable_is_a_node_fault(node_env: NodeEnv) -> None:
     assert "statedir" in one_line(done.stderr)
 
 
-def test_mount_impossible_is_a_node_fault(busy_node: NodeEnv) -> None:
+def test_mount_that_fails_is_refused_not_a_drain(busy_node: NodeEnv) -> None:
+    # A bad image (or a mount the kernel rejects) is this job's problem: exit 0, refused.
     before = busy_node.snapshot()
     busy_node.configure(mount_command="/bin/false")
+
+    done = busy_node.prolog(50, comment="datasets:alpha")
+
+    assert done.returncode == 0, done.stderr
+    refused = busy_node.events("refused")
+    assert refused and refused[-1]["dataset"] == "alpha" and refused[-1]["job"] == "50"
+    assert "cannot be mounted" in refused[-1]["reason"]
+    assert busy_node.snapshot() == before  # no hold for job 50, no mount, no intent left
+    assert busy_node.state()["intents"] == {}
+
+
+def test_mount_command_missing_is_a_node_fault(busy_node: NodeEnv) -> None:
+    before = busy_node.snapshot()
+    busy_node.configure(mount_command="/nonexistent/mount")
 
     done = busy_node.prolog(50, comment="datasets:alpha")
 

@@ -11,7 +11,9 @@ from scratch_stage.catalog import Fingerprint
 from scratch_stage.config import Config
 from scratch_stage.events import EVENTS_FILE
 from scratch_stage.node import Node
-from scratch_stage.recovery import partial_name, process_start, reap_dead_copies, rebuild_state
+from scratch_stage.layout import partial_name
+from scratch_stage.reconcile import settle
+from scratch_stage.recovery import process_start, rebuild_state
 from scratch_stage.state import RECOVERED, CachedCopy, Copy, NodeState
 
 DATA = Path(__file__).parent.parent / "data"
@@ -74,7 +76,8 @@ def test_rebuild_keeps_matching_copies_only(node: Node) -> None:
     os.utime(cache / "stale.sqfs", ns=(1, 1))  # the image was replaced since
     state = rebuild_state(node)
     assert set(state.cached) == {"good"}
-    assert state.cached["good"] == CachedCopy(Fingerprint.of(good), 500.0)
+    copy = node.config.cachedir / "good.sqfs"
+    assert state.cached["good"] == CachedCopy(Fingerprint.of(good), 500.0, copy.stat().st_ino)
     assert state.jobs == {}
 
 
@@ -92,7 +95,7 @@ def test_rebuild_counts_mounted_datasets_as_held(node: Node, tmp_path: Path) -> 
     assert events[-1]["mounted"] == ["imagenet", "with space"]
 
 
-def test_reap_dead_copies(node: Node, tmp_path: Path) -> None:
+def test_settle_reaps_dead_copies(node: Node, tmp_path: Path) -> None:
     (tmp_path / "proc/10").mkdir()
     (tmp_path / "proc/10/stat").write_text(proc_stat(10, "scratch-stage", "111"))
     (tmp_path / "proc/11").mkdir()
@@ -109,19 +112,25 @@ def test_reap_dead_copies(node: Node, tmp_path: Path) -> None:
     for name in [partial_name("alive", 10), partial_name("gone", 12), "stray.99.part"]:
         (node.partial_dir / name).write_bytes(b"x")
     (node.config.cachedir / "reused.sqfs").write_bytes(b"renamed but never recorded")
-    dead = reap_dead_copies(node, state)
-    assert sorted(dead) == ["gone", "reused"]
+    notes = settle(node, state, full=True)
+    assert sorted(n.split(":")[0] for n in notes if "dead process" in n) == ["gone", "reused"]
     assert set(state.staging) == {"alive"}
     assert os.listdir(node.partial_dir) == [partial_name("alive", 10)]
     assert not (node.config.cachedir / "reused.sqfs").exists()
 
 
-def test_reap_keeps_a_recorded_cached_copy(node: Node) -> None:
+def test_settle_keeps_a_recorded_cached_copy(node: Node) -> None:
     fp = Fingerprint(4096, 1, 1)
     state = NodeState(
         cached={"a": CachedCopy(fp, 0.0)}, staging={"a": Copy(12, "333", Fingerprint(5, 5, 5), 0)}
     )
-    (node.config.cachedir / "a.sqfs").write_bytes(b"the verified copy")
-    assert reap_dead_copies(node, state) == ["a"]
+    (node.config.cachedir / "a.sqfs").write_bytes(b"v" * 4096)  # the verified copy
+    assert settle(node, state, full=True) == ["a: copy by dead process 12 dropped"]
     assert (node.config.cachedir / "a.sqfs").exists()
     assert state.cached == {"a": CachedCopy(fp, 0.0)}
+
+
+def test_settle_drops_a_cached_record_whose_file_is_gone(node: Node) -> None:
+    state = NodeState(cached={"a": CachedCopy(Fingerprint(4096, 1, 1), 0.0)})
+    assert settle(node, state) == ["a: cached copy is gone from disk; record dropped"]
+    assert state.cached == {}

@@ -359,7 +359,7 @@ HOLD_LOCK = textwrap.dedent(
 
 
 def test_lock_timeout_when_another_process_holds_the_lock(store: StateStore) -> None:
-    store.statedir.mkdir()
+    store.statedir.mkdir(mode=0o700)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(store.statedir / LOCK_FILE)],
         stdin=subprocess.PIPE,

@@ -1,0 +1,34 @@
+"""The fault-injection seam: a test kills the process right before or after a side effect.
+
+Every irreversible step (mount, umount, unlink or rename in the cache, state write) calls
+`point("before-<step>")` and `point("after-<step>")`. With SCRATCH_STAGE_FAULT=<point>
+(or <point>@N for its N-th occurrence in this process) the process SIGKILLs itself there,
+so the crash tests can check what `reconcile` makes of every interrupted action
+(docs/design.md, "Node state protocol"). Unset, a point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "SCRATCH_STAGE_FAULT"
+POINTS = frozenset(
+    f"{when}-{step}"
+    for when in ("before", "after")
+    for step in ("mount", "umount", "unlink", "rename", "state-write")
+)
+_seen: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    """SIGKILL this process if SCRATCH_STAGE_FAULT names NAME (at this occurrence)."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    wanted, _, nth = spec.partition("@")
+    if wanted != name:
+        return
+    _seen[name] = count = _seen.get(name, 0) + 1
+    if count == (int(nth) if nth.isdigit() else 1):
+        os.kill(os.getpid(), signal.SIGKILL)
