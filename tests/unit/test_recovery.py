@@ -10,8 +10,8 @@ import pytest
 from scratch_stage.catalog import Fingerprint
 from scratch_stage.config import Config
 from scratch_stage.events import EVENTS_FILE
-from scratch_stage.node import Node
 from scratch_stage.layout import partial_name
+from scratch_stage.node import Node
 from scratch_stage.reconcile import settle
 from scratch_stage.recovery import process_start, rebuild_state
 from scratch_stage.state import RECOVERED, CachedCopy, Copy, NodeState
