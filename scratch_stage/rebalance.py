@@ -21,7 +21,7 @@ from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value
 from scratch_stage.state import Failure, NodeState
 
 if TYPE_CHECKING:
-    from scratch_stage.mounts import UnmountStep
+    from scratch_stage.mounts import MountStep, UnmountStep
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,10 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
         report = Report(the_plan, heat, demand, capacity)
         steps = _claim_evictions(node, state, the_plan)
         steps += _claim_idle_unmounts(node, state, catalog, now)
+        remounts = _claim_remounts(node, state, catalog)
         backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
     _act(node, steps, the_plan, report)
+    _remount(node, remounts, report)
     stage_plan = _without_backoff(the_plan, backoff, report)
     _stage(node, stage_plan, report, progress)
     if node.config.node_features:
@@ -273,6 +275,40 @@ def _claim_idle_unmounts(
         if why is not None and claim(node, state, name, "unmount", why):
             steps.append(UnmountStep(name, None, delete=False))
     return steps
+
+
+def _claim_remounts(node: Node, state: NodeState, catalog: Catalog) -> list[MountStep]:
+    """Claim a mount for each held dataset whose stack is empty (a process died mid-way)."""
+    from scratch_stage.mounts import claim, prepare_mount
+
+    steps = []
+    held = sorted({n for hold in state.jobs.values() for n in hold.datasets})
+    stacks = read_all_stacks(node.root, str(node.mountdir))
+    for name in held:
+        image = catalog.images.get(name)
+        if image is None or stacks.get(name) or name in state.intents:
+            continue
+        step = prepare_mount(node, state, image)
+        if step is not None and claim(node, state, name, "mount", str(step.source)):
+            steps.append(step)
+    return steps
+
+
+def _remount(node: Node, steps: list[MountStep], report: Report) -> None:
+    """Mount what held datasets lack, outside the lock."""
+    from scratch_stage.mounts import describe, perform_mount, release_claim
+
+    for step in steps:
+        try:
+            perform_mount(node, step)
+        except ScratchStageError as e:
+            report.failed.append(f"remount {step.name}: {e}")
+        else:
+            node.events.emit("mount", step.name, detail=describe(step), reason="held, unmounted")
+            report.done.append(f"remounted {step.name} (held but not mounted)")
+        finally:
+            with node.store.transaction() as state:
+                release_claim(state, step.name)
 
 
 def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: Report) -> None:
