@@ -109,7 +109,8 @@ def update_heat(
     samples: dict[str, tuple[tuple[float, int], ...]] = {}
     rates: dict[str, float] = {}
     for name in sorted(set(memory.samples) | set(read)):
-        history = memory.samples.get(name, ())
+        # A sample from the future (the clock stepped back) would make any rate absurd.
+        history = tuple(x for x in memory.samples.get(name, ()) if x[0] < now)
         total = (history[-1][1] if history else 0) + read.get(name, 0)
         kept = _window((*history, (now, total)), now, period)
         rates[name] = _rate(kept)

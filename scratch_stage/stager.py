@@ -52,7 +52,11 @@ def stage(
     """
     image = lookup_image(node.config.datadir, name)
     while True:
-        status = _reserve(node, image)
+        try:
+            status = _reserve(node, image)
+        except StagingError as e:
+            _record_failure(node, name, str(e))
+            raise
         if status == "reserved":
             break
         if status == "cached":
@@ -162,6 +166,12 @@ def _abandon(node: Node, name: str, partial: Path, error: BaseException) -> None
             del state.staging[name]
         if not interrupted:
             state.failures[name] = next_failure(state.failures.get(name), reason, node.clock())
+    node.events.emit("stage-failed", name, reason=reason)
+
+
+def _record_failure(node: Node, name: str, reason: str) -> None:
+    with node.store.transaction() as state:
+        state.failures[name] = next_failure(state.failures.get(name), reason, node.clock())
     node.events.emit("stage-failed", name, reason=reason)
 
 

@@ -93,3 +93,14 @@ def test_memory_round_trips_through_json() -> None:
     memory, _ = sample(memory, {"loop0": 9}, {"loop0": "/slow/a.sqfs"}, now=5)
     assert HeatMemory.from_json(memory.to_json()) == memory
     assert HeatMemory.from_json(None) == HeatMemory()
+
+
+def test_samples_from_the_future_are_dropped_after_a_clock_step_back() -> None:
+    # Observed on main: a backward clock step left "future" samples in the window and
+    # made the heat 1e15 B/s. Such samples are dropped; the rate stays what was read.
+    backings = {"loop0": "/slow/a.sqfs"}
+    memory, _ = sample(HeatMemory(), {"loop0": 0}, backings, now=1_000_000, period=600)
+    memory, _ = sample(memory, {"loop0": 2000}, backings, now=1_000_060, period=600)
+    memory, rates = sample(memory, {"loop0": 4000}, backings, now=100, period=600)  # stepped
+    assert all(t <= 100 for t, _ in memory.samples["a"])
+    assert rates["a"] < 1e6

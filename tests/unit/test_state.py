@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -416,3 +417,81 @@ def test_concurrent_processes_lose_no_update(tmp_path: Path) -> None:
         assert final.jobs[job] == Hold(("imagenet", "job" + job), "u" + job, float(job))
     assert final.holders("imagenet") == sorted(expected)
     assert not [p for p in statedir.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"version": 1, "jobs": {"1": [["a"], "u", '
+        + b"9" * 400
+        + b']}, "pins": {}, "cached": {}, "staging": {}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"version": 1, "jobs": ' + b"[" * 100_000,
+        b" " * (64 * 1024 * 1024 + 1),
+    ],
+    ids=["400-digit-number", "deep-nesting", "deep-unclosed", "oversized"],
+)
+def test_any_unparseable_state_is_set_aside_and_rebuilt(
+    store: StateStore, rebuild: Rebuilds, content: bytes
+) -> None:
+    # Observed on main: OverflowError / RecursionError escaped and every prolog exited 3.
+    store.statedir.mkdir(mode=0o700)
+    store.path.write_bytes(content)
+    with store.transaction() as state:
+        assert "recovered" in state.jobs
+    assert rebuild.calls == 1
+    assert list(store.statedir.glob("state.json.corrupt-*"))
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Observed on main: one os.write call, its count ignored: a truncated state.json.
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    target = tmp_path / "state.json"
+    write_atomically(target, b"x" * 10_000)
+    assert target.read_bytes() == b"x" * 10_000
+
+
+def test_enospc_keeps_the_old_state_and_is_a_one_line_node_fault(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    store.statedir.mkdir(mode=0o700)
+    with store.transaction() as state:
+        state.pins["a"] = Pin(1.0)
+    before = store.path.read_bytes()
+
+    def no_space(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(NodeFault) as info, store.transaction() as state:
+        state.pins["b"] = Pin(2.0)
+    assert "no space left" in str(info.value) and "\n" not in str(info.value)
+    assert store.path.read_bytes() == before
+    assert [p.name for p in store.statedir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_statedir_and_lock_are_private(store: StateStore) -> None:
+    with store.transaction():
+        pass
+    assert stat.S_IMODE(store.statedir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((store.statedir / LOCK_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
+def test_a_loose_statedir_is_made_private(
+    store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.statedir.mkdir(mode=0o755)
+    store.statedir.chmod(0o755)
+    (store.statedir / LOCK_FILE).write_text("")
+    with store.transaction():
+        pass
+    assert stat.S_IMODE(store.statedir.stat().st_mode) == 0o700
+    assert "made 0700" in caplog.text

@@ -1,0 +1,203 @@
+"""Reproductions of what was observed on main before the node-state protocol (each of
+these failed there): phantom cached copies, commands under the state lock, a user holding
+the lock, a waiting prestage that never noticed its copier died, capacity exceeded on
+disk, unhandled OSError, and copies retried on every pass."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nodetree import NodeEnv, mounts_under
+
+KILLED = -9
+
+
+def test_interrupted_eviction_leaves_no_phantom_cached_copy(node_env: NodeEnv) -> None:
+    # Main: a pass evicting two datasets, killed after the first unlink, kept the first
+    # recorded as cached with no file; prestage then said "already cached and mounted".
+    for name in ("alpha", "beta", "gamma"):
+        node_env.add_image(name)
+    assert node_env.cli("prestage", "alpha", "beta").returncode == 0
+    size = os.path.getsize(node_env.datadir / "gamma.sqfs")
+    node_env.configure(capacity=str(size + size // 2), demand={"source": "none"})
+    assert node_env.cli("pin", "gamma").returncode == 0
+    env = {**node_env.admin_environ(), "SCRATCH_STAGE_FAULT": "after-unlink@1"}
+
+    done = node_env.run(["rebalance"], env)
+
+    assert done.returncode == KILLED
+    status = {d["name"]: d for d in node_env.status()["datasets"]}
+    for name in ("alpha", "beta"):
+        on_disk = (node_env.cachedir / f"{name}.sqfs").exists()
+        assert status[name]["cached"] == on_disk
+    first = "alpha" if not (node_env.cachedir / "alpha.sqfs").exists() else "beta"
+    again = node_env.cli("prestage", first)
+    assert again.returncode in (0, 1)
+    assert "already cached" not in again.stdout
+
+
+def test_slow_umount_does_not_hold_the_state_lock(node_env: NodeEnv, tmp_path: Path) -> None:
+    # Main: the rebalance unmounted idle stacks under the state lock; one slow umount made
+    # concurrent prologs time out (exit 5, a drained node).
+    slow = tmp_path / "slow-umount"
+    slow.write_text('#!/bin/sh\nsleep 3\nexec /usr/bin/umount "$@"\n')
+    slow.chmod(0o755)
+    node_env.add_image("alpha")
+    node_env.add_image("beta")
+    assert node_env.prolog(1, comment="datasets:alpha").returncode == 0
+    assert node_env.epilog(1).returncode == 0
+    node_env.configure(
+        idle_unmount=1, umount_command=str(slow), lock_timeout=1, demand={"source": "none"}
+    )
+    time.sleep(1.2)
+    rebalance = node_env.spawn(["rebalance"])
+    time.sleep(1.0)  # the pass is inside the slow umount now
+
+    started = time.monotonic()
+    prolog = node_env.prolog(2, comment="datasets:beta")
+
+    assert prolog.returncode == 0, prolog.stderr
+    assert time.monotonic() - started < 1.5
+    assert rebalance.wait(timeout=60) == 0
+    assert node_env.stack("alpha") == []
+
+
+def test_unprivileged_user_cannot_hold_the_state_lock(node_env: NodeEnv) -> None:
+    # Main: statedir 0755 and state.lock 0644: `flock -s state.lock sleep 600` as any user
+    # made every prolog exit 5. The old layout is made private and the lock replaced.
+    node_env.add_image("alpha")
+    node_env.statedir.chmod(0o755)
+    lock = node_env.statedir / "state.lock"
+    lock.write_text("")
+    lock.chmod(0o644)
+    for directory in (node_env.root, *node_env.root.parents):
+        if str(directory).startswith("/tmp/"):
+            directory.chmod(directory.stat().st_mode | 0o005)  # a user can reach statedir
+    holder = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         "flock", "-s", str(lock), "sleep", "60"],
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        assert holder.poll() is None, "the user could not even take the old lock"
+        done = node_env.prolog(3, comment="datasets:alpha")
+        assert done.returncode == 0, done.stderr
+        assert (node_env.statedir.stat().st_mode & 0o777) == 0o700
+        again = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "flock", "-n", "-s", str(lock), "true"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert again.returncode != 0  # the private statedir cannot even be entered now
+        assert node_env.holders() == {"alpha": ["3"]}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_bad_image_is_refused_and_the_jobs_other_datasets_stay_held(node_env: NodeEnv) -> None:
+    # Main: a later dataset failing to mount exited 1 (drain) and left earlier ones mounted
+    # without a holder. Now: refused, and the good one is mounted and held.
+    node_env.add_image("alpha")
+    bad = node_env.add_image("broken", "beta")
+    with open(bad, "r+b") as f:  # a valid superblock, a zeroed body
+        f.seek(96)
+        f.write(b"\0" * (os.path.getsize(bad) - 96))
+
+    done = node_env.prolog(4, comment="datasets:alpha,broken")
+
+    assert done.returncode == 0, done.stderr
+    assert node_env.holders() == {"alpha": ["4"]}
+    assert [os.path.basename(m.target) for m in mounts_under(node_env.mountdir)] == ["alpha"]
+    refused = node_env.events("refused")
+    assert refused[-1]["dataset"] == "broken" and "cannot be mounted" in refused[-1]["reason"]
+
+
+def test_waiting_prestage_reaps_a_dead_copier(node_env: NodeEnv) -> None:
+    # Main: a prestage waiting for another process's copy waited forever after kill -9.
+    node_env.add_image("big", "big")
+    node_env.configure(bandwidth="20MB")
+    first = node_env.spawn(["prestage", "big"])
+    wait_until(lambda: "big" in staging(node_env))
+    node_env.configure(bandwidth=0)
+    second = node_env.spawn(["prestage", "big"])
+    time.sleep(1.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    assert second.wait(timeout=90) == 0
+    assert node_env.backings("big")[-1] == str(node_env.cachedir / "big.sqfs")
+
+
+def staging(node_env: NodeEnv) -> dict[str, object]:
+    path = node_env.statedir / "state.json"
+    return node_env.state()["staging"] if path.exists() else {}  # type: ignore[no-any-return]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_replaced_image_still_held_counts_on_disk(node_env: NodeEnv) -> None:
+    # Main: re-staging a replaced image that a job held renamed over the mounted copy; the
+    # old inode stayed in use but no longer counted (status 4 MiB used, df 8.4 MB).
+    node_env.add_image("alpha")
+    size = os.path.getsize(node_env.datadir / "alpha.sqfs")
+    node_env.configure(capacity=str(2 * size + size // 2))
+    assert node_env.cli("prestage", "alpha").returncode == 0
+    assert node_env.prolog(5, comment="datasets:alpha").returncode == 0
+    node_env.replace_image("alpha", "beta")
+    assert os.path.getsize(node_env.datadir / "alpha.sqfs") == size  # same-size images
+
+    first = node_env.cli("prestage", "alpha")  # room for two: the held old one and this
+    assert first.returncode == 0, first.stderr
+    assert node_env.status()["used_bytes"] >= 2 * size  # the deleted, still-mounted copy
+    node_env.replace_image("alpha", "gamma")
+    second = node_env.cli("prestage", "alpha")  # a third copy would exceed the capacity
+
+    assert second.returncode == 1 and "does not fit" in second.stderr
+    on_disk = sum(f.stat().st_size for f in node_env.cachedir.glob("*.sqfs"))
+    deleted = [b for b in node_env.backings("alpha") if b and b.endswith(" (deleted)")]
+    assert on_disk + size * len(deleted) <= 2 * size + size // 2
+
+
+def test_unwritable_cachedir_with_stage_budget_is_not_a_drain(node_env: NodeEnv) -> None:
+    # Main: prolog_stage_budget > 0 and an unusable cachedir: exit 3 with a traceback.
+    node_env.add_image("alpha")
+    shutil.rmtree(node_env.cachedir)
+    node_env.cachedir.write_text("a file where the cache directory should be")
+    node_env.configure(prolog_stage_budget=5)
+
+    done = node_env.prolog(6, comment="datasets:alpha")
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert node_env.holders() == {"alpha": ["6"]}
+
+
+def test_failing_copies_back_off(node_env: NodeEnv) -> None:
+    # Main: capacity larger than the real filesystem made every pass retry the same copy.
+    node_env.add_image("alpha")
+    small = node_env.root / "smallcache"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    node_env.configure(cachedir=str(small), capacity="1GiB", demand={"source": "none"})
+    assert node_env.cli("pin", "alpha").returncode == 0
+
+    first = node_env.cli("rebalance")
+    second = node_env.cli("rebalance")
+
+    assert "does not fit on the cache filesystem" in first.stdout
+    assert "not retried before" in second.stdout
+    assert len(node_env.events("stage-failed")) == 1
+    row = next(d for d in node_env.status()["datasets"] if d["name"] == "alpha")
+    assert row["failures"] == 1 and row["retry_at"] is not None
