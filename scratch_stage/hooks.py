@@ -110,8 +110,9 @@ def _mount_round(
             elif claim(node, state, name, "mount", str(step.source)):
                 steps.append(step)
     if announce:
+        waited = round(node.store.lock_waited * 1000, 1)
         for name in pending:
-            node.events.emit("request", name, job=job.job_id, user=job.user)
+            node.events.emit("request", name, job=job.job_id, user=job.user, lock_wait_ms=waited)
     failed: dict[str, str] = {}
     try:
         for step in steps:

@@ -101,10 +101,23 @@ def read_backing_file(sysroot: Path, loop: str) -> str | None:
         return None
 
 
+def escape(path: str) -> str:
+    """PATH as mountinfo writes it (octal escapes for space, tab, newline, backslash)."""
+    for char in "\\ \t\n":
+        path = path.replace(char, f"\\{ord(char):03o}")
+    return path
+
+
 def read_stack(root: Path, mount_point: str) -> list[Layer]:
-    """The layers mounted at MOUNT_POINT, bottom first, read from ROOT/proc and ROOT/sys."""
-    text = (root / "proc/self/mountinfo").read_text()
-    return [to_layer(root, e) for e in stack_at(parse_mountinfo(text), mount_point)]
+    """The layers mounted at MOUNT_POINT, bottom first, read from ROOT/proc and ROOT/sys.
+
+    Only lines naming MOUNT_POINT are parsed: with hundreds of mounts on a node, this is
+    what a prolog pays under the state lock.
+    """
+    wanted = f" {escape(mount_point)} "
+    with open(root / "proc/self/mountinfo") as f:
+        lines = [line for line in f if wanted in line]
+    return [to_layer(root, e) for e in stack_at(parse_mountinfo("".join(lines)), mount_point)]
 
 
 def read_all_stacks(root: Path, under: str) -> dict[str, list[Layer]]:

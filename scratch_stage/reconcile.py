@@ -81,6 +81,8 @@ def reconcile(
     for filename in sorted(world.partials - live_partials):
         cleanups.append(Cleanup("partial", filename))
     for name, cached in sorted(state.cached.items()):
+        if name in state.intents:
+            continue  # a live process is evicting or mounting it: it finishes the record
         found = world.cached_files.get(name)
         if found is None:
             del state.cached[name]
@@ -89,7 +91,7 @@ def reconcile(
             del state.cached[name]
             notes.append(f"{name}: cached file is not the recorded copy; record dropped")
     for name in sorted(world.cached_files):
-        if name not in state.cached and name not in state.staging:
+        if name not in state.cached and name not in state.staging and name not in state.intents:
             cleanups.append(Cleanup("cache", name))
             notes.append(f"{name}: unrecorded cached file removed")
     held = {n for hold in state.jobs.values() for n in hold.datasets}
@@ -107,6 +109,8 @@ def needs_reconcile(node: Node, state: NodeState) -> bool:
     if any(not is_alive(node.root, pid, start) for pid, start in actors):
         return True
     for name, cached in state.cached.items():
+        if name in state.intents:
+            continue
         try:
             st = os.stat(node.cached_path(name))
         except OSError:

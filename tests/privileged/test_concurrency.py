@@ -1,10 +1,15 @@
-"""Concurrent prologs, epilogs and copies lose no update and mount once (DESIGN 7.2, 7.4)."""
+"""Concurrent prologs, epilogs and copies lose no update and mount once (docs/design.md)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import threading
+import time
+from pathlib import Path
 
-from nodetree import NodeEnv, Popen, blob_of
+from nodetree import NodeEnv, Popen, blob_of, loops_under
 
 DATASETS = [f"d{i}" for i in range(10)]
 
@@ -75,3 +80,79 @@ def test_concurrent_prestages_copy_once(node_env: NodeEnv) -> None:
     ]  # fmt: skip
     assert node_env.holders() == {"alpha": [str(j) for j in range(1, 8)]}
     assert node_env.state()["staging"] == {}
+
+
+def _loop(node: NodeEnv, stop: threading.Event, failures: list[str], *args: str) -> None:
+    """Run one administrator command over and over until STOP; record unexpected exits."""
+    while not stop.is_set():
+        done = node.cli(*args)
+        if done.returncode not in (0, 1) or "internal error" in done.stderr:
+            failures.append(f"{' '.join(args)}: {done.returncode} {done.stderr.strip()}")
+
+
+def _job_loop(
+    node: NodeEnv, stop: threading.Event, failures: list[str], job_id: int, job: dict[str, str]
+) -> None:
+    """Prolog, a short run, epilog, again (a new job id each time) until STOP."""
+    round_ = 0
+    while not stop.is_set():
+        jid = job_id * 1000 + round_
+        for kind in ("prolog", "epilog"):
+            done = node.run([kind], node.job_environ(jid, **job))
+            if done.returncode != 0:
+                failures.append(f"{kind} {jid}: {done.returncode} {done.stderr.strip()}")
+        round_ += 1
+
+
+def test_a_minute_of_everything_at_once(node_env: NodeEnv) -> None:
+    # 50 job slots cycling prolog/epilog, with rebalance, prestage, purge and pin/unpin in
+    # loops beside them; the cache on disk is sampled against the capacity all along.
+    for name in DATASETS:
+        node_env.add_image(name)
+    size = max(os.path.getsize(node_env.datadir / f"{n}.sqfs") for n in DATASETS)
+    capacity = 3 * size
+    node_env.configure(capacity=str(capacity), idle_unmount=2, demand={"source": "none"})
+    rng = random.Random(7)
+    stop = threading.Event()
+    failures: list[str] = []
+    threads = [
+        threading.Thread(target=_job_loop, args=(node_env, stop, failures, j, job_request(rng)[1]))
+        for j in range(1, 51)
+    ]
+    threads += [
+        threading.Thread(target=_loop, args=(node_env, stop, failures, *args))
+        for args in (("rebalance",), ("prestage", "d1"), ("prestage", "d2", "d3"),
+                     ("purge", "--all"), ("pin", "d4"), ("unpin", "d4"))
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    worst = 0
+    deadline = time.monotonic() + float(os.environ.get("SCRATCH_STAGE_SOAK_SECONDS", "60"))
+    try:
+        while time.monotonic() < deadline:
+            worst = max(worst, _cache_on_disk(node_env))
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=300)
+    assert failures == []
+    assert worst <= capacity, f"{worst} bytes on disk, capacity {capacity}"
+    finish([start(node_env, "prolog", j, {"comment": f"datasets:d{j % 10}"}) for j in range(1, 6)])
+    assert node_env.holders() == {f"d{j % 10}": [str(j)] for j in range(1, 6)}
+    state = node_env.state()
+    assert state["intents"] == {} and state["staging"] == {}
+
+
+def _cache_on_disk(node: NodeEnv) -> int:
+    """Bytes of the cache on disk: files in cachedir and deleted copies loop devices hold."""
+    total = 0
+    for base, _, files in os.walk(node.cachedir):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(base, f)).st_size
+    for device, backing in loops_under(node.cachedir).items():
+        if backing.endswith(" (deleted)"):
+            with contextlib.suppress(OSError, ValueError):
+                total += int(Path(f"/sys/block/{device[5:]}/size").read_text()) * 512
+    return total
