@@ -61,20 +61,20 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 @cli.command()
 @pass_ctx
-def prolog(ctx: Context) -> int:
+def prolog(ctx: Context) -> None:
     """Slurm prolog: mount the job's datasets (reads the job from the environment)."""
-    from scratch_stage.hookmain import run_hook
+    from scratch_stage.hookmain import hook_process
 
-    return run_hook("prolog", ctx.config_path, os.environ)
+    hook_process("prolog", ctx.config_path, os.environ)  # the same process as the fast path
 
 
 @cli.command()
 @pass_ctx
-def epilog(ctx: Context) -> int:
+def epilog(ctx: Context) -> None:
     """Slurm epilog: release the job's datasets (idempotent)."""
-    from scratch_stage.hookmain import run_hook
+    from scratch_stage.hookmain import hook_process
 
-    return run_hook("epilog", ctx.config_path, os.environ)
+    hook_process("epilog", ctx.config_path, os.environ)
 
 
 @cli.command()
