@@ -14,7 +14,7 @@ from typing import Any, Callable
 import click
 
 from scratch_stage import __version__
-from scratch_stage.errors import EXIT_BUG, EXIT_ERROR, ScratchStageError
+from scratch_stage.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
 from scratch_stage.units import format_size, parse_duration
 
 log = logging.getLogger("scratch_stage")
@@ -59,20 +59,20 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 @cli.command()
 @pass_ctx
-def prolog(ctx: Context) -> int:
+def prolog(ctx: Context) -> None:
     """Slurm prolog: mount the job's datasets (reads the job from the environment)."""
-    from scratch_stage.hookmain import run_hook
+    from scratch_stage.hookmain import hook_process
 
-    return run_hook("prolog", ctx.config_path, os.environ)
+    hook_process("prolog", ctx.config_path, os.environ)  # the same process as the fast path
 
 
 @cli.command()
 @pass_ctx
-def epilog(ctx: Context) -> int:
+def epilog(ctx: Context) -> None:
     """Slurm epilog: release the job's datasets (idempotent)."""
-    from scratch_stage.hookmain import run_hook
+    from scratch_stage.hookmain import hook_process
 
-    return run_hook("epilog", ctx.config_path, os.environ)
+    hook_process("epilog", ctx.config_path, os.environ)
 
 
 @cli.command()
@@ -361,16 +361,30 @@ def config() -> None:
 @config.command("check")
 @pass_ctx
 def config_check(ctx: Context) -> int:
-    """Validate the configuration and the directories it names."""
-    from scratch_stage.admin_config import check_config
+    """Validate the configuration and what it names on this node; exit 4 on any error.
 
-    problems = check_config(ctx.node.config)
-    for problem in problems:
-        click.echo(f"problem: {problem}", err=True)
-    click.echo(
-        f"{ctx.node.config.source}: " + ("ok" if not problems else f"{len(problems)} problem(s)")
-    )
-    return EXIT_ERROR if problems else 0
+    Every problem is one line on stderr, `error: ...` or `warning: ...`; the summary is
+    the one line on stdout. Warnings alone exit 0.
+    """
+    from scratch_stage.admin_config import check_config
+    from scratch_stage.config import InvalidConfig, load_config
+
+    try:
+        config = load_config(ctx.config_path)
+    except InvalidConfig as e:
+        for problem in e.problems:
+            click.echo(f"error: {problem}", err=True)
+        click.echo(f"{e.source}: {len(e.problems)} error(s)")
+        return EXIT_CONFIG
+    findings = check_config(config)
+    errors = [f.message for f in findings if f.error]
+    warnings = [f.message for f in findings if not f.error]
+    for finding in findings:
+        click.echo(f"{'error' if finding.error else 'warning'}: {finding.message}", err=True)
+    summary = [f"{len(errors)} error(s)"] if errors else ["ok"]
+    summary += [f"{len(warnings)} warning(s)"] if warnings else []
+    click.echo(f"{config.source}: " + ", ".join(summary))
+    return EXIT_CONFIG if errors else 0
 
 
 @config.command("show")

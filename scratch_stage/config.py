@@ -1,70 +1,61 @@
-"""Configuration: lookup, environment overrides, validation with every error at once."""
+"""Configuration: one declarative table of options, lookup, environment overrides,
+validation with every error at once, and the cache of the last validated configuration.
+
+The table is the `Config` dataclass itself: each field carries an `Option` in its metadata
+(parser, documentation, whether SCRATCH_STAGE_<KEY> may override it, how `config show`
+prints it). Validation, environment overrides, `config show`, the README table and the
+checks against the example file all iterate `dataclasses.fields(Config)`.
+"""
 
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 from scratch_stage.errors import ConfigError
 from scratch_stage.requests import is_valid_name
-from scratch_stage.units import parse_capacity, parse_duration, parse_size
+from scratch_stage.units import Capacity, parse_duration, parse_size
 
 DEFAULT_PATH = Path("/etc/scratch-stage/config.yaml")
-# Root-only runtime directory (tmpfs) for the parsed-configuration cache.
+# The defaults of mountdir and statedir, read when a Config is built (tests move them).
+DEFAULT_MOUNTDIR = Path("/datasets")
+DEFAULT_STATEDIR = Path("/var/lib/scratch-stage")
+# Root-only runtime directory (tmpfs) holding the last validated configuration.
 RUNDIR = Path("/run/scratch-stage")
 ENV_PATH = "SCRATCH_STAGE_CONFIG"
+ENV_RUNDIR = "SCRATCH_STAGE_RUNDIR"  # another RUNDIR (tests); not a configuration key
 ENV_PREFIX = "SCRATCH_STAGE_"
-VERIFY_MODES = ("size", "sha256")
 
-
-DEMAND_SOURCES = ("squeue", "pyslurm", "file", "none")
-
-
-@dataclass(frozen=True)
-class DemandConfig:
-    """Where queued-job demand comes from: squeue, a published file, or nowhere."""
-
-    source: str = "squeue"
-    path: Path | None = None
-    max_age: float = 300.0
+Verify = Literal["size", "sha256"]
+DemandSource = Literal["squeue", "pyslurm", "file", "none"]
+VERIFY_MODES: tuple[Verify, ...] = get_args(Verify)
+DEMAND_SOURCES: tuple[DemandSource, ...] = get_args(DemandSource)
 
 
 @dataclass(frozen=True)
-class Config:
-    """The effective, validated configuration (DESIGN section 4)."""
+class Option:
+    """One row of the configuration table (the metadata of a Config field)."""
 
-    datadir: Path
-    cachedir: Path
-    mountdir: Path = Path("/datasets")
-    statedir: Path = Path("/var/lib/scratch-stage")
-    capacity: tuple[str, float] = ("percent", 80.0)
-    period: float = 600.0
-    interval: float = 60.0
-    node: str = field(default_factory=lambda: os.uname().nodename.split(".")[0])
-    mount_command: tuple[str, ...] = ("/usr/bin/mount",)
-    umount_command: tuple[str, ...] = ("/usr/bin/umount",)
-    mksquashfs_command: tuple[str, ...] = ("/usr/bin/mksquashfs",)
-    command_timeout: float = 60.0
-    lock_timeout: float = 30.0
-    prolog_stage_budget: float = 0.0
-    verify: str = "size"
-    chunk_size: int = 8 * 1024 * 1024
-    access: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    demand: DemandConfig = field(default_factory=DemandConfig)
-    squeue_command: tuple[str, ...] = ("/usr/bin/squeue",)
-    sinfo_command: tuple[str, ...] = ("/usr/bin/sinfo",)
-    horizon: float = 3600.0
-    hysteresis: float = 0.1
-    value_function: str = ""
-    idle_unmount: float = 3600.0
-    bandwidth: int = 0
-    node_features: bool = False
-    scontrol_command: tuple[str, ...] = ("/usr/bin/scontrol",)
-    source: str = "<defaults>"
+    parse: Callable[[Any], Any]  # YAML value or environment text -> value; ValueError if bad
+    doc: str  # the README's "meaning" column (Markdown)
+    env: bool  # SCRATCH_STAGE_<KEY> may override it
+    show: Callable[[Any], Any]  # value -> plain data that `parse` accepts again
+    default_doc: str | None  # the README's "default" column; None: the field's default
+
+
+class InvalidConfig(ConfigError):
+    """A configuration with problems, each 'key: problem' (one line all together)."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"invalid configuration {source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+# --- parsers: plain data in, a value out, ValueError with the reason otherwise ---------
 
 
 def _path(value: Any) -> Path:
@@ -84,7 +75,12 @@ def _positive(parse: Callable[[Any], float]) -> Callable[[Any], float]:
 
 
 def _command(value: Any) -> tuple[str, ...]:
-    argv = shlex.split(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        import shlex  # lazy: the cache holds commands as lists
+
+        argv: Any = shlex.split(value)
+    else:
+        argv = value
     if not isinstance(argv, list) and not isinstance(argv, tuple):
         raise ValueError(f"must be a command line or a list, got {value!r}")
     if not argv or not all(isinstance(a, str) for a in argv) or not argv[0].startswith("/"):
@@ -98,10 +94,15 @@ def _node(value: Any) -> str:
     return value
 
 
-def _verify(value: Any) -> str:
-    if value not in VERIFY_MODES:
-        raise ValueError(f"must be one of {', '.join(VERIFY_MODES)}, got {value!r}")
-    return str(value)
+def _verify(value: Any) -> Verify:
+    for mode in VERIFY_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"must be one of {', '.join(VERIFY_MODES)}, got {value!r}")
+
+
+def _capacity(value: Any) -> Capacity:
+    return Capacity.parse(value)
 
 
 def _chunk(value: Any) -> int:
@@ -139,15 +140,25 @@ def _access(value: Any) -> dict[str, tuple[str, ...]]:
     return result
 
 
+@dataclass(frozen=True)
+class DemandConfig:
+    """Where queued-job demand comes from: squeue, pyslurm, a published file, or nowhere."""
+
+    source: DemandSource = "squeue"
+    path: Path | None = None
+    max_age: float = 300.0
+
+
 def _demand(value: Any) -> DemandConfig:
     if not isinstance(value, dict):
         raise ValueError("must be a mapping with source (squeue|pyslurm|file|none), path, max_age")
     unknown = sorted(set(value) - {"source", "path", "max_age"})
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
-    source = value.get("source", "squeue")
-    if source not in DEMAND_SOURCES:
-        raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {source!r}")
+    requested = value.get("source", "squeue")
+    source = next((s for s in DEMAND_SOURCES if s == requested), None)
+    if source is None:
+        raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {requested!r}")
     path = _path(value["path"]) if value.get("path") is not None else None
     if source == "file" and path is None:
         raise ValueError("source file needs a path")
@@ -162,6 +173,8 @@ def _callable_name(value: Any) -> str:
 
 
 def _fraction(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
     number = float(value)
     if not 0 <= number <= 10:
         raise ValueError(f"must be between 0 and 10, got {value!r}")
@@ -180,42 +193,206 @@ def _boolean(value: Any) -> bool:
     raise ValueError(f"must be true or false, got {value!r}")
 
 
-def _nonnegative_duration(value: Any) -> float:
-    return parse_duration(value)
+# --- how `config show` (and the cache) prints a value: plain data its parser accepts ---
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "datadir": _path,
-    "cachedir": _path,
-    "mountdir": _path,
-    "statedir": _path,
-    "capacity": parse_capacity,
-    "period": _positive(parse_duration),
-    "interval": _positive(parse_duration),
-    "node": _node,
-    "mount_command": _command,
-    "umount_command": _command,
-    "mksquashfs_command": _command,
-    "command_timeout": _positive(parse_duration),
-    "lock_timeout": _nonnegative_duration,
-    "prolog_stage_budget": _nonnegative_duration,
-    "verify": _verify,
-    "chunk_size": _chunk,
-    "access": _access,
-    "demand": _demand,
-    "squeue_command": _command,
-    "sinfo_command": _command,
-    "horizon": _positive(parse_duration),
-    "hysteresis": _fraction,
-    "value_function": _callable_name,
-    "idle_unmount": _nonnegative_duration,
-    "bandwidth": parse_size,
-    "node_features": _boolean,
-    "scontrol_command": _command,
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _show_capacity(value: Capacity) -> Any:
+    return value.show()
+
+
+def _show_access(value: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    return {name: list(groups) for name, groups in value.items()}
+
+
+def _show_demand(value: DemandConfig) -> dict[str, Any]:
+    path = None if value.path is None else str(value.path)
+    return {"source": value.source, "path": path, "max_age": value.max_age}
+
+
+def _default_doc(shown: Any) -> str:
+    """The README's default column for a default as `config show` prints it."""
+    if isinstance(shown, bool):
+        return f"`{str(shown).lower()}`"
+    if isinstance(shown, float) and shown.is_integer():
+        return f"`{int(shown)}`"
+    if isinstance(shown, list):
+        return f"`{' '.join(shown)}`"
+    return f"`{shown}`"
+
+
+def _meta(
+    doc: str,
+    parse: Callable[[Any], Any],
+    *,
+    env: bool = True,
+    show: Callable[[Any], Any] = _plain,
+    default_doc: str | None = None,
+) -> dict[str, Option]:
+    """A Config field's metadata: its row of the table (`field(..., metadata=_meta(...))`)."""
+    return {"option": Option(parse, doc, env, show, default_doc)}
+
+
+def _short_hostname() -> str:
+    return os.uname().nodename.split(".")[0]
+
+
+_DURATION = _positive(parse_duration)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective, validated configuration; each field is one option (see module doc)."""
+
+    datadir: Path = field(
+        metadata=_meta("slow shared directory of images `<name>.sqfs` / `.squashfs`", _path)
+    )
+    cachedir: Path = field(
+        metadata=_meta("fast node-local cache (copies in flight in `.partial/`)", _path)
+    )
+    mountdir: Path = field(
+        default_factory=lambda: DEFAULT_MOUNTDIR,
+        metadata=_meta("jobs read `<mountdir>/<name>`", _path, default_doc="`/datasets`"),
+    )
+    statedir: Path = field(
+        default_factory=lambda: DEFAULT_STATEDIR,
+        metadata=_meta(
+            "`state.json`, `state.lock`, `events.log`", _path,
+            default_doc="`/var/lib/scratch-stage`",
+        ),
+    )  # fmt: skip
+    capacity: Capacity = field(
+        default=Capacity(80.0, percent=True),
+        metadata=_meta(
+            "cache budget: `500GB`, `2TiB` or `80%` of the cachedir filesystem (a bare "
+            "number is bytes)", _capacity, show=_show_capacity,
+        ),
+    )  # fmt: skip
+    period: float = field(
+        default=600.0, metadata=_meta("heat window, seconds (rebalance)", _DURATION)
+    )
+    interval: float = field(
+        default=60.0, metadata=_meta("daemon rebalance interval, seconds", _DURATION)
+    )
+    node: str = field(
+        default_factory=_short_hostname,
+        metadata=_meta("this node's Slurm NodeName", _node, default_doc="short hostname"),
+    )
+    mount_command: tuple[str, ...] = field(
+        default=("/usr/bin/mount",),
+        metadata=_meta("absolute command line that mounts an image", _command),
+    )
+    umount_command: tuple[str, ...] = field(
+        default=("/usr/bin/umount",),
+        metadata=_meta("absolute command line that unmounts", _command),
+    )
+    mksquashfs_command: tuple[str, ...] = field(
+        default=("/usr/bin/mksquashfs",),
+        metadata=_meta("absolute command line of `mksquashfs` (`image build`)", _command),
+    )
+    command_timeout: float = field(
+        default=60.0, metadata=_meta("seconds an external command may take", _DURATION)
+    )
+    lock_timeout: float = field(
+        default=30.0,
+        metadata=_meta("seconds to wait for the state lock (then exit 5)", parse_duration),
+    )
+    prolog_stage_budget: float = field(
+        default=0.0,
+        metadata=_meta(
+            "seconds the prolog may wait for a cached copy before using the slow mount "
+            "(counts against the job's time limit)", parse_duration,
+        ),
+    )  # fmt: skip
+    verify: Verify = field(
+        default="size",
+        metadata=_meta(
+            "check of a copy before it is mounted: `size` (and squashfs header) or `sha256` "
+            "(re-read from disk)", _verify,
+        ),
+    )  # fmt: skip
+    chunk_size: int = field(
+        default=8 * 1024 * 1024, metadata=_meta("copy chunk", _chunk, default_doc="`8MiB`")
+    )
+    access: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "`{dataset: [unix groups]}`: only members may have it mounted", _access,
+            env=False, show=_show_access, default_doc="open to anyone who can read the image",
+        ),
+    )  # fmt: skip
+    demand: DemandConfig = field(
+        default=DemandConfig(),
+        metadata=_meta(
+            "`{source: squeue\\|pyslurm\\|file\\|none, path: ..., max_age: 300}` (pyslurm "
+            "only when it matches Slurm's major.minor, else squeue)", _demand,
+            env=False, show=_show_demand, default_doc="`squeue`",
+        ),
+    )  # fmt: skip
+    squeue_command: tuple[str, ...] = field(
+        default=("/usr/bin/squeue",), metadata=_meta("absolute path of Slurm's `squeue`", _command)
+    )
+    sinfo_command: tuple[str, ...] = field(
+        default=("/usr/bin/sinfo",), metadata=_meta("absolute path of Slurm's `sinfo`", _command)
+    )
+    scontrol_command: tuple[str, ...] = field(
+        default=("/usr/bin/scontrol",),
+        metadata=_meta("absolute path of Slurm's `scontrol` (`node_features`)", _command),
+    )
+    horizon: float = field(
+        default=3600.0,
+        metadata=_meta(
+            "seconds of heat a copy must pay for; scale of the demand's soonness discount",
+            _DURATION,
+        ),
+    )
+    hysteresis: float = field(
+        default=0.1,
+        metadata=_meta(
+            "extra value of a cached copy, as a share of its size (no oscillation)", _fraction
+        ),
+    )
+    value_function: str = field(
+        default="",
+        metadata=_meta(
+            "your own valuation, `module:function` (`docs/planner.md`)", _callable_name,
+            default_doc="built-in",
+        ),
+    )  # fmt: skip
+    idle_unmount: float = field(
+        default=3600.0,
+        metadata=_meta(
+            "unmount a slow mount nobody held or read for this long (0: never)", parse_duration
+        ),
+    )
+    bandwidth: int = field(
+        default=0, metadata=_meta("staging bandwidth cap in bytes/s (`500MB`); 0: none", parse_size)
+    )
+    node_features: bool = field(
+        default=False,
+        metadata=_meta("publish cached datasets as Slurm node features `ds_<name>`", _boolean),
+    )
+    source: str = "<defaults>"  # where it was read: not an option
+
+
+OPTIONS: dict[str, Option] = {
+    f.name: f.metadata["option"] for f in fields(Config) if "option" in f.metadata
 }
-_REQUIRED = ("datadir", "cachedir")
-# Keys whose environment override is read as YAML-free text (all but mappings).
-_ENV_KEYS = tuple(k for k in _PARSERS if k not in ("access", "demand"))
+REQUIRED = tuple(
+    f.name
+    for f in fields(Config)
+    if f.name in OPTIONS and f.default is MISSING and f.default_factory is MISSING
+)
+
+
+# --- lookup, overrides, validation -------------------------------------------------------
 
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
@@ -229,7 +406,7 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """The raw mapping in PATH; ConfigError if unreadable or not a YAML mapping."""
-    import yaml  # lazy: only a config load pays for it
+    import yaml  # lazy: only a load that misses the cache pays for it
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -251,115 +428,108 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return raw
 
 
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """The SCRATCH_STAGE_<KEY> variables of ENVIRON for keys that allow them, by key."""
+    found = {}
+    for key, option in OPTIONS.items():
+        value = environ.get(ENV_PREFIX + key.upper())
+        if option.env and value is not None:
+            found[key] = value
+    return found
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """RAW with every SCRATCH_STAGE_<KEY> variable applied over it."""
-    merged = dict(raw)
-    for key in _ENV_KEYS:
-        value = environ.get(ENV_PREFIX + key.upper())
-        if value is not None:
-            merged[key] = value
-    return merged
+    return {**raw, **env_overrides(environ)}
 
 
 def validate_config(raw: Mapping[str, Any], source: str) -> Config:
-    """A Config from RAW; ConfigError naming every bad key at once."""
-    errors: list[str] = []
+    """A Config from RAW; InvalidConfig naming every bad key at once."""
+    errors: list[str] = [f"{key}: unknown key" for key in raw if key not in OPTIONS]
+    errors += [f"{key}: required" for key in REQUIRED if raw.get(key) is None]
     values: dict[str, Any] = {}
-    for key in raw:
-        if key not in _PARSERS:
-            errors.append(f"{key}: unknown key")
-    for key in _REQUIRED:
-        if raw.get(key) is None:
-            errors.append(f"{key}: required")
-    for key, parse in _PARSERS.items():
+    for key, option in OPTIONS.items():
         if raw.get(key) is None:
             continue
         try:
-            values[key] = parse(raw[key])
+            values[key] = option.parse(raw[key])
         except _SubkeyErrors as e:
             errors.extend(f"{key}.{problem}" for problem in e.problems)
         except (ValueError, TypeError) as e:
             errors.append(f"{key}: {e}")
     if errors:
-        raise ConfigError(f"invalid configuration {source}: " + "; ".join(errors))
+        raise InvalidConfig(source, errors)
     return Config(**values, source=source)
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """The configuration as plain values (`config show`); validate_config accepts it again."""
+    return {key: option.show(getattr(config, key)) for key, option in OPTIONS.items()}
+
+
+def markdown_table() -> str:
+    """The README's table of configuration keys, generated from the options."""
+    lines = ["| key | meaning | default | env override |", "|---|---|---|---|"]
+    for f in fields(Config):
+        option = OPTIONS.get(f.name)
+        if option is None:
+            continue
+        if option.default_doc is not None:
+            default = option.default_doc
+        elif f.default is MISSING:
+            default = "required" if f.default_factory is MISSING else "computed"
+        else:
+            default = _default_doc(option.show(f.default))
+        env = "yes" if option.env else "no"
+        lines.append(f"| `{f.name}` | {option.doc} | {default} | {env} |")
+    return "\n".join(lines)
+
+
+# --- loading, with the cache of the last validated configuration -----------------------
 
 
 def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The effective configuration; ConfigError on any problem."""
-    env = os.environ if environ is None else environ
-    path = find_config_path(explicit, env)
-    raw = apply_env_overrides(read_config_cached(path), env)
-    return validate_config(raw, str(path))
+    return _load(explicit, os.environ if environ is None else environ, False)[0]
 
 
-def read_config_cached(path: Path) -> dict[str, Any]:
-    """The raw mapping in PATH, from a JSON cache in RUNDIR while the file is unchanged.
+def load_hook_config(
+    explicit: str | None, environ: Mapping[str, str]
+) -> tuple[Config, ConfigError | None]:
+    """The configuration for a prolog or epilog, and why the file itself was not used.
 
-    Every prolog loads the configuration; the cache spares it the YAML parser's import.
-    It is keyed by the file's identity and times, and used only when JSON represents the
-    mapping exactly; anything odd falls back to parsing the file.
+    A file that cannot be loaded (a bad push) does not drain the node: the last
+    configuration that validated for the same file and environment overrides is used
+    instead, and the problem returned for the caller to log. With none, ConfigError.
     """
+    return _load(explicit, environ, True)
+
+
+def _load(
+    explicit: str | None, environ: Mapping[str, str], keep_known_good: bool
+) -> tuple[Config, ConfigError | None]:
+    from scratch_stage.configcache import ConfigCache, file_identity
+
+    path = find_config_path(explicit, environ)
+    overrides = env_overrides(environ)
+    cache = ConfigCache(Path(environ.get(ENV_RUNDIR) or RUNDIR), path, overrides)
+    identity = file_identity(path)  # before reading: a change while reading only misses
+    entry = cache.read()
+    if entry is not None and identity is not None and entry.identity == identity:
+        try:
+            return validate_config(entry.config, str(path)), None
+        except ConfigError:
+            entry = None  # written by another version: parse the file
     try:
-        st = os.stat(path)
-    except OSError:
-        return read_config_file(path)  # raises the one-line error
-    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    cache = RUNDIR / ("config" + str(path).replace("%", "%25").replace("/", "%2F") + ".json")
-    cached = _read_cache(cache, key)
-    if cached is not None:
-        return cached
-    raw = read_config_file(path)
-    _write_cache(cache, key, raw)
-    return raw
-
-
-def _read_cache(cache: Path, key: str) -> dict[str, Any] | None:
-    import json
-
-    try:
-        data = json.loads(cache.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if isinstance(data, dict) and data.get("key") == key and isinstance(data.get("raw"), dict):
-        return data["raw"]  # type: ignore[no-any-return]
-    return None
-
-
-def _write_cache(cache: Path, key: str, raw: dict[str, Any]) -> None:
-    import json
-
-    try:
-        text = json.dumps({"key": key, "raw": raw})
-        if json.loads(text)["raw"] != raw:
-            return  # YAML gave something JSON cannot hold exactly (dates, int keys)
-        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, cache)
-    except (OSError, TypeError, ValueError):
-        return  # a cache is optional: not root, read-only /run, ...
-
-
-def config_as_dict(config: Config) -> dict[str, Any]:
-    """The configuration as plain values, for `config show`."""
-    out: dict[str, Any] = {}
-    for f in fields(config):
-        if f.name == "source":
-            continue
-        value = getattr(config, f.name)
-        if isinstance(value, Path):
-            value = str(value)
-        elif f.name == "capacity":
-            value = f"{value[1]:g}%" if value[0] == "percent" else int(value[1])
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, DemandConfig):
-            path = None if value.path is None else str(value.path)
-            value = {"source": value.source, "path": path, "max_age": value.max_age}
-        elif isinstance(value, Mapping):
-            value = {k: list(v) for k, v in value.items()}
-        out[f.name] = value
-    return out
+        raw = {**read_config_file(path), **overrides}
+        config = validate_config(raw, str(path))
+    except ConfigError as e:
+        if keep_known_good and entry is not None:
+            try:
+                return validate_config(entry.config, str(path)), e
+            except ConfigError:
+                pass
+        raise
+    if identity is not None:
+        cache.write(identity, config_as_dict(config))
+    return config, None

@@ -1,4 +1,10 @@
-"""Logging setup: syslog for prolog and epilog (Slurm drops their output), stderr otherwise."""
+"""Logging setup: syslog for prolog and epilog (Slurm drops their output), stderr otherwise.
+
+Both setups are idempotent and replace each other: the handlers they install carry a name
+of their own, and each call first removes every handler of that name. A prolog run through
+click (`scratch-stage --config PATH prolog`) sets up the CLI's logging, then the hook's:
+each line still appears once.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import sys
 
 SYSLOG_SOCKET = "/dev/log"
+HANDLER_NAME = "scratch-stage"
 
 
 class SyslogHandler(logging.Handler):
@@ -29,19 +36,29 @@ class SyslogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _install(level: int, handlers: list[logging.Handler]) -> None:
+    """Make HANDLERS the root logger's scratch-stage handlers (replacing earlier ones)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)
+    root.setLevel(level)
+    for handler in handlers:
+        handler.set_name(HANDLER_NAME)
+        root.addHandler(handler)
+
+
 def setup_hook_logging(kind: str) -> None:
     """Log to syslog (the journal) when it is there, and to stderr for Slurm's own log."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(
         logging.Formatter(f"scratch-stage {kind}[{os.getpid()}]: %(levelname)s %(message)s")
     )
-    root.addHandler(stderr)
+    handlers: list[logging.Handler] = [stderr]
     if os.path.exists(SYSLOG_SOCKET):
         handler = SyslogHandler(f"scratch-stage-{kind}")
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        root.addHandler(handler)
+        handlers.append(handler)
+    _install(logging.INFO, handlers)
 
 
 def setup_cli_logging(verbosity: int) -> None:
@@ -49,6 +66,4 @@ def setup_cli_logging(verbosity: int) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("scratch-stage: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.setLevel(level)
-    root.addHandler(handler)
+    _install(level, [handler])

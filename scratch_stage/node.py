@@ -61,8 +61,8 @@ class Node:
 
     def capacity_bytes(self) -> int:
         """The cache budget in bytes (a percentage is of the cachedir filesystem)."""
-        kind, amount = self.config.capacity
-        if kind == "bytes":
-            return int(amount)
+        capacity = self.config.capacity
+        if not capacity.percent:
+            return capacity.bytes_for(0)
         st = os.statvfs(self.config.cachedir)
-        return int(st.f_blocks * st.f_frsize * amount / 100)
+        return capacity.bytes_for(st.f_blocks * st.f_frsize)

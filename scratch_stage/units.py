@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 
 _SIZE_UNITS = {
     "": 1,
@@ -53,6 +54,45 @@ def parse_capacity(text: str | int) -> tuple[str, float]:
             raise ValueError(f"percentage out of range (0, 100]: {text!r}")
         return ("percent", percent)
     return ("bytes", float(parse_size(text)))
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A cache budget: AMOUNT bytes, or AMOUNT percent of the cachedir filesystem.
+
+    UNITLESS records a bare number (`80`, not `80B`): bytes, though an administrator who
+    writes `capacity: 80` usually meant 80 %, which `config check` points out.
+    """
+
+    amount: float
+    percent: bool = False
+    unitless: bool = field(default=False, compare=False)
+
+    @classmethod
+    def parse(cls, value: str | int) -> Capacity:
+        """'80%', '500GB', '2TiB' or a number of bytes; ValueError on anything else."""
+        kind, amount = parse_capacity(value)
+        unitless = kind == "bytes" and (isinstance(value, int) or str(value).strip().isdigit())
+        return cls(amount, kind == "percent", unitless)
+
+    def bytes_for(self, filesystem_size: int) -> int:
+        """The budget in bytes on a cachedir filesystem of FILESYSTEM_SIZE bytes."""
+        if self.percent:
+            return int(filesystem_size * self.amount / 100)
+        return int(self.amount)
+
+    def show(self) -> str | int:
+        """The shortest spelling that parses back to this capacity: '80%', '2TiB', 80."""
+        if self.percent:
+            text = f"{self.amount:g}"
+            return f"{text if float(text) == self.amount else repr(self.amount)}%"
+        n = int(self.amount)
+        if self.unitless:
+            return n
+        units = ("PiB", "TiB", "GiB", "MiB", "KiB", "PB", "TB", "GB", "MB", "KB", "B")
+        exact = [(n // _SIZE_UNITS[u.upper()], u) for u in units if n % _SIZE_UNITS[u.upper()] == 0]
+        count, unit = min(exact, key=lambda e: e[0])  # 'B' always divides
+        return f"{count}{unit}"
 
 
 def parse_duration(text: str | int | float) -> float:

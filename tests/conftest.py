@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -16,19 +15,16 @@ def forbid_real_defaults(
 ) -> None:
     """/etc/scratch-stage, /var/lib/scratch-stage and /datasets become paths that fail.
 
-    They are moved below a regular file, so reading or creating them raises ENOTDIR, and no
-    SCRATCH_STAGE_* variable of the calling shell leaks into a test.
+    They are moved below a regular file, so reading or creating them raises ENOTDIR; the
+    configuration cache goes to a fresh directory; and no SCRATCH_STAGE_* variable of the
+    calling shell leaks into a test.
     """
     blocker = tmp_path_factory.mktemp("off-limits") / "real-defaults-are-off-limits"
     blocker.write_text("tests must not touch the real defaults\n")
     monkeypatch.setattr(config, "DEFAULT_PATH", blocker / "config.yaml")
-    monkeypatch.setattr(config, "RUNDIR", tmp_path_factory.mktemp("rundir"))
-    defaults = {
-        Path("/var/lib/scratch-stage"): blocker / "statedir",
-        Path("/datasets"): blocker / "mountdir",
-    }
-    patched = tuple(defaults.get(d, d) for d in config.Config.__init__.__defaults__)
-    monkeypatch.setattr(config.Config.__init__, "__defaults__", patched)
+    monkeypatch.setattr(config, "DEFAULT_STATEDIR", blocker / "statedir")
+    monkeypatch.setattr(config, "DEFAULT_MOUNTDIR", blocker / "mountdir")
+    monkeypatch.setattr(config, "RUNDIR", tmp_path_factory.mktemp("rundir-parent") / "run")
     for name in list(os.environ):
         if name.startswith(config.ENV_PREFIX):
             monkeypatch.delenv(name)

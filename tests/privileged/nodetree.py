@@ -242,6 +242,11 @@ class NodeEnv:
     def config_path(self) -> Path:
         return self.root / "config.yaml"
 
+    @property
+    def rundir(self) -> Path:
+        """This node's /run/scratch-stage (the last validated configuration)."""
+        return self.root / "run"
+
     def configure(self, **overrides: Any) -> None:
         """(Re)write config.yaml: the tree's directories, a 1GiB capacity, then OVERRIDES."""
         self.settings.update(overrides)
@@ -284,6 +289,7 @@ class NodeEnv:
         """What slurmd gives a prolog or epilog (no PATH), plus where the config is."""
         environ = {
             "SCRATCH_STAGE_CONFIG": str(self.config_path),
+            "SCRATCH_STAGE_RUNDIR": str(self.rundir),
             "SLURM_JOB_ID": str(job_id),
             "SLURM_JOB_USER": user,
             "SLURM_JOB_UID": str(uid),
@@ -306,7 +312,9 @@ class NodeEnv:
         return self.run(list(args), self.admin_environ())
 
     def admin_environ(self) -> dict[str, str]:
-        return admin_environ(SCRATCH_STAGE_CONFIG=str(self.config_path))
+        return admin_environ(
+            SCRATCH_STAGE_CONFIG=str(self.config_path), SCRATCH_STAGE_RUNDIR=str(self.rundir)
+        )
 
     def run(self, args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

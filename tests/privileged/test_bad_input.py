@@ -199,6 +199,23 @@ def test_broken_config(busy_node: NodeEnv, how: str) -> None:
 
     assert status.returncode == 4
     assert one_line(status.stderr).startswith("scratch-stage: error:")
+    # The prolog of job 1 validated the file before it broke: prolog and epilog log the
+    # error and run on that known-good configuration (tests/privileged/test_config_push.py).
+    assert prolog.returncode == 0, prolog.stderr
+    assert "configuration" in prolog.stderr and " ERROR " in prolog.stderr
+    assert epilog.returncode == 0, epilog.stderr
+    assert (busy_node.mountdir / "alpha" / "hello.txt").read_text() == hello_of("alpha")
+    assert list(busy_node.state()["jobs"]) == ["50"]
+
+
+@pytest.mark.parametrize("how", CONFIG_BREAKAGES)
+def test_broken_config_without_known_good(busy_node: NodeEnv, how: str) -> None:
+    shutil.rmtree(busy_node.rundir)  # as after a reboot: /run is empty
+    _config_broken(busy_node, how)
+
+    prolog = busy_node.prolog(50, comment="datasets:alpha")
+    epilog = busy_node.epilog(1)
+
     assert prolog.returncode != 0
     assert "configuration" in one_line(prolog.stderr)
     # An epilog that cannot read its configuration drains the node too: better than a

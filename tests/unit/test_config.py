@@ -16,6 +16,7 @@ from scratch_stage.config import (
     validate_config,
 )
 from scratch_stage.errors import EXIT_CONFIG, ConfigError
+from scratch_stage.units import Capacity
 
 MINIMAL = "datadir: /shared/datasets\ncachedir: /local/cache\n"
 
@@ -60,7 +61,7 @@ def test_defaults(tmp_path: Path) -> None:
     config = load_config(str(write(tmp_path / "c.yaml", MINIMAL)), {})
     assert config.datadir == Path("/shared/datasets")
     assert config.cachedir == Path("/local/cache")
-    assert config.capacity == ("percent", 80.0)
+    assert config.capacity == Capacity(80.0, percent=True)
     assert config.period == 600.0
     assert config.interval == 60.0
     assert config.node and "." not in config.node
@@ -78,7 +79,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         "SCRATCH_STAGE_NODE": "cn042",
     }
     config = load_config(str(path), env)
-    assert config.capacity == ("bytes", float(2 * 1024**4))
+    assert config.capacity == Capacity(2 * 1024**4)
+    assert config.capacity.bytes_for(0) == 2 * 1024**4
     assert config.period == 600.0
     assert config.cachedir == Path("/nvme/cache")
     assert config.mount_command == ("/usr/bin/sudo", "-n", "/usr/bin/mount")
@@ -100,7 +102,7 @@ def test_bad_environment_override_is_reported(tmp_path: Path) -> None:
 def test_unrelated_environment_is_ignored(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", MINIMAL)
     config = load_config(str(path), {"SCRATCH_STAGE_BOGUS": "1", "CAPACITY": "1%"})
-    assert config.capacity == ("percent", 80.0)
+    assert config.capacity == Capacity(80.0, percent=True)
 
 
 def test_unknown_keys_rejected() -> None:
@@ -166,8 +168,9 @@ def test_relative_paths_rejected(key: str, value: object) -> None:
     [
         ("mount_command", ["/bin/mount"], ("/bin/mount",)),
         ("umount_command", "/bin/umount --verbose", ("/bin/umount", "--verbose")),
-        ("capacity", "500GB", ("bytes", 500e9)),
-        ("capacity", 1024, ("bytes", 1024.0)),
+        ("capacity", "500GB", Capacity(500e9)),
+        ("capacity", 1024, Capacity(1024)),
+        ("capacity", "12.5%", Capacity(12.5, percent=True)),
         ("lock_timeout", 0, 0.0),
         ("prolog_stage_budget", "2m", 120.0),
         ("chunk_size", "4KiB", 4096),
@@ -310,11 +313,11 @@ def test_cache_serves_an_unchanged_file_and_never_a_changed_one(tmp_path: Path) 
     assert len(caches) == 1 and "1GiB" in caches[0].read_text()
     # Doctor the cache: an unchanged file is served from it (proof the cache is used).
     caches[0].write_text(caches[0].read_text().replace("1GiB", "2GiB"))
-    assert config_module.load_config(str(path), {}).capacity == ("bytes", 2 * 1024**3)
+    assert config_module.load_config(str(path), {}).capacity == Capacity(2 * 1024**3)
     # Any change of the file (here its size and times) makes the cache miss.
     path.write_text("datadir: /d\ncachedir: /c\ncapacity: 3GiB\n")
-    assert config_module.load_config(str(path), {}).capacity == ("bytes", 3 * 1024**3)
-    assert first.capacity == ("bytes", 1024**3)
+    assert config_module.load_config(str(path), {}).capacity == Capacity(3 * 1024**3)
+    assert first.capacity == Capacity(1024**3)
 
 
 def test_environment_overrides_apply_over_a_cached_file(tmp_path: Path) -> None:
