@@ -1,4 +1,4 @@
-"""Demand: queued Slurm jobs that want a dataset and may start on this node (DESIGN 8).
+"""Demand: queued Slurm jobs that want a dataset and may start on this node (docs/design.md).
 
 Sources: the Slurm CLI (squeue and sinfo), or a demand file published once per interval
 for the whole cluster by `scratch-stage demand --publish PATH`. Parsers are pure.

@@ -1,4 +1,4 @@
-"""One exception hierarchy; each class carries its exit code (DESIGN section 5)."""
+"""One exception hierarchy; each class carries its exit code (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class Request:
 
 
 def is_valid_name(name: str) -> bool:
-    """True when NAME is a legal dataset name (DESIGN section 3)."""
+    """True when NAME is a legal dataset name (docs/design.md)."""
     return NAME_RE.fullmatch(name) is not None and name not in (".", "..")
 
 

@@ -1,4 +1,4 @@
-"""Crashes: kill -9 and SIGTERM mid-copy, a corrupt state.json (DESIGN 7.3, 7.5).
+"""Crashes: kill -9 and SIGTERM mid-copy, a corrupt state.json (docs/design.md).
 
 The copies use a 300 MB image of random data, copied in 4 KiB chunks and hashed, so that
 a copy lasts long enough (a few seconds here) to be interrupted in the middle.

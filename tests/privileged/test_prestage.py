@@ -1,4 +1,4 @@
-"""`prestage`: copy into the cache and mount over, with files already open (DESIGN 1, 5, 7)."""
+"""`prestage`: copy into the cache and mount over, with files already open (docs/design.md)."""
 
 from __future__ import annotations
 

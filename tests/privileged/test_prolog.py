@@ -1,4 +1,4 @@
-"""Prolog and epilog with real images and loop mounts (DESIGN section 6)."""
+"""Prolog and epilog with real images and loop mounts (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`purge`: drop cached copies, never under a running job unless forced (DESIGN 5, 7.2)."""
+"""`purge`: drop cached copies, never under a running job unless forced (docs/design.md)."""
 
 from __future__ import annotations
 

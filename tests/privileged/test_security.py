@@ -1,4 +1,4 @@
-"""An image grants neither setuid nor device access; per-dataset access control (DESIGN 6)."""
+"""An image grants neither setuid nor device access; per-dataset access control (docs/design.md)."""
 
 from __future__ import annotations
 

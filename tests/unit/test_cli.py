@@ -1,4 +1,4 @@
-"""The CLI's one error handler: exit codes of DESIGN section 5, one line on stderr."""
+"""The CLI's one error handler: exit codes of docs/design.md, one line on stderr."""
 
 from __future__ import annotations
 
