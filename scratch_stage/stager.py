@@ -12,7 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
-from scratch_stage.catalog import Image, check_squashfs_header, lookup_image, read_header
+from scratch_stage.catalog import (
+    Fingerprint,
+    Image,
+    check_squashfs_header,
+    lookup_image,
+    read_header,
+)
 from scratch_stage.errors import StagingError
 from scratch_stage.node import Node
 from scratch_stage.recovery import partial_name, process_start, reap_dead_copies
@@ -253,10 +259,7 @@ def _open_pair(src_path: Path, dst_path: Path) -> Iterator[tuple[int, int]]:
 
 def _verify(image: Image, partial: Path, digest: str | None) -> None:
     """The copy has the image's size and header (and hash), and the image did not change."""
-    st = os.stat(image.path)
-    if (st.st_size, st.st_mtime_ns, st.st_ino) != (
-        image.size, image.fingerprint.mtime_ns, image.fingerprint.inode,
-    ):  # fmt: skip
+    if Fingerprint.of(os.stat(image.path)) != image.fingerprint:  # ctime: a rewrite in place
         raise StagingError(f"{image.name}: image changed while copying; copy discarded")
     size = os.stat(partial).st_size
     if size != image.size:
