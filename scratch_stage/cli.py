@@ -15,6 +15,7 @@ import click
 
 from scratch_stage import __version__
 from scratch_stage.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
+from scratch_stage.text import printable
 from scratch_stage.units import format_size, parse_duration
 
 log = logging.getLogger("scratch_stage")
@@ -41,7 +42,13 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    # ensure_ascii: a control character in a name is written as a \u escape, never raw.
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
+
+
+def _say(line: object) -> None:
+    """Echo one line whose parts may come from datadir, escaped (scratch_stage.text)."""
+    click.echo(printable(line))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,11 +100,11 @@ def status(ctx: Context, as_json: bool) -> int:
 def _status_row(d: dict[str, Any]) -> tuple[str, ...]:
     value = d.get("value")
     return (
-        d["name"],
+        printable(d["name"]),
         format_size(d["size"]),
         d["state"],
         "yes" if d["cached"] else "no",
-        ",".join(d["holders"]) or "-",
+        printable(",".join(d["holders"])) or "-",
         "yes" if d["pinned"] else "no",
         format_size(d.get("heat", 0.0)) + "/s",
         f"{d.get('demand', 0.0):.2f}",
@@ -114,7 +121,9 @@ def format_status(data: dict[str, Any]) -> str:
     used, capacity = data["used_bytes"], data["capacity_bytes"]
     share = 100 * used / capacity if capacity else 0.0
     lines.append(f"cache: {format_size(used)} of {format_size(capacity)} used ({share:.1f}%)")
-    lines += [f"problem: {f}: {why}" for f, why in sorted(data["problems"].items())]
+    lines += [
+        f"problem: {printable(f)}: {printable(why)}" for f, why in sorted(data["problems"].items())
+    ]
     return "\n".join(lines)
 
 
@@ -139,9 +148,9 @@ def info(ctx: Context, name: str, as_json: bool) -> int:
         elif key == "mount_stack":
             click.echo("mount_stack (bottom first):" + ("" if value else " none"))
             for layer in value:
-                click.echo(f"  {layer['source']} <- {layer['backing']}")
+                _say(f"  {layer['source']} <- {layer['backing']}")
         else:
-            click.echo(f"{key}: {value}")
+            _say(f"{key}: {value}")
     return 0
 
 
@@ -163,7 +172,7 @@ def pin(ctx: Context, name: str, ttl: str | None) -> int:
     from scratch_stage.admin import pin as do_pin
 
     seconds = _ttl(ttl)  # a bad --ttl is a usage error, whatever the configuration
-    click.echo(do_pin(ctx.node, name, seconds))
+    _say(do_pin(ctx.node, name, seconds))
     return 0
 
 
@@ -174,7 +183,7 @@ def unpin(ctx: Context, name: str) -> int:
     """Remove a dataset's pin."""
     from scratch_stage.admin import unpin as do_unpin
 
-    click.echo(do_unpin(ctx.node, name))
+    _say(do_unpin(ctx.node, name))
     return 0
 
 
@@ -188,7 +197,7 @@ def prestage(ctx: Context, names: Sequence[str]) -> int:
 
     interrupts.install()  # SIGTERM abandons the copy at the next chunk, cleanly
     for name in names:
-        click.echo(stage(ctx.node, name, progress=_progress_reporter(name)))
+        _say(stage(ctx.node, name, progress=_progress_reporter(name)))
     return 0
 
 
@@ -211,7 +220,7 @@ def _progress_reporter(name: str) -> Callable[[int, int], None]:
         tenth = 10 * done // max(total, 1)
         if tenth != last["tenth"]:
             last["tenth"] = tenth
-            click.echo(f"{name}: {10 * tenth}% of {format_size(total)}", err=True)
+            click.echo(printable(f"{name}: {10 * tenth}% of {format_size(total)}"), err=True)
 
     return report
 
@@ -223,7 +232,7 @@ def release(ctx: Context, job_id: str) -> int:
     """Drop a job's holds, as its epilog would (for a job whose epilog never ran)."""
     from scratch_stage.admin import release as do_release
 
-    click.echo(do_release(ctx.node, job_id))
+    _say(do_release(ctx.node, job_id))
     return 0
 
 
@@ -239,7 +248,7 @@ def purge(ctx: Context, names: Sequence[str], purge_all: bool, force: bool) -> i
     if bool(names) == purge_all:
         raise click.UsageError("name datasets to purge, or give --all")
     for line in do_purge(ctx.node, names, purge_all=purge_all, force=force):
-        click.echo(line)
+        _say(line)
     return 0
 
 
@@ -266,9 +275,13 @@ def rebalance(ctx: Context, dry_run: bool, explain: bool, as_json: bool) -> int:
 
 
 def format_report(data: dict[str, Any], *, explain: bool, dry_run: bool) -> str:
-    """A rebalance report for a terminal."""
+    """A rebalance report for a terminal (every line escaped: names come from datadir)."""
+    return "\n".join(map(printable, _report_lines(data, explain=explain, dry_run=dry_run)))
+
+
+def _report_lines(data: dict[str, Any], *, explain: bool, dry_run: bool) -> list[str]:
     if data["skipped"]:
-        return f"rebalance skipped: {data['skipped']}"
+        return [f"rebalance skipped: {data['skipped']}"]
     verb = "would" if dry_run else "will"
     lines = [
         f"plan ({data['method']}): {verb} evict {', '.join(data['evict']) or 'nothing'}; "
@@ -281,7 +294,7 @@ def format_report(data: dict[str, Any], *, explain: bool, dry_run: bool) -> str:
             lines.append(f"  {name}: {d['action']}: {d['reason']}")
     lines += [f"done: {line}" for line in data["done"]]
     lines += [f"failed: {line}" for line in data["failed"]]
-    return "\n".join(lines)
+    return lines
 
 
 @cli.command()
@@ -318,11 +331,9 @@ def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
         _emit_json({"node": node.config.node, "node_demand": here, "pending_jobs": counts})
         return 0
     for name in sorted(set(counts) | set(here)):
-        click.echo(
-            f"{name}: {counts.get(name, 0)} pending job(s), weight here {here.get(name, 0):.3f}"
-        )
+        _say(f"{name}: {counts.get(name, 0)} pending job(s), weight here {here.get(name, 0):.3f}")
     if publish:
-        click.echo(f"published {len(snapshot.jobs)} pending job(s) to {publish}")
+        _say(f"published {len(snapshot.jobs)} pending job(s) to {publish}")
     return 0
 
 
@@ -340,16 +351,21 @@ def catalog_command(ctx: Context, as_json: bool, publish: str | None) -> int:
         from scratch_stage.publish import publish_catalog
 
         count = publish_catalog(Path(publish), catalog, config.access)
-        click.echo(f"published {count} dataset(s) to {publish}")
+        _say(f"published {count} dataset(s) to {publish}")
         return 0
     if as_json:
-        images = {n: {"path": str(i.path), "size": i.size} for n, i in catalog.images.items()}
+        images = {
+            n: {"path": str(i.path), "size": i.size, "target": i.target}
+            for n, i in catalog.images.items()
+        }
         _emit_json({"datasets": images, "problems": dict(catalog.problems)})
         return 0
     for name, image in sorted(catalog.images.items()):
-        click.echo(f"{name}\t{format_size(image.size)}\t{image.path}")
+        alias = f"\t(link to {image.target})" if image.target else ""
+        fields = (name, format_size(image.size), str(image.path))
+        click.echo("\t".join(map(printable, fields)) + alias)
     for filename, why in sorted(catalog.problems.items()):
-        click.echo(f"problem: {filename}: {why}", err=True)
+        click.echo(f"problem: {printable(filename)}: {printable(why)}", err=True)
     return 0
 
 
@@ -373,14 +389,16 @@ def config_check(ctx: Context) -> int:
         config = load_config(ctx.config_path)
     except InvalidConfig as e:
         for problem in e.problems:
-            click.echo(f"error: {problem}", err=True)
+            click.echo(f"error: {printable(problem)}", err=True)
         click.echo(f"{e.source}: {len(e.problems)} error(s)")
         return EXIT_CONFIG
     findings = check_config(config)
     errors = [f.message for f in findings if f.error]
     warnings = [f.message for f in findings if not f.error]
     for finding in findings:
-        click.echo(f"{'error' if finding.error else 'warning'}: {finding.message}", err=True)
+        click.echo(
+            f"{'error' if finding.error else 'warning'}: {printable(finding.message)}", err=True
+        )
     summary = [f"{len(errors)} error(s)"] if errors else ["ok"]
     summary += [f"{len(warnings)} warning(s)"] if warnings else []
     click.echo(f"{config.source}: " + ", ".join(summary))
@@ -424,7 +442,7 @@ def image_build(ctx: Context, src: Path, name: str, compression: str, replace: b
     from scratch_stage.imagebuild import build_image
 
     path = build_image(ctx.node.config, src, name, compression=compression, replace=replace)
-    click.echo(f"{name}: built {path} ({format_size(path.stat().st_size)})")
+    _say(f"{name}: built {path} ({format_size(path.stat().st_size)})")
     return 0
 
 
@@ -443,17 +461,17 @@ def run_cli(args: Sequence[str]) -> int:
         result = cli.main(list(args), prog_name="scratch-stage", standalone_mode=False)
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-        click.echo(f"scratch-stage: usage: {e.format_message()}{hint}", err=True)
+        click.echo(f"scratch-stage: usage: {printable(e.format_message())}{hint}", err=True)
         return e.exit_code
     except click.ClickException as e:
-        click.echo(f"scratch-stage: error: {e.format_message()}", err=True)
+        click.echo(f"scratch-stage: error: {printable(e.format_message())}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.Abort:
         return EXIT_ERROR
     except ScratchStageError as e:
-        click.echo(f"scratch-stage: error: {e}", err=True)
+        click.echo(f"scratch-stage: error: {printable(e)}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("scratch-stage: interrupted", err=True)

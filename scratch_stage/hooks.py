@@ -167,7 +167,7 @@ def _unhold(state: NodeState, job: Job, names: list[str]) -> None:
 
 def _permitted(node: Node, job: Job, name: str) -> Image | None:
     """The image for NAME if JOB may have it; a refusal is logged, a node fault raised."""
-    from scratch_stage.catalog import access_problem, lookup_image, user_gids
+    from scratch_stage.catalog import image_access_problem, lookup_image, user_gids
 
     try:
         image = lookup_image(node.config.datadir, name)
@@ -175,7 +175,7 @@ def _permitted(node: Node, job: Job, name: str) -> Image | None:
         _refuse(node, job, name, str(e))
         return None
     gids = user_gids(job.user, job.gid) if job.user else frozenset([job.gid])
-    problem = access_problem(image, job.uid, gids, node.config.access.get(name))
+    problem = image_access_problem(image, job.uid, gids, node.config.access)  # name and target
     if problem:
         _refuse(node, job, name, problem)
         return None

@@ -12,8 +12,23 @@ import logging
 import os
 import sys
 
+from scratch_stage.text import printable
+
 SYSLOG_SOCKET = "/dev/log"
 HANDLER_NAME = "scratch-stage"
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes the message (scratch_stage.text.printable): one line, no terminal controls.
+
+    Log messages carry names from datadir and job comments; a newline in one would forge
+    a log line, an escape sequence would reach whoever reads the log on a terminal. A
+    traceback (debug output of a bug) is appended unescaped, as the formatter does.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class SyslogHandler(logging.Handler):
@@ -51,12 +66,12 @@ def setup_hook_logging(kind: str) -> None:
     """Log to syslog (the journal) when it is there, and to stderr for Slurm's own log."""
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(
-        logging.Formatter(f"scratch-stage {kind}[{os.getpid()}]: %(levelname)s %(message)s")
+        SafeFormatter(f"scratch-stage {kind}[{os.getpid()}]: %(levelname)s %(message)s")
     )
     handlers: list[logging.Handler] = [stderr]
     if os.path.exists(SYSLOG_SOCKET):
         handler = SyslogHandler(f"scratch-stage-{kind}")
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(SafeFormatter("%(levelname)s %(message)s"))
         handlers.append(handler)
     _install(logging.INFO, handlers)
 
@@ -65,5 +80,5 @@ def setup_cli_logging(verbosity: int) -> None:
     """Warnings to stderr; -v adds progress and actions, -vv debugging."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("scratch-stage: %(levelname)s: %(message)s"))
+    handler.setFormatter(SafeFormatter("scratch-stage: %(levelname)s: %(message)s"))
     _install(level, [handler])

@@ -26,7 +26,11 @@ def proc_stat(pid: int, comm: str, starttime: str) -> str:
 
 
 def image_bytes(size: int) -> bytes:
-    header = struct.pack("<4sIIIIHHHHHHQQ", b"hsqs", 1, 0, 4096, 0, 4, 12, 0, 0, 0, 0, 0, size)
+    # A plausible squashfs 4.0 superblock (version, block size, tables inside the image).
+    header = struct.pack(
+        "<4sIIIIHHHHHHQQQQQQQQ", b"hsqs", 1, 0, 4096, 0, 4, 12, 0, 1, 4, 0, 0, size,
+        size - 8, 2**64 - 1, size - 64, size - 32, 2**64 - 1, 2**64 - 1,
+    )  # fmt: skip
     return header + b"\0" * (size - len(header))
 
 
