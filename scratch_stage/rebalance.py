@@ -17,6 +17,7 @@ from scratch_stage.errors import ConfigError, ScratchStageError
 from scratch_stage.heat import dataset_of_path, parse_diskstats, read_loop_backings, update_heat
 from scratch_stage.mountinfo import read_all_stacks
 from scratch_stage.node import Node
+from scratch_stage.plan_input import plan_input
 from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value, plan
 from scratch_stage.state import NodeState
 
@@ -181,8 +182,9 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
         state = node.store.read()
         heat = measure_heat(node, state, now)
         the_plan = plan(
-            fingerprints, state, heat, demand, capacity, now=now, params=params, value=value
-        )
+            plan_input(state, fingerprints, now), heat, demand, capacity,
+            params=params, value=value,
+        )  # fmt: skip
         return Report(the_plan, heat, demand, capacity)
     with node.store.transaction() as state:
         from scratch_stage.recovery import reap_dead_copies
@@ -190,8 +192,9 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
         reap_dead_copies(node, state)
         heat = measure_heat(node, state, now)
         the_plan = plan(
-            fingerprints, state, heat, demand, capacity, now=now, params=params, value=value
-        )
+            plan_input(state, fingerprints, now), heat, demand, capacity,
+            params=params, value=value,
+        )  # fmt: skip
         report = Report(the_plan, heat, demand, capacity)
         _evict(node, state, the_plan, report)
         _unmount_idle(node, state, catalog, now, report)
