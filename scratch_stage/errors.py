@@ -1,10 +1,9 @@
-"""One exception hierarchy; each class carries its exit code (DESIGN section 5)."""
+"""One exception hierarchy; each class carries its exit code (README, docs/design.md)."""
 
 from __future__ import annotations
 
-EXIT_OK = 0
+# 0 is success and 2 a usage error (click's own code for a UsageError).
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_CONFIG = 4
 EXIT_LOCK_TIMEOUT = 5
