@@ -257,7 +257,9 @@ def choose(
     exact = choose_exact(items, values, budget, params)
 
     def total(names: set[str]) -> float:
-        return sum(values[n] for n in names)
+        # Exactly rounded, so the same whatever the set's order (string hashing varies
+        # between processes): equal totals must not pick a different side in each one.
+        return math.fsum(values[n] for n in names)
 
     # Rounding sizes up may lose a little; the greedy answer on true sizes bounds it.
     return (exact, "exact") if total(exact) >= total(greedy) else (greedy, "greedy")
@@ -273,7 +275,7 @@ def choose_greedy(items: list[View], values: Mapping[str, float], budget: int) -
             free -= view.size
     fitting = [v for v in items if v.size <= budget]
     best = max(fitting, key=lambda v: values[v.name], default=None)
-    if best is not None and values[best.name] > sum(values[n] for n in chosen):
+    if best is not None and values[best.name] > math.fsum(values[n] for n in chosen):
         return {best.name}
     return chosen
 
