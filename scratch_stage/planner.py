@@ -11,12 +11,12 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple, get_args
 
 # What a plan does with one dataset: keep its cached copy (or the copy in flight), stage
 # a new copy, evict the cached copy, or nothing (not cached, not staged this pass).
 Action = Literal["keep", "stage", "evict", "none"]
-ACTIONS: tuple[Action, ...] = ("keep", "stage", "evict", "none")
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,6 @@ class Plan:
     unfit_pins: tuple[str, ...] = ()
     used_after: int = 0
     method: str = "exact"
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def empty(self) -> bool:
