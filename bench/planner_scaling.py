@@ -4,8 +4,9 @@
 
 Each figure is the best of 3 runs (seconds of wall time in this process). The pending jobs
 are first turned into demand by the live code path (`parse_squeue` on squeue-format text,
-then `node_demand`), then `plan` runs on 10 000-node-cluster-like inputs: a third of the
-datasets cached, heat on a Zipf-like half, a capacity of 5 % of the catalog.
+then `node_demand`), then `plan` (its input built by `plan_input`) runs on
+10 000-node-cluster-like inputs: a third of the datasets cached, heat on a Zipf-like half,
+a capacity of 5 % of the catalog.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from scratch_stage.catalog import Fingerprint
 from scratch_stage.demand import Snapshot, node_demand, parse_squeue
+from scratch_stage.plan_input import plan_input
 from scratch_stage.planner import plan
 from scratch_stage.state import CachedCopy, NodeState
 
@@ -59,7 +61,7 @@ def run_case(datasets: int, jobs: int) -> dict[str, float]:
 
     demand_s, demand_map = best_of(3, demand)
     plan_s, result = best_of(
-        3, lambda: plan(catalog, state, heat, demand_map, total // 20, now=NOW)
+        3, lambda: plan(plan_input(state, catalog, NOW), heat, demand_map, total // 20)
     )
     return {
         "datasets": datasets, "pending_jobs": jobs, "demand_s": demand_s, "plan_s": plan_s,

@@ -13,7 +13,7 @@ from scratch_stage.errors import DatasetError, ScratchStageError
 from scratch_stage.mountinfo import Layer, read_all_stacks
 from scratch_stage.mounts import fresh_copy, stack
 from scratch_stage.node import Node
-from scratch_stage.rebalance import read_last_report
+from scratch_stage.report import read_last_report
 from scratch_stage.requests import is_valid_name, shorten
 from scratch_stage.state import NodeState, Pin
 
@@ -47,7 +47,7 @@ def status(node: Node) -> dict[str, Any]:
     stacks = read_all_stacks(node.root, str(node.mountdir))
     names = sorted(set(catalog.images) | set(state.cached) | set(state.pins) | set(stacks))
     now = node.clock()
-    figures = read_last_report(node).get("decisions", {})
+    figures = read_last_report(node.config.statedir).get("decisions", {})
     rows = [_row(node, n, catalog, state, stacks.get(n, []), now) for n in names]
     for row in rows:
         last = figures.get(row["name"], {})

@@ -314,17 +314,15 @@ def daemon(ctx: Context) -> int:
 def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
     """Queued-job demand per dataset (this node's weight, and cluster-wide counts)."""
     from scratch_stage.demand import node_demand, summarize
-    from scratch_stage.rebalance import read_snapshot
+    from scratch_stage.demand_sources import publish_snapshot, read_snapshot
 
     node = ctx.node
     now = node.clock()
-    snapshot = read_snapshot(node, now)
+    snapshot = read_snapshot(node.config, now)
     if snapshot is None:
         raise ScratchStageError("no demand available (see the warning above)")
     if publish:
-        from scratch_stage.state import write_atomically
-
-        write_atomically(Path(publish), json.dumps(snapshot.to_json()).encode())
+        publish_snapshot(snapshot, Path(publish))
     here = node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
     counts = summarize(snapshot)
     if as_json:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
+# 0 is success and 2 a usage error (click's own code for a UsageError).
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_CONFIG = 4
 EXIT_LOCK_TIMEOUT = 5

@@ -1,6 +1,8 @@
-"""The planner: a pure function from what a node knows to what it should cache (DESIGN 8).
+"""The planner: a pure function from what a node knows to what it should cache.
 
-No I/O, no clock, no subprocess: the rebalance and the simulator call the same `plan`.
+No I/O, no clock, no subprocess: the rebalance and the simulator call the same `plan` on a
+`PlanInput` (the rebalance builds it from the node state with `plan_input.plan_input`, the
+simulator from its own model of the node). The contract is in docs/planner.md.
 """
 
 from __future__ import annotations
@@ -9,10 +11,38 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple, get_args
 
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.state import NodeState
+# What a plan does with one dataset: keep its cached copy (or the copy in flight), stage
+# a new copy, evict the cached copy, or nothing (not cached, not staged this pass).
+Action = Literal["keep", "stage", "evict", "none"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """The node's cache as the planner sees it (sizes in bytes, names of datasets).
+
+    `sizes` is the catalog (image size per dataset in datadir); `cached` the bytes each
+    cached copy occupies (a copy of a removed image is there, absent from `sizes`);
+    `fresh` the cached copies whose image is unchanged; `held` the datasets running jobs
+    hold; `inflight` the bytes reserved by copies in flight; `pins` the active pins;
+    `blocked` the datasets not to stage or evict this pass, with the reason (a copy
+    backing off after a failure, an operation in progress).
+    """
+
+    sizes: Mapping[str, int]
+    cached: Mapping[str, int] = field(default_factory=dict)
+    fresh: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()
+    inflight: Mapping[str, int] = field(default_factory=dict)
+    pins: frozenset[str] = frozenset()
+    blocked: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        stray = sorted(n for n in self.fresh if n not in self.cached or n not in self.sizes)
+        if stray:
+            raise ValueError(f"fresh but not cached or not in the catalog: {', '.join(stray)}")
 
 
 @dataclass(frozen=True)
@@ -59,19 +89,27 @@ def default_value(view: View, params: PlanParams) -> float:
 
 
 class Decision(NamedTuple):
-    """What the plan does with one dataset and why (the figures formatted only when read)."""
+    """What the plan does with one dataset, and why.
 
-    action: str  # "keep", "stage", "evict", "none"
+    `cause` is the short cause, a fixed phrase ("selected", "pinned", "copy in flight",
+    or a blocked dataset's reason as given); `reason` is the text for people: the cause,
+    then the value and the figures it came from when the value was computed from a view.
+    The text is formatted only when read (the simulator makes millions of decisions).
+    """
+
+    action: Action
     value: float
-    why: str
+    cause: str
     view: View | None = None
 
     @property
     def reason(self) -> str:
         if self.view is None:
-            return self.why
+            return self.cause
         v = self.view
-        return f"{self.why}: value {self.value:.3g} (heat {v.heat:.3g} B/s, demand {v.demand:.3g})"
+        return (
+            f"{self.cause}: value {self.value:.3g} (heat {v.heat:.3g} B/s, demand {v.demand:.3g})"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +122,6 @@ class Plan:
     unfit_pins: tuple[str, ...] = ()
     used_after: int = 0
     method: str = "exact"
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def empty(self) -> bool:
@@ -92,89 +129,101 @@ class Plan:
 
 
 def plan(
-    catalog: Mapping[str, Fingerprint],
-    state: NodeState,
+    node: PlanInput,
     heat: Mapping[str, float],
     demand: Mapping[str, float],
     capacity: int,
     *,
-    now: float,
     params: PlanParams = PlanParams(),
     value: ValueFunction = default_value,
 ) -> Plan:
-    """The best set of cached datasets under CAPACITY, and how to get there from STATE."""
-    fresh = {n for n, c in state.cached.items() if catalog.get(n) == c.fingerprint}
-    held = {n for hold in state.jobs.values() for n in hold.datasets}
+    """The best set of cached datasets under CAPACITY, and how to get there from NODE."""
+    sizes, fresh, cached = node.sizes, node.fresh, node.cached
     views = {
-        name: View(name, fp.size, heat.get(name, 0.0), demand.get(name, 0.0), name in fresh)
-        for name, fp in catalog.items()
+        name: View(name, size, heat.get(name, 0.0), demand.get(name, 0.0), name in fresh)
+        for name, size in sizes.items()
     }
     values = {name: value(v, params) for name, v in views.items()}
     decisions: dict[str, Decision] = {}
-    forced, budget = _forced(catalog, state, fresh, held, capacity, now, values, decisions)
-    unfit = tuple(sorted(n for n, d in decisions.items() if d.reason.startswith("pinned but")))
+    forced, budget, unfit = _forced(node, capacity, values, decisions)
     candidates = [
         views[n] for n in sorted(views)
-        if n not in forced and n not in decisions and values[n] > 0 and views[n].size <= budget
+        if n not in decisions and values[n] > 0 and views[n].size <= budget
     ]  # fmt: skip
     chosen, method = choose(candidates, values, budget, params)
-    _explain_rest(views, values, chosen, forced, budget, decisions)
+    _explain_rest(views, values, chosen, budget, decisions)
     keep = forced | chosen
     # A stale copy is evicted even when its dataset is chosen: the fresh copy replaces it.
     evict = tuple(
-        sorted(n for n in state.cached if (n not in keep or n not in fresh) and n not in held)
-    )
+        sorted(
+            n for n in cached
+            if (n not in keep or n not in fresh) and n not in node.held and n not in node.blocked
+        )
+    )  # fmt: skip
     for n in evict:
         if n not in decisions or decisions[n].action != "evict":
-            decisions[n] = Decision("evict", values.get(n, 0.0), _evict_reason(n, catalog, fresh))
+            decisions[n] = Decision("evict", values.get(n, 0.0), _evict_cause(n, sizes, fresh))
     pinned = [n for n in forced if decisions[n].action == "stage"]
     by_value = sorted((n for n in chosen if n not in fresh), key=lambda n: (-values[n], n))
     stage = tuple(sorted(pinned, key=lambda n: (-values[n], n)) + by_value)
-    used = sum(catalog[n].size for n in keep if n in catalog) + sum(
-        state.cached[n].size for n in keep if n not in catalog and n in state.cached
+    used = (
+        sum(sizes[n] for n in keep if n in sizes)
+        + sum(cached[n] for n in keep if n not in sizes and n in cached)
+        + sum(cached[n] for n in node.blocked if n in cached and n not in keep)
     )
     return Plan(evict, stage, decisions, unfit, used, method)
 
 
 def _forced(
-    catalog: Mapping[str, Fingerprint], state: NodeState, fresh: set[str], held: set[str],
-    capacity: int, now: float, values: Mapping[str, float], decisions: dict[str, Decision],
-) -> tuple[set[str], int]:  # fmt: skip
-    """Datasets that stay whatever their value (held copies, copies in flight, pins)."""
+    node: PlanInput, capacity: int, values: Mapping[str, float], decisions: dict[str, Decision]
+) -> tuple[set[str], int, tuple[str, ...]]:
+    """Datasets that stay whatever their value (copies in flight, held copies, pins).
+
+    Blocked datasets are decided here too (left as they are, their copy's bytes counted);
+    returns the forced names, the budget left, and the pins that do not fit.
+    """
     forced: set[str] = set()
     budget = capacity
-    for name in sorted(state.staging):
+    for name in sorted(node.inflight):
         forced.add(name)
-        budget -= state.staging[name].size
+        budget -= node.inflight[name]
         decisions[name] = Decision("keep", values.get(name, 0.0), "copy in flight")
-    for name in sorted(state.cached):
-        if name in held and name not in forced:
+    for name in sorted(node.cached):
+        if name in node.held and name not in forced:
             forced.add(name)
-            budget -= state.cached[name].size
-            why = "held by a running job" + ("" if name in fresh else " (stale: evict when idle)")
+            budget -= node.cached[name]
+            why = "held by a running job"
+            if name not in node.fresh:
+                why += " (stale: evict when idle)"
             decisions[name] = Decision("keep", values.get(name, 0.0), why)
+    for name in sorted(node.blocked):
+        if name not in decisions:
+            budget -= node.cached.get(name, 0)
+            decisions[name] = Decision("none", values.get(name, 0.0), node.blocked[name])
     pins = sorted(
-        (n for n, p in state.pins.items() if p.active(now) and n in catalog and n not in forced),
-        key=lambda n: (catalog[n].size, n),
+        (n for n in node.pins if n in node.sizes and n not in decisions),
+        key=lambda n: (node.sizes[n], n),
     )
+    unfit: list[str] = []
     for name in pins:
-        size = catalog[name].size
+        size = node.sizes[name]
         if size > budget:
+            unfit.append(name)
             decisions[name] = Decision("none", values.get(name, 0.0), "pinned but does not fit")
             continue
         forced.add(name)
         budget -= size
-        action = "keep" if name in fresh else "stage"
+        action: Action = "keep" if name in node.fresh else "stage"
         decisions[name] = Decision(action, values.get(name, 0.0), "pinned")
-    return forced, budget
+    return forced, budget, tuple(sorted(unfit))
 
 
 def _explain_rest(
-    views: Mapping[str, View], values: Mapping[str, float], chosen: set[str], forced: set[str],
-    budget: int, decisions: dict[str, Decision],
+    views: Mapping[str, View], values: Mapping[str, float], chosen: set[str], budget: int,
+    decisions: dict[str, Decision],
 ) -> None:  # fmt: skip
     for name, view in views.items():
-        if name in decisions or name in forced:
+        if name in decisions:
             continue
         v = values[name]
         if name in chosen:
@@ -187,8 +236,8 @@ def _explain_rest(
             decisions[name] = Decision("none", v, "outvalued by the selected set", view)
 
 
-def _evict_reason(name: str, catalog: Mapping[str, Fingerprint], fresh: set[str]) -> str:
-    if name not in catalog:
+def _evict_cause(name: str, sizes: Mapping[str, int], fresh: frozenset[str]) -> str:
+    if name not in sizes:
         return "image removed from datadir"
     if name not in fresh:
         return "stale copy: image replaced in datadir"
@@ -207,7 +256,9 @@ def choose(
     exact = choose_exact(items, values, budget, params)
 
     def total(names: set[str]) -> float:
-        return sum(values[n] for n in names)
+        # Exactly rounded, so the same whatever the set's order (string hashing varies
+        # between processes): equal totals must not pick a different side in each one.
+        return math.fsum(values[n] for n in names)
 
     # Rounding sizes up may lose a little; the greedy answer on true sizes bounds it.
     return (exact, "exact") if total(exact) >= total(greedy) else (greedy, "greedy")
@@ -223,7 +274,7 @@ def choose_greedy(items: list[View], values: Mapping[str, float], budget: int) -
             free -= view.size
     fitting = [v for v in items if v.size <= budget]
     best = max(fitting, key=lambda v: values[v.name], default=None)
-    if best is not None and values[best.name] > sum(values[n] for n in chosen):
+    if best is not None and values[best.name] > math.fsum(values[n] for n in chosen):
         return {best.name}
     return chosen
 

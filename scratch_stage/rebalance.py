@@ -7,17 +7,17 @@ import importlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from scratch_stage import runner
 from scratch_stage.catalog import Catalog, Fingerprint, scan_catalog
-from scratch_stage.demand import Snapshot, node_demand, read_demand_file, snapshot_from_cli
+from scratch_stage.demand_sources import read_demand
 from scratch_stage.errors import ConfigError, Interrupted, ScratchStageError
 from scratch_stage.heat import dataset_of_path, parse_diskstats, read_loop_backings, update_heat
 from scratch_stage.mountinfo import read_all_stacks
 from scratch_stage.node import Node
 from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value, plan
+from scratch_stage.plan_input import plan_input
+from scratch_stage.report import PassReport, save_report, skipped_report
 from scratch_stage.state import Failure, NodeState
 
 if TYPE_CHECKING:
@@ -26,41 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REBALANCE_LOCK = "rebalance.lock"
-LAST_REPORT = "last-rebalance.json"
-
-
-@dataclass
-class Report:
-    """What a pass saw, decided and did."""
-
-    plan: Plan
-    heat: Mapping[str, float]
-    demand: Mapping[str, float]
-    capacity: int
-    done: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    skipped: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        decisions = {
-            n: {"action": d.action, "value": d.value, "reason": d.reason,
-                "heat": self.heat.get(n, 0.0), "demand": self.demand.get(n, 0.0)}
-            for n, d in sorted(self.plan.decisions.items())
-        }  # fmt: skip
-        return {
-            "capacity_bytes": self.capacity,
-            "used_after_bytes": self.plan.used_after,
-            "evict": list(self.plan.evict),
-            "stage": list(self.plan.stage),
-            "unfit_pins": list(self.plan.unfit_pins),
-            "method": self.plan.method,
-            "decisions": decisions,
-            "done": self.done,
-            "failed": self.failed,
-            "skipped": self.skipped,
-        }
-
-
 def load_value_function(spec: str) -> ValueFunction:
     """The callable named 'module:function' in the config, or the built-in one."""
     if not spec:
@@ -73,61 +38,6 @@ def load_value_function(spec: str) -> ValueFunction:
     if not callable(func):
         raise ConfigError(f"value_function {spec!r} is not callable")
     return func  # type: ignore[no-any-return]
-
-
-def read_demand(node: Node, now: float) -> Mapping[str, float]:
-    """This node's demand from the configured source; empty (logged) when unavailable."""
-    snapshot = read_snapshot(node, now)
-    if snapshot is None:
-        return {}
-    return node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
-
-
-def read_snapshot(node: Node, now: float) -> Snapshot | None:
-    """The cluster's pending jobs from squeue/sinfo or the published file."""
-    config = node.config
-    if config.demand.source == "none":
-        return None
-    if config.demand.source == "file":
-        assert config.demand.path is not None
-        return read_demand_file(config.demand.path, now=now, max_age=config.demand.max_age)
-    if config.demand.source == "pyslurm":
-        snapshot = _pyslurm_snapshot(node, now)
-        if snapshot is not None:
-            return snapshot
-    from scratch_stage.demand import SINFO_FORMAT, SQUEUE_FORMAT
-
-    try:
-        squeue = runner.run([*config.squeue_command, "-h", "-t", "PD", "-o", SQUEUE_FORMAT],
-                            timeout=config.command_timeout)  # fmt: skip
-        sinfo = runner.run([*config.sinfo_command, "-h", "-o", SINFO_FORMAT],
-                           timeout=config.command_timeout)  # fmt: skip
-    except ScratchStageError as e:
-        log.warning("no demand this pass: %s", e)
-        return None
-    return snapshot_from_cli(squeue, sinfo, now)
-
-
-def _pyslurm_snapshot(node: Node, now: float) -> Snapshot | None:
-    """The snapshot through pyslurm, or None (with one log line why) to use the CLI."""
-    from scratch_stage.pyslurm_source import snapshot_from_pyslurm, usable_pyslurm
-
-    config = node.config
-    try:
-        version = runner.run(
-            [*config.scontrol_command, "--version"], timeout=config.command_timeout
-        )
-    except ScratchStageError as e:
-        version = f"unknown ({e})"
-    pyslurm, why = usable_pyslurm(version)
-    if pyslurm is None:
-        log.info("demand through squeue, not pyslurm: %s", why)
-        return None
-    try:
-        return snapshot_from_pyslurm(pyslurm, now)
-    except Exception as e:  # a pyslurm call failing is no reason to lose the pass
-        log.warning("demand through squeue, pyslurm failed: %s", e)
-        return None
 
 
 def measure_heat(node: Node, state: NodeState, now: float) -> dict[str, float]:
@@ -159,7 +69,7 @@ def single_rebalance(node: Node) -> Iterator[bool]:
             os.close(fd)
 
 
-def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> Report:
+def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> PassReport:
     """One pass; with DRY_RUN nothing is changed, not even the heat samples."""
     with single_rebalance(node) as alone:
         if not alone:
@@ -167,16 +77,15 @@ def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> Rep
         return _rebalance(node, dry_run=dry_run, progress=progress)
 
 
-def _skipped(node: Node) -> Report:
-    empty = Plan((), (), {}, method="none")
-    return Report(empty, {}, {}, node.capacity_bytes(), skipped="another rebalance is running")
+def _skipped(node: Node) -> PassReport:
+    return skipped_report(node.capacity_bytes(), "another rebalance is running")
 
 
-def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
+def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
     value = load_value_function(node.config.value_function)
     catalog = scan_catalog(node.config.datadir)
     now = node.clock()
-    demand = read_demand(node, now)
+    demand = read_demand(node.config, now)
     capacity = node.capacity_bytes()
     params = PlanParams(horizon=node.config.horizon, hysteresis=node.config.hysteresis)
     fingerprints = {n: i.fingerprint for n, i in catalog.images.items()}
@@ -184,33 +93,37 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> Report:
         state = node.store.read()
         heat = measure_heat(node, state, now)
         the_plan = plan(
-            fingerprints, state, heat, demand, capacity, now=now, params=params, value=value
-        )
-        return Report(the_plan, heat, demand, capacity)
+            plan_input(state, fingerprints, now), heat, demand, capacity,
+            params=params, value=value,
+        )  # fmt: skip
+        return PassReport(the_plan, heat, demand, capacity)
     with node.store.transaction() as state:
         from scratch_stage.reconcile import settle
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
+        backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
+        blocked = {n: _backoff_text(f) for n, f in backoff.items()}
+        blocked.update((n, f"{i.kind} in progress by pid {i.pid}") for n, i in state.intents.items())
         the_plan = plan(
-            fingerprints, state, heat, demand, capacity, now=now, params=params, value=value
-        )
-        report = Report(the_plan, heat, demand, capacity)
+            plan_input(state, fingerprints, now, blocked=blocked), heat, demand, capacity,
+            params=params, value=value,
+        )  # fmt: skip
+        report = PassReport(the_plan, heat, demand, capacity)
         steps = _claim_evictions(node, state, the_plan)
         steps += _claim_idle_unmounts(node, state, catalog, now)
         remounts = _claim_remounts(node, state, catalog)
-        backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
     _act(node, steps, the_plan, report)
     _remount(node, remounts, report)
-    stage_plan = _without_backoff(the_plan, backoff, report)
-    _stage(node, stage_plan, report, progress)
+    report.failed += [f"stage {n}: {blocked[n]}" for n in sorted(backoff) if n in fingerprints]
+    _stage(node, the_plan, report, progress)
     if node.config.node_features:
         _publish_features(node, report)
-    _save_report(node, report, now)
+    save_report(node.config.statedir, report, now)
     return report
 
 
-def _publish_features(node: Node, report: Report) -> None:
+def _publish_features(node: Node, report: PassReport) -> None:
     from scratch_stage.features import publish_features
 
     try:
@@ -220,30 +133,6 @@ def _publish_features(node: Node, report: Report) -> None:
         return
     if changed:
         report.done.append(changed)
-
-
-def _save_report(node: Node, report: Report, now: float) -> None:
-    """Keep the last pass's figures for `status` (heat, demand and value per dataset)."""
-    import json
-
-    from scratch_stage.state import write_atomically
-
-    data = {"at": now, **report.to_json()}
-    try:
-        write_atomically(node.config.statedir / LAST_REPORT, json.dumps(data).encode())
-    except OSError as e:
-        log.warning("cannot save the rebalance report: %s", e)
-
-
-def read_last_report(node: Node) -> dict[str, Any]:
-    """The last pass's report, or an empty one."""
-    import json
-
-    try:
-        data = json.loads((node.config.statedir / LAST_REPORT).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _claim_evictions(node: Node, state: NodeState, the_plan: Plan) -> list[UnmountStep]:
@@ -294,7 +183,7 @@ def _claim_remounts(node: Node, state: NodeState, catalog: Catalog) -> list[Moun
     return steps
 
 
-def _remount(node: Node, steps: list[MountStep], report: Report) -> None:
+def _remount(node: Node, steps: list[MountStep], report: PassReport) -> None:
     """Mount what held datasets lack, outside the lock."""
     from scratch_stage.mounts import describe, perform_mount, release_claim
 
@@ -311,7 +200,7 @@ def _remount(node: Node, steps: list[MountStep], report: Report) -> None:
                 release_claim(state, step.name)
 
 
-def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: Report) -> None:
+def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: PassReport) -> None:
     """Carry out the claimed evictions and unmounts outside the lock, one finish each."""
     from scratch_stage import interrupts
     from scratch_stage.mounts import perform_unmount, release_claim
@@ -348,20 +237,11 @@ def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: Report) -
             report.done.append(f"unmounted {step.name} ({why})")
 
 
-def _without_backoff(the_plan: Plan, backoff: Mapping[str, Failure], report: Report) -> Plan:
-    """THE_PLAN without copies still in their failure backoff (each reported)."""
-    import dataclasses
-
-    blocked = [n for n in the_plan.stage if n in backoff]
-    for name in blocked:
-        f = backoff[name]
-        report.failed.append(
-            f"stage {name}: not retried before {f.retry_at:.0f} after {f.count} failure(s): "
-            f"{f.reason}"
-        )
-    if not blocked:
-        return the_plan
-    return dataclasses.replace(the_plan, stage=tuple(n for n in the_plan.stage if n not in blocked))
+def _backoff_text(failure: Failure) -> str:
+    return (
+        f"not retried before {failure.retry_at:.0f} after {failure.count} failure(s): "
+        f"{failure.reason}"
+    )
 
 
 def _idle_reason(
@@ -382,7 +262,7 @@ def _idle_reason(
     return None
 
 
-def _stage(node: Node, the_plan: Plan, report: Report, progress: Any) -> None:
+def _stage(node: Node, the_plan: Plan, report: PassReport, progress: Any) -> None:
     """Copy in value order, outside the state lock; one failure does not stop the rest."""
     from scratch_stage import interrupts
     from scratch_stage.stager import stage

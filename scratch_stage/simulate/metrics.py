@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,3 @@ def _row(r: PolicyResult, bound: Bound | None) -> list[str]:
         f"{r.slow_read_seconds / 3600:.0f}", f"{r.waited_seconds / 3600:.0f}",
         str(r.decisions), f"{r.seconds:.1f}",
     ]  # fmt: skip
-
-
-def merge(results: Iterable[PolicyResult]) -> dict[str, PolicyResult]:
-    return {r.policy: r for r in results}

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scratch_stage.catalog import Fingerprint
+from scratch_stage.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
     NodeJob,
@@ -14,7 +14,6 @@ from scratch_stage.simulate.inputs import (
     SimConfig,
     UnplacedDemand,
 )
-from scratch_stage.state import CachedCopy, Copy, Hold, NodeState
 
 
 class PolicyError(AssertionError):
@@ -71,7 +70,6 @@ class SimNode:
         self.config = config
         self.capacity = config.capacity
         self.unplaced = unplaced
-        self.catalog = {n: Fingerprint(s, 0, 0) for n, s in sizes.items()}
         self.cached: dict[str, float] = {}
         self.inflight: tuple[str, float, float] | None = None  # name, started, done
         self.queue: list[str] = []
@@ -145,17 +143,18 @@ class SimNode:
             pending[self._pending_next].visible if self._pending_next < len(pending) else math.inf
         )
 
-    def node_state(self) -> NodeState:
-        """The NodeState the live rebalance would read from state.json."""
-        state = NodeState(
-            jobs={j.id: Hold(tuple(n for n, _ in j.reads), "sim", j.start)
-                  for j in self.running.values()},
-            cached={n: CachedCopy(self.catalog[n], t) for n, t in self.cached.items()},
-        )  # fmt: skip
+    def plan_input(self) -> PlanInput:
+        """The planner's input, as the live rebalance builds it from state.json.
+
+        Every copy is fresh (trace images never change); held are the datasets read by
+        running jobs; nothing is pinned or blocked.
+        """
+        inflight = {}
         if self.inflight is not None:
-            name, started, _ = self.inflight
-            state.staging[name] = Copy(0, "sim", self.catalog[name], started)
-        return state
+            name = self.inflight[0]
+            inflight[name] = self.sizes[name]
+        cached = {n: self.sizes[n] for n in self.cached}
+        return PlanInput(self.sizes, cached, frozenset(cached), frozenset(self.held), inflight)
 
     # --- the executor ------------------------------------------------------------------
 

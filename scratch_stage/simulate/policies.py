@@ -43,8 +43,8 @@ class Ours:
         # Looked up at call time on the module: the simulator runs the planner the
         # rebalance runs, whatever replaced it (tests check this with a spy).
         result = planner.plan(
-            node.catalog, node.node_state(), inputs.heat, inputs.demand, node.capacity,
-            now=now, params=params, value=value,
+            node.plan_input(), inputs.heat, inputs.demand, node.capacity,
+            params=params, value=value,
         )  # fmt: skip
         return Action(result.evict, result.stage)
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import pytest
 
 from scratch_stage import planner
+from scratch_stage.catalog import Fingerprint
 from scratch_stage.demand import PendingJob, Snapshot, node_demand
-from scratch_stage.simulate.inputs import SimConfig, split_by_node, unplaced_demand
+from scratch_stage.plan_input import plan_input
+from scratch_stage.simulate import run as run_module
+from scratch_stage.simulate.inputs import NodeJob, SimConfig, split_by_node, unplaced_demand
 from scratch_stage.simulate.node import Action, PolicyError, SimNode
 from scratch_stage.simulate.policies import POLICIES
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.workload import WorkloadSpec, generate
+from scratch_stage.state import CachedCopy, Copy, Hold, NodeState
 from tests.unit.sim_helpers import GB, random_trace, tiny_trace
 
 CONFIG = SimConfig(capacity=150 * GB, interval=100.0, bandwidth=1e9)
@@ -47,14 +52,79 @@ def test_hand_computed_trace(policy: str, slow_read: float) -> None:
     assert report.bound.lower == pytest.approx(100 * GB, rel=1e-6)  # copy a once, read free
 
 
-def test_every_policy_respects_capacity_and_holds_at_every_instant() -> None:
+class Audited(SimNode):
+    """A SimNode whose every change is checked against the trace, independently.
+
+    Holds are counted here from the jobs the replay starts and ends (at their trace
+    times), not from the executor's own counters; the bytes in use are summed from what is
+    cached and in flight, not taken from the executor's running total or its peak.
+    """
+
+    problems: ClassVar[list[str]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.readers: dict[str, int] = {}
+        self.present: set[str] = set()
+
+    def audit(self, now: float) -> None:
+        inflight = {self.inflight[0]} if self.inflight is not None else set()
+        used = sum(self.sizes[n] for n in set(self.cached) | inflight)
+        if used > self.capacity:
+            self.problems.append(f"{self.work.name} at {now}: {used} bytes in use")
+        for name in self.present - set(self.cached):  # a copy left the cache: evicted
+            if self.readers.get(name):
+                self.problems.append(f"{self.work.name} at {now}: evicted {name}, held")
+        self.present = set(self.cached)
+
+    def apply(self, action: Action, now: float) -> None:
+        super().apply(action, now)
+        self.audit(now)
+
+    def finish_copy(self, now: float) -> None:
+        super().finish_copy(now)
+        self.audit(now)
+
+    def start_job(self, job: NodeJob, now: float) -> None:
+        assert now == job.start
+        for name, _ in job.reads:
+            self.readers[name] = self.readers.get(name, 0) + 1
+        super().start_job(job, now)
+        self.audit(now)
+
+    def end_job(self, job: NodeJob, now: float) -> None:
+        assert now == job.end
+        super().end_job(job, now)
+        for name, _ in job.reads:
+            self.readers[name] -= 1
+        self.audit(now)
+
+
+def audited_problems(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replay random traces under every policy on Audited nodes; what the audit found."""
+    problems: list[str] = []
+    monkeypatch.setattr(Audited, "problems", problems)
+    monkeypatch.setattr(run_module, "SimNode", Audited)
     for seed in range(6):
         trace = random_trace(seed, datasets=5, jobs=12, nodes=2)
         config = SimConfig(capacity=45 * GB, interval=60.0, bandwidth=2e8)
         report = simulate(trace, config, bound=False)
-        for result in report.results.values():
-            # used only grows when a copy reserves space, where the peak is recorded
-            assert result.peak_used <= config.capacity, result.policy
+        assert all(r.decisions > 0 for r in report.results.values() if r.policy != "none")
+    return problems
+
+
+def test_every_policy_respects_capacity_and_holds_at_every_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert audited_problems(monkeypatch) == []
+
+
+def test_the_audit_catches_an_executor_that_evicts_held_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Proof the audit above can fail: an executor that forgets holds is caught.
+    monkeypatch.setattr(SimNode, "evictable", lambda self, name: name in self.cached)
+    assert any("held" in p for p in audited_problems(monkeypatch))
 
 
 def test_executor_refuses_to_evict_a_held_copy() -> None:
@@ -78,19 +148,40 @@ def test_executor_never_reserves_past_capacity() -> None:
 
 
 def test_simulator_calls_the_production_planner(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[float] = []
+    inputs: list[planner.PlanInput] = []
     real = planner.plan
 
-    def spy(*args: object, **kwargs: object) -> planner.Plan:
-        calls.append(float(kwargs["now"]))  # type: ignore[arg-type]
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(node: planner.PlanInput, *args: Any, **kwargs: Any) -> planner.Plan:
+        inputs.append(node)
+        return real(node, *args, **kwargs)
 
     monkeypatch.setattr(planner, "plan", spy)
     report = simulate(tiny_trace(), CONFIG, ["ours"], bound=False)
-    assert calls and report.results["ours"].decisions == len(calls)
+    assert inputs and report.results["ours"].decisions == len(inputs)
+    assert any(i.held and i.cached for i in inputs)  # planned while job 1 read the copy
     # A planner that never caches changes the outcome: the simulator has no copy of its own.
     monkeypatch.setattr(planner, "plan", lambda *a, **k: planner.Plan((), (), {}))
     assert simulate(tiny_trace(), CONFIG, ["ours"], bound=False).results["ours"].copies == 0
+
+
+def test_simulator_builds_the_input_the_rebalance_builds_from_state() -> None:
+    trace = tiny_trace()
+    work = split_by_node(trace, CONFIG)["n1"]
+    node = SimNode(work, trace.datasets, CONFIG, unplaced_demand(trace, CONFIG))
+    catalog = {n: Fingerprint(size, 1, 2) for n, size in trace.datasets.items()}
+    state = NodeState()
+    assert node.plan_input() == plan_input(state, catalog, 0.0)
+    node.apply(Action(stage=("a",)), 0.0)  # a copy in flight
+    state.staging["a"] = Copy(4242, "99", catalog["a"], 0.0)
+    assert node.plan_input() == plan_input(state, catalog, 0.0)
+    node.finish_copy(100.0)
+    node.start_job(work.jobs[0], 1000.0)  # a running job holds the cached copy
+    del state.staging["a"]
+    state.cached["a"] = CachedCopy(catalog["a"], 100.0)
+    state.jobs[work.jobs[0].id] = Hold(("a",), "alice", 1000.0)
+    got = node.plan_input()
+    assert got == plan_input(state, catalog, 1000.0)
+    assert got.held == got.fresh == frozenset({"a"}) and not got.inflight
 
 
 def test_demand_matches_node_demand_of_the_live_system() -> None:

@@ -1,0 +1,125 @@
+"""Demand sources: squeue and sinfo (real processes printing recorded output), pyslurm's
+fallback, the published file, none; and publishing the snapshot."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from scratch_stage.config import Config, DemandConfig
+from scratch_stage.demand import SINFO_FORMAT, SQUEUE_FORMAT, PendingJob, Snapshot, parse_slurm_time
+from scratch_stage.demand_sources import publish_snapshot, read_demand, read_snapshot
+from scratch_stage.errors import ScratchStageError
+
+RECORDED = Path(__file__).resolve().parent.parent / "data" / "slurm-22.05"
+# Job 3 of the recorded squeue output is expected to start then (backfill placed it here).
+START = parse_slurm_time("2026-11-21T21:55:29") or 0.0
+
+
+def script(path: Path, body: str) -> tuple[str, ...]:
+    """An executable shell script at PATH that logs its arguments next to itself."""
+    log = path.with_suffix(".args")
+    path.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n{body}\n')
+    path.chmod(0o755)
+    return (str(path),)
+
+
+def config(tmp_path: Path, **kwargs: object) -> Config:
+    """Slurm's clients as scripts printing the recorded output, unless KWARGS say otherwise."""
+    recorded = {"squeue": "squeue-pd-o.txt", "sinfo": "sinfo-o.txt",
+                "scontrol": "scontrol-version.txt"}  # fmt: skip
+    for command, name in recorded.items():
+        key = f"{command}_command"
+        if key not in kwargs:
+            kwargs[key] = script(tmp_path / command, f"cat {RECORDED / name}")
+    return Config(datadir=tmp_path, cachedir=tmp_path, node="localhost", **kwargs)  # type: ignore[arg-type]
+
+
+def args_of(tmp_path: Path, command: str) -> list[str]:
+    log = tmp_path / f"{command}.args"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def forbidden(argv: Sequence[str], *, timeout: float) -> str:
+    raise AssertionError(f"ran {argv}")
+
+
+def test_squeue_source_runs_squeue_and_sinfo_and_weighs_this_node(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    snapshot = read_snapshot(cfg, START)
+    assert snapshot is not None
+    assert [(j.job_id, j.datasets) for j in snapshot.jobs] == [
+        ("3", ("imagenet",)),
+        ("4", ("coco", "imagenet")),
+    ]
+    assert snapshot.partitions == {"debug": ("localhost",)}
+    assert args_of(tmp_path, "squeue") == [f"-h -t PD -o {SQUEUE_FORMAT}"]
+    assert args_of(tmp_path, "sinfo") == [f"-h -o {SINFO_FORMAT}"]
+    demand = read_demand(cfg, START)
+    assert demand["imagenet"] > demand["coco"] > 0
+    elsewhere = Config(**{**cfg.__dict__, "node": "othernode"})
+    assert read_demand(elsewhere, START) == {}
+
+
+def test_failing_squeue_means_no_demand_and_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1"
+    cfg = config(tmp_path, squeue_command=script(tmp_path / "squeue", down))
+    with caplog.at_level(logging.WARNING, logger="scratch_stage.demand_sources"):
+        assert read_snapshot(cfg, START) is None
+        assert read_demand(cfg, START) == {}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert all("no demand this pass" in w and "Unable to contact" in w for w in warnings)
+    assert args_of(tmp_path, "sinfo") == []  # gave up at squeue
+
+
+def test_missing_squeue_means_no_demand(tmp_path: Path) -> None:
+    cfg = config(tmp_path, squeue_command=(str(tmp_path / "no-such-squeue"),))
+    assert read_demand(cfg, START) == {}
+
+
+def test_pyslurm_source_falls_back_to_squeue_when_pyslurm_does_not_fit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(tmp_path, demand=DemandConfig(source="pyslurm"))
+    with caplog.at_level(logging.INFO, logger="scratch_stage.demand_sources"):
+        snapshot = read_snapshot(cfg, START)
+    assert snapshot is not None and len(snapshot.jobs) == 2
+    assert args_of(tmp_path, "scontrol") == ["--version"]
+    assert args_of(tmp_path, "squeue") and args_of(tmp_path, "sinfo")
+    assert any("demand through squeue, not pyslurm" in r.getMessage() for r in caplog.records)
+
+
+def test_file_source_reads_the_published_snapshot_and_runs_nothing(tmp_path: Path) -> None:
+    published = Snapshot(
+        (PendingJob("9", ("debug",), 5, 1, START + 60, ("localhost",), ("coco",)),),
+        {"debug": ("localhost",)},
+        START,
+    )
+    path = tmp_path / "demand.json"
+    publish_snapshot(published, path)
+    cfg = config(tmp_path, demand=DemandConfig(source="file", path=path, max_age=300.0))
+    assert read_snapshot(cfg, START + 10, run=forbidden) == published
+    assert read_demand(cfg, START + 10, run=forbidden)["coco"] > 0
+    assert read_snapshot(cfg, START + 301, run=forbidden) is None  # too old
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".demand")]  # no temp left
+
+
+def test_none_source_runs_nothing(tmp_path: Path) -> None:
+    cfg = config(tmp_path, demand=DemandConfig(source="none"))
+    assert read_snapshot(cfg, START, run=forbidden) is None
+    assert read_demand(cfg, START, run=forbidden) == {}
+
+
+def test_publishing_where_it_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "demand.json"
+    with pytest.raises(ScratchStageError) as info:
+        publish_snapshot(Snapshot((), {}, START), target)
+    assert str(info.value) == f"cannot publish the demand to {target}: No such file or directory"
