@@ -181,3 +181,42 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     service.write_text(service.read_text().replace("LockPersonality=yes", "LockPersonality=maybe"))
     done = verify(units)
     assert re.search(r"LockPersonality.*maybe|Failed to parse", done.stderr), done.stderr
+
+
+# --- slurm.conf snippet, plugstack.conf, wrappers, LICENSE ---
+
+
+def active_lines(path: Path) -> list[str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_the_snippet_overrides_no_single_valued_setting_of_the_site() -> None:
+    snippet = REPO / "slurm" / "slurm.conf.snippet"
+    keys = [line.split("=", 1)[0] for line in active_lines(snippet)]
+    # Prolog/Epilog as globs over directories that hold the site's scripts too
+    assert active_lines(snippet) == ["Prolog=/etc/slurm/prolog.d/*", "Epilog=/etc/slurm/epilog.d/*"]
+    for key in ("PrologFlags", "JobSubmitPlugins", "PlugStackConfig"):
+        assert key not in keys
+    text = snippet.read_text()
+    assert "#PrologFlags=Alloc" in text and "#JobSubmitPlugins=lua" in text
+
+
+def test_plugstack_names_the_plugin_without_a_path() -> None:
+    lines = active_lines(REPO / "spank_config" / "plugstack.conf")
+    assert lines == ["optional scratch_stage_spank.so mountdir=/datasets"]
+    makefile = (REPO / "spank_config" / "Makefile").read_text()
+    assert "$(PLUGINDIR)/scratch_stage_spank.so" in makefile
+
+
+@pytest.mark.parametrize("hook", ["prolog", "epilog"])
+def test_wrappers_use_absolute_paths(hook: str) -> None:
+    lines = active_lines(REPO / "slurm" / f"{hook}.sh")
+    assert lines == [f"exec {INSTALLED_CLI} {hook}"]
+
+
+def test_license_is_mit_as_the_package_metadata_says() -> None:
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert re.search(r"^Copyright \(c\) \d{4} scratch-stage developers$", text, re.M)
+    assert 'license = { text = "MIT" }' in (REPO / "pyproject.toml").read_text()
