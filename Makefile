@@ -1,9 +1,10 @@
 # The two commands of the README: `make demo` and `make test`. Both set up what they need
 # on a fresh Debian 12 machine as root (apt packages, then a virtualenv in .venv).
+# lua5.1 (what Debian's Slurm links) and lua5.3 run slurm/job_submit.lua in the unit tests.
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make
+APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3
 
 .PHONY: demo test lint typecheck unit bench setup system-deps slurm-deps clean
 

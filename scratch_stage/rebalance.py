@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from scratch_stage.catalog import Catalog, Fingerprint, scan_catalog
@@ -15,8 +15,8 @@ from scratch_stage.errors import ConfigError, Interrupted, ScratchStageError
 from scratch_stage.heat import dataset_of_path, parse_diskstats, read_loop_backings, update_heat
 from scratch_stage.mountinfo import read_all_stacks
 from scratch_stage.node import Node
-from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value, plan
 from scratch_stage.plan_input import plan_input
+from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value, plan
 from scratch_stage.report import PassReport, save_report, skipped_report
 from scratch_stage.state import Failure, NodeState
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REBALANCE_LOCK = "rebalance.lock"
+
+
 def load_value_function(spec: str) -> ValueFunction:
     """The callable named 'module:function' in the config, or the built-in one."""
     if not spec:
@@ -104,7 +106,9 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
         heat = measure_heat(node, state, now)
         backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
         blocked = {n: _backoff_text(f) for n, f in backoff.items()}
-        blocked.update((n, f"{i.kind} in progress by pid {i.pid}") for n, i in state.intents.items())
+        blocked.update(
+            (n, f"{i.kind} in progress by pid {i.pid}") for n, i in state.intents.items()
+        )
         the_plan = plan(
             plan_input(state, fingerprints, now, blocked=blocked), heat, demand, capacity,
             params=params, value=value,

@@ -1,57 +1,93 @@
 --[[
 scratch-stage: submit-time check of dataset requests (Slurm job_submit/lua plugin).
 
-Install: copy to job_submit.lua in the directory of slurm.conf on the slurmctld host
-(Slurm only looks there, and only under that name), add `JobSubmitPlugins=lua` to
-slurm.conf and run `scontrol reconfigure`. slurmctld reloads the script by itself when
-the file changes. Publish the catalog it reads, e.g. from a timer on the controller:
+One file, two ways to install it on the slurmctld host:
 
-    scratch-stage catalog --publish /etc/scratch-stage/catalog.txt
+* A site without a job_submit.lua of its own: copy this file as job_submit.lua into the
+  directory of slurm.conf (Slurm only looks there, and only under that name), set
+  `JobSubmitPlugins=lua` in slurm.conf and run `scontrol reconfigure`. It is the whole
+  script.
+
+* A site with its own job_submit.lua: copy this file next to it as
+  scratch_stage_submit.lua and call it from the site's functions:
+
+      package.path = "/etc/slurm/?.lua;" .. package.path  -- where the module lies
+      local scratch_stage = require("scratch_stage_submit")
+
+      function slurm_job_submit(job_desc, part_list, submit_uid)
+          if scratch_stage.job_submit(job_desc, part_list, submit_uid) ~= slurm.SUCCESS then
+              return slurm.ERROR
+          end
+          -- ... the site's own checks ...
+          return slurm.SUCCESS
+      end
+
+      function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+          if scratch_stage.job_modify(job_desc, job_rec, part_list, modify_uid)
+                  ~= slurm.SUCCESS then
+              return slurm.ERROR
+          end
+          return slurm.SUCCESS
+      end
+
+  Required, it defines no global function and changes no global variable.
+  `scratch_stage.configure{catalog = PATH}` changes where the catalog is read from.
+  slurmctld rereads job_submit.lua when that file changes, not when the module does:
+  `touch job_submit.lua` after updating the module.
+
+The catalog is what `scratch-stage catalog --publish /etc/scratch-stage/catalog.txt`
+writes (run it from a timer on the controller, after adding an image, and after changing
+the membership of a group named in `access`): the dataset names and, for restricted
+datasets, the uids and gids allowed, expanded from the configured groups when it was
+published. No process is started and no user database is read inside slurmctld.
 
 A job asks for datasets with the comment token `datasets:a,b` (anywhere in --comment) or,
 with the SPANK plugin, `--datasets=a,b` (it reaches this script as the string
 "DATASETS=a,b" in job_desc.spank_job_env). A submission is rejected, with the reason
 shown by sbatch/srun/salloc, when a requested name is malformed, unknown to the catalog,
-or restricted to Unix groups the job's user is in none of. Names given only through
---datasets are appended to the comment as `datasets:...`, so queued-job demand
+or restricted and the job's uid and gid are not among those allowed. Names given only
+through --datasets are appended to the comment as `datasets:...`, so queued-job demand
 (`squeue -o %k`) sees them.
 
 This runs inside slurmctld: it never blocks all submissions because of its own trouble.
 A missing or unreadable catalog, or any internal error, lets the job through (logged to
-slurmctld's log); the prolog on the node checks every request again anyway.
+slurmctld's log); the prolog on the node checks every request again anyway, against the
+user's groups at that time.
+
+Works with Lua 5.1 to 5.4 (Debian's Slurm uses 5.1, RHEL's 5.4).
 --]]
+
+-- Loaded by Slurm as job_submit.lua, the chunk gets no argument; through require(), it
+-- gets the module name.
+local required_as = ...
 
 -- Settings -------------------------------------------------------------------------------
 
 -- The catalog written by `scratch-stage catalog --publish PATH`.
 local CATALOG_PATH = "/etc/scratch-stage/catalog.txt"
-local CATALOG_HEADER = "# scratch-stage catalog v1"
 -- Without LuaFileSystem (Lua 5.1 has no stat()), the catalog is reread at most this often.
 local CATALOG_RECHECK_SECONDS = 15
--- /etc/passwd and /etc/group are reread at most this often.
-local ACCOUNTS_RECHECK_SECONDS = 60
+local CATALOG_HEADER = "# scratch-stage catalog v2"
 -- How many known datasets an "unknown dataset" message lists.
 local MAX_LISTED = 10
 -- Same limit as the prolog (scratch_stage/requests.py MAX_DATASETS_PER_JOB).
 local MAX_DATASETS_PER_JOB = 32
--- Used to confirm a group refusal through NSS (LDAP/SSSD users are not in /etc/group).
-local ID_COMMAND = "/usr/bin/id"
 
--- State kept between calls (slurmctld keeps one Lua state until the script changes) ----
+local M = {}
 
-scratch_stage_cache = scratch_stage_cache or {
-    catalog = nil,          -- {names = {sorted}, groups = {name -> "*" | {group, ...}}}
+local settings = {catalog = CATALOG_PATH, recheck_seconds = CATALOG_RECHECK_SECONDS}
+
+-- State kept between calls (slurmctld keeps one Lua state until job_submit.lua changes).
+local cache = {
+    catalog = nil,          -- {names = {sorted}, access = {name -> "*" | allowed}}
     catalog_mtime = nil,    -- with lfs: mtime of the file the catalog was read from
     catalog_text = nil,     -- without lfs: the text it was parsed from
     catalog_checked = 0,    -- os.time() of the last look at the file
     catalog_problem = nil,  -- the problem last logged (logged once until it changes)
-    accounts = nil,         -- {users = {uid -> {name, gid}}, groups = {name -> {gid, members}}}
-    accounts_checked = 0,
 }
-local cache = scratch_stage_cache
 
 local have_lfs, lfs = pcall(require, "lfs")
-if not have_lfs then
+if not have_lfs or type(lfs) ~= "table" then
     lfs = nil
 end
 
@@ -92,7 +128,7 @@ local function shown(text)
     return "'" .. s .. "'"
 end
 
--- The DESIGN's dataset name: [A-Za-z0-9][A-Za-z0-9._+-]{0,127}
+-- A dataset name: [A-Za-z0-9][A-Za-z0-9._+-]{0,127}
 local function valid_name(name)
     local n = #name
     if n < 1 or n > 128 then
@@ -106,41 +142,63 @@ end
 
 -- The catalog --------------------------------------------------------------------------------
 
+local function id_set(text)
+    -- "1000,1001" -> {[1000] = true, [1001] = true}; anything not a number is skipped.
+    local set = {}
+    for _, item in ipairs(split(text, ",")) do
+        local n = tonumber(strip(item))
+        if n and n >= 0 and n == math.floor(n) then
+            set[n] = true
+        end
+    end
+    return set
+end
+
+local function parse_access(fields)
+    -- The fields after the name: {"*"} or {"groups=a,b", "gids=..", "uids=.."}.
+    if #fields == 0 or strip(fields[1]) == "*" then
+        return "*"
+    end
+    local allowed = {groups = {}, gids = {}, uids = {}}
+    for _, field in ipairs(fields) do
+        local key, value = string.match(field, "^%s*(%a+)=(.*)$")
+        if key == "groups" then
+            for _, g in ipairs(split(value, ",")) do
+                g = strip(g)
+                if g ~= "" then
+                    table.insert(allowed.groups, g)
+                end
+            end
+        elseif key == "gids" then
+            allowed.gids = id_set(value)
+        elseif key == "uids" then
+            allowed.uids = id_set(value)
+        end
+    end
+    return allowed
+end
+
 local function parse_catalog(text)
     -- -> catalog or nil, problem
     local lines = split(text, "\n")
     if strip(lines[1] or "") ~= CATALOG_HEADER then
-        return nil, "first line is not '" .. CATALOG_HEADER .. "'"
+        return nil, "first line is not '" .. CATALOG_HEADER .. "' (publish it again with"
+            .. " this version's `scratch-stage catalog --publish`)"
     end
-    local names, groups = {}, {}
+    local names, access = {}, {}
     for i = 2, #lines do
         local line = string.gsub(lines[i], "\r$", "")
         if line ~= "" and string.sub(line, 1, 1) ~= "#" then
-            local name, allowed = string.match(line, "^([^\t]+)\t(.*)$")
-            if not name then
-                name, allowed = line, "*"
-            end
-            name = strip(name)
-            allowed = strip(allowed)
-            if valid_name(name) and groups[name] == nil then
-                if allowed == "*" then
-                    groups[name] = "*"
-                else
-                    local list = {}
-                    for _, g in ipairs(split(allowed, ",")) do
-                        g = strip(g)
-                        if g ~= "" then
-                            table.insert(list, g)
-                        end
-                    end
-                    groups[name] = list
-                end
+            local fields = split(line, "\t")
+            local name = strip(table.remove(fields, 1))
+            if valid_name(name) and access[name] == nil then
+                access[name] = parse_access(fields)
                 table.insert(names, name)
             end
         end
     end
     table.sort(names)
-    return {names = names, groups = groups}
+    return {names = names, access = access}
 end
 
 local function catalog_problem(problem)
@@ -168,18 +226,19 @@ end
 
 local function load_catalog()
     -- -> catalog, or nil when it is missing or unusable (the caller accepts the job)
+    local path = settings.catalog
     local now = os.time()
     local mtime
     if lfs then
-        mtime = lfs.attributes(CATALOG_PATH, "modification")
+        mtime = lfs.attributes(path, "modification")
         if mtime and cache.catalog and mtime == cache.catalog_mtime then
             return cache.catalog
         end
-    elseif cache.catalog and now - cache.catalog_checked < CATALOG_RECHECK_SECONDS then
+    elseif cache.catalog and now - cache.catalog_checked < settings.recheck_seconds then
         return cache.catalog
     end
     cache.catalog_checked = now
-    local text, err = read_file(CATALOG_PATH)
+    local text, err = read_file(path)
     if not text then
         return catalog_problem("cannot read the catalog " .. tostring(err))
     end
@@ -188,107 +247,31 @@ local function load_catalog()
     end
     local catalog, problem = parse_catalog(text)
     if not catalog then
-        return catalog_problem("catalog " .. CATALOG_PATH .. ": " .. problem)
+        return catalog_problem("catalog " .. path .. ": " .. problem)
     end
     if cache.catalog_problem then
-        log_info("catalog " .. CATALOG_PATH .. " is readable again")
+        log_info("catalog " .. path .. " is readable again")
         cache.catalog_problem = nil
     end
     cache.catalog, cache.catalog_mtime, cache.catalog_text = catalog, mtime, text
-    log_info(string.format("loaded %d dataset(s) from %s", #catalog.names, CATALOG_PATH))
+    log_info(string.format("loaded %d dataset(s) from %s", #catalog.names, path))
     return catalog
 end
 
--- Users and groups -----------------------------------------------------------------------
-
-local function load_accounts()
-    local now = os.time()
-    if cache.accounts and now - cache.accounts_checked < ACCOUNTS_RECHECK_SECONDS then
-        return cache.accounts
-    end
-    local users, groups = {}, {}
-    local text = read_file("/etc/passwd") or ""
-    for _, line in ipairs(split(text, "\n")) do
-        local f = split(line, ":")
-        local uid, gid = tonumber(f[3] or ""), tonumber(f[4] or "")
-        if uid and gid and users[uid] == nil then
-            users[uid] = {name = f[1], gid = gid}
-        end
-    end
-    text = read_file("/etc/group") or ""
-    for _, line in ipairs(split(text, "\n")) do
-        local f = split(line, ":")
-        local gid = tonumber(f[3] or "")
-        if gid and groups[f[1]] == nil then
-            local members = {}
-            for _, m in ipairs(split(f[4] or "", ",")) do
-                members[strip(m)] = true
-            end
-            groups[f[1]] = {gid = gid, members = members}
-        end
-    end
-    cache.accounts = {users = users, groups = groups}
-    cache.accounts_checked = now
-    return cache.accounts
-end
-
-local function in_group_files(accounts, user, gid, group)
-    local g = accounts.groups[group]
-    if not g then
-        return false
-    end
-    return (gid ~= nil and g.gid == gid) or (user ~= nil and g.members[user] == true)
-end
-
-local function nss_groups(who)
-    -- The user's group names from NSS (`id -Gn`), or nil when that fails.
-    local p = io.popen(ID_COMMAND .. " -Gn -- '" .. string.gsub(who, "'", "") .. "' 2>/dev/null")
-    if not p then
-        return nil
-    end
-    local out = p:read("*a") or ""
-    p:close()
-    local set, any = {}, false
-    for g in string.gmatch(out, "%S+") do
-        set[g] = true
-        any = true
-    end
-    if not any then
-        return nil
-    end
-    return set
-end
+-- Access ---------------------------------------------------------------------------------
 
 -- -> true, false, or nil (could not tell: the caller lets the job through)
-local function user_may_use(uid, gid, user_name, allowed, nss_memo)
-    if uid == 0 then
-        return true
-    end
-    if #allowed == 0 then
-        return false
-    end
-    local accounts = load_accounts()
-    local entry = accounts.users[uid]
-    local user = user_name or (entry and entry.name)
-    gid = gid or (entry and entry.gid)
-    for _, group in ipairs(allowed) do
-        if in_group_files(accounts, user, gid, group) then
-            return true
-        end
-    end
-    -- Not in the local files: ask NSS (directory users and groups) before refusing.
-    if nss_memo.groups == nil then
-        nss_memo.groups = nss_groups(user or tostring(uid)) or false
-    end
-    if not nss_memo.groups then
+local function user_may_use(who, allowed)
+    if who.uid == nil then
         return nil
     end
-    for _, group in ipairs(allowed) do
-        if nss_memo.groups[group] then
-            return true
-        end
+    if who.uid == 0 or allowed.uids[who.uid] then
+        return true
     end
-    return false
+    -- The job's gid is the one munge authenticated (slurmctld refuses any other from a
+    -- user), so a member whose primary group is allowed passes even when the group
+    -- database could not list the users of that primary group at publish time.
+    return who.gid ~= nil and allowed.gids[who.gid] == true
 end
 
 -- Requests -------------------------------------------------------------------------------
@@ -345,10 +328,18 @@ local function known_list(catalog)
     return text
 end
 
+local function user_shown(who)
+    -- The user's name for a message (Slurm resolves it; read only when refusing).
+    local ok, name = pcall(who.name)
+    if ok and type(name) == "string" and name ~= "" then
+        return name
+    end
+    return "uid " .. tostring(who.uid)
+end
+
 -- -> list of problems (strings) for ENTRIES, the names requested (deduplicated)
 local function check_entries(entries, catalog, who)
     local problems, names, seen = {}, {}, {}
-    local nss_memo = {}
     for _, entry in ipairs(entries) do
         if not valid_name(entry) then
             if entry == "" then
@@ -361,22 +352,20 @@ local function check_entries(entries, catalog, who)
         elseif not seen[entry] then
             seen[entry] = true
             table.insert(names, entry)
-            local allowed = catalog.groups[entry]
+            local allowed = catalog.access[entry]
             if allowed == nil then
                 table.insert(problems, "scratch-stage: unknown dataset " .. shown(entry)
                     .. " (known: " .. known_list(catalog) .. ")")
             elseif allowed ~= "*" then
-                local ok = user_may_use(who.uid, who.gid, who.name, allowed, nss_memo)
+                local ok = user_may_use(who, allowed)
                 if ok == nil then
-                    log_info(string.format("cannot resolve the groups of uid %s; not checking"
-                        .. " access to %s at submission", tostring(who.uid), entry))
+                    log_info("no uid for a job; not checking access to " .. entry)
                 elseif not ok then
-                    local entry_user = load_accounts().users[who.uid]
-                    who.name = who.name or (entry_user and entry_user.name)
-                    local groups = #allowed > 0 and table.concat(allowed, ", ") or "(nobody)"
+                    local groups = #allowed.groups > 0 and table.concat(allowed.groups, ", ")
+                        or "(nobody)"
                     table.insert(problems, "scratch-stage: dataset " .. shown(entry)
                         .. " is restricted to the groups " .. groups .. " and user "
-                        .. (who.name or tostring(who.uid)) .. " is in none of them")
+                        .. user_shown(who) .. " is in none of them")
                 end
             end
         end
@@ -423,9 +412,9 @@ local function check_submit(job_desc, submit_uid)
         return slurm.SUCCESS
     end
     local who = {
-        uid = number_or_nil(job_desc.user_id) or submit_uid,
+        uid = number_or_nil(job_desc.user_id) or number_or_nil(submit_uid),
         gid = number_or_nil(job_desc.group_id),
-        name = job_desc.user_name,
+        name = function() return job_desc.user_name end,
     }
     local entries = {}
     for _, e in ipairs(from_comment) do
@@ -473,8 +462,11 @@ local function check_modify(job_desc, job_rec, modify_uid)
     if not catalog then
         return slurm.SUCCESS
     end
-    local uid = job_rec and number_or_nil(job_rec.user_id) or modify_uid
-    local who = {uid = uid, gid = job_rec and number_or_nil(job_rec.group_id), name = nil}
+    local who = {
+        uid = job_rec and number_or_nil(job_rec.user_id) or number_or_nil(modify_uid),
+        gid = job_rec and number_or_nil(job_rec.group_id),
+        name = function() return job_rec and job_rec.user_name end,
+    }
     local problems = check_entries(entries, catalog, who)
     if #problems > 0 then
         log_info(string.format("refused a modification by uid %s: %s", tostring(modify_uid),
@@ -484,9 +476,9 @@ local function check_modify(job_desc, job_rec, modify_uid)
     return slurm.SUCCESS
 end
 
--- Slurm's entry points: any error of this script lets the job through -------------------------
+-- The module's functions: any error of this code lets the job through -----------------------
 
-function slurm_job_submit(job_desc, part_list, submit_uid)
+function M.job_submit(job_desc, part_list, submit_uid)
     local ok, rc = pcall(check_submit, job_desc, submit_uid)
     if ok then
         return rc
@@ -495,7 +487,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
     return slurm.SUCCESS
 end
 
-function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+function M.job_modify(job_desc, job_rec, part_list, modify_uid)
     local ok, rc = pcall(check_modify, job_desc, job_rec, modify_uid)
     if ok then
         return rc
@@ -504,5 +496,36 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
     return slurm.SUCCESS
 end
 
-log_info("job_submit.lua loaded (catalog " .. CATALOG_PATH .. ")")
+function M.configure(options)
+    -- {catalog = PATH, recheck_seconds = N}; a bad value is logged and ignored.
+    for key, value in pairs(options or {}) do
+        if key == "catalog" and type(value) == "string" and string.sub(value, 1, 1) == "/" then
+            settings.catalog = value
+        elseif key == "recheck_seconds" and type(value) == "number" and value >= 0 then
+            settings.recheck_seconds = value
+        else
+            log_error("configure: ignoring " .. tostring(key) .. " = " .. tostring(value)
+                .. " (catalog takes an absolute path, recheck_seconds a number)")
+        end
+    end
+    cache.catalog, cache.catalog_mtime, cache.catalog_text = nil, nil, nil
+    cache.catalog_checked = 0
+    return M
+end
+
+if required_as ~= nil then
+    return M
+end
+
+-- Loaded by Slurm as job_submit.lua: Slurm's entry points --------------------------------------
+
+function slurm_job_submit(job_desc, part_list, submit_uid)
+    return M.job_submit(job_desc, part_list, submit_uid)
+end
+
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+    return M.job_modify(job_desc, job_rec, part_list, modify_uid)
+end
+
+log_info("job_submit.lua loaded (catalog " .. settings.catalog .. ")")
 return slurm.SUCCESS

@@ -1,7 +1,7 @@
 /*
  * scratch_stage_spank.c: SPANK plugin adding `--datasets=a,b` to sbatch, srun and salloc.
  *
- * The option is the same request as the job comment token `datasets:a,b` (DESIGN 6):
+ * The option is the same request as the job comment token `datasets:a,b`:
  *
  *   - in the client (sbatch/salloc: allocator context, srun: local context) its callback
  *     checks the value: a non-empty comma-separated list of dataset names, each matching
@@ -21,9 +21,15 @@
  * table is ignored in allocator context), and slurmstepd (remote context) must know the
  * option too or srun's forwarded option is not recognised on the node.
  *
+ * Arguments (after the plugin in plugstack.conf): `mountdir=PATH`, the directory the
+ * datasets appear in on the nodes (scratch-stage's `mountdir`), shown in the option's
+ * help text; default /datasets. A bad argument is reported and the default kept: the
+ * plugin never fails to load because of its arguments.
+ *
  * API facts: /usr/include/slurm/spank.h and spank(7) of Slurm 22.05.
  */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,9 +39,20 @@ SPANK_PLUGIN(scratch_stage, 1);
 
 #define NAME_MAX_LEN 128     /* [A-Za-z0-9][A-Za-z0-9._+-]{0,127} */
 #define VALUE_MAX_LEN 8192   /* a sane bound for the whole list */
+#define MOUNTDIR_MAX_LEN 512
+#define DEFAULT_MOUNTDIR "/datasets"
+#define MOUNTDIR_ARG "mountdir="
 
 static const char usage_msg[] =
 	"scratch-stage: --datasets needs a comma-separated list of dataset names";
+
+#define HELP_FORMAT \
+	"Datasets the job reads (comma-separated names); scratch-stage makes each one " \
+	"available at %.*s/<name> on the job's nodes. Same as the job comment token " \
+	"datasets:name,... (both together request the union)."
+
+/* The help text, with the mount directory from plugstack.conf. */
+static char help_text[sizeof(HELP_FORMAT) + MOUNTDIR_MAX_LEN];
 
 /* The last valid value given (options may be given several times: env, script, CLI). */
 static char *datasets_value = NULL;
@@ -45,9 +62,7 @@ static int datasets_cb(int val, const char *optarg, int remote);
 static struct spank_option datasets_option = {
 	"datasets",
 	"name[,name...]",
-	"Datasets the job reads (comma-separated names); scratch-stage makes each one "
-	"available at /datasets/<name> on the job's nodes. Same as the job comment token "
-	"datasets:name,... (both together request the union).",
+	help_text,
 	1,
 	0,
 	datasets_cb,
@@ -131,16 +146,50 @@ static int datasets_cb(int val, const char *optarg, int remote)
 	return 0;
 }
 
+/* 0 when PATH is an absolute, printable directory path of a sane length, else -1. */
+static int check_mountdir(const char *path)
+{
+	size_t len = strlen(path), i;
+
+	if (len < 1 || len >= MOUNTDIR_MAX_LEN || path[0] != '/')
+		return -1;
+	for (i = 0; i < len; i++)
+		if (path[i] <= ' ' || path[i] == 0x7f || path[i] == '%')
+			return -1;
+	return 0;
+}
+
+/* The help text, from the plugstack.conf arguments AV (mountdir=PATH). */
+static void set_help_text(int ac, char **av)
+{
+	const char *mountdir = DEFAULT_MOUNTDIR;
+	size_t prefix = strlen(MOUNTDIR_ARG), len;
+	int i;
+
+	for (i = 0; i < ac; i++) {
+		if (strncmp(av[i], MOUNTDIR_ARG, prefix) == 0 &&
+		    check_mountdir(av[i] + prefix) == 0) {
+			mountdir = av[i] + prefix;
+		} else {
+			slurm_error("scratch-stage: plugstack.conf: ignoring argument '%.80s' "
+				    "(known: mountdir=/absolute/path)", av[i]);
+		}
+	}
+	len = strlen(mountdir);
+	if (len > 0 && mountdir[len - 1] == '/')
+		len--;
+	snprintf(help_text, sizeof(help_text), HELP_FORMAT, (int) len, mountdir);
+}
+
 int slurm_spank_init(spank_t sp, int ac, char **av)
 {
 	spank_context_t ctx = spank_context();
 	spank_err_t rc;
 
-	(void) ac;
-	(void) av;
 	/* slurmd itself and the prolog/epilog context have no user options to parse. */
 	if (ctx != S_CTX_LOCAL && ctx != S_CTX_ALLOCATOR && ctx != S_CTX_REMOTE)
 		return 0;
+	set_help_text(ac, av);
 	rc = spank_option_register(sp, &datasets_option);
 	if (rc != ESPANK_SUCCESS) {
 		slurm_error("scratch-stage: cannot register --datasets: %s", spank_strerror(rc));

@@ -6,15 +6,28 @@ forbidden datasets at submission with a message the user sees, and copies --data
 the job comment for queued-job demand.
 
 One cluster for the module (`slurm/testcluster up` under a fresh directory in /tmp, with the
-plugin built once per session by conftest.py, both plugins enabled); its finalizer always
-runs `slurm/testcluster down DIR --purge`. Jobs are submitted as the unprivileged test user.
+plugin built once per session by conftest.py); its finalizer always runs `slurm/testcluster
+down DIR --purge`. It is set up the way a site with its own Slurm configuration would:
+
+- job_submit.lua is the site's own script, with a rule of its own, that requires
+  slurm/job_submit.lua installed as the module scratch_stage_submit.lua (test_jobs.py uses
+  the file as a whole job_submit.lua);
+- the catalog it reads is written by `scratch-stage catalog --publish` from real images and
+  a configuration with `access` groups (uids and gids expanded at publish time);
+- plugstack.conf names the plugin without a path (found through PluginDir) and gives it
+  `mountdir=`.
+
+Jobs are submitted as the unprivileged test user.
 """
 
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,9 +41,37 @@ from slurmclient import USER, SlurmClient
 if TYPE_CHECKING:
     from conftest import SlurmKit
 
+REPO = Path(__file__).resolve().parents[2]
+SCRATCH_STAGE = Path(sys.prefix) / "bin" / "scratch-stage"
 # More than job_submit.lua lists in a message (10), to see the list cut short.
 FILLER = [f"filler{i:02d}" for i in range(12)]
 USAGE = "scratch-stage: --datasets needs a comma-separated list of dataset names"
+MOUNTDIR = "/scratch/ds"  # the plugin's mountdir= argument, shown in --help
+
+# The site's own job_submit.lua: two lines for scratch-stage, then its own rule.
+SITE_JOB_SUBMIT = """\
+package.path = "{plugin_dir}/?.lua;" .. package.path
+local scratch_stage = require("scratch_stage_submit")
+scratch_stage.configure{{catalog = "{catalog}", recheck_seconds = 1}}
+
+function slurm_job_submit(job_desc, part_list, submit_uid)
+    if scratch_stage.job_submit(job_desc, part_list, submit_uid) ~= slurm.SUCCESS then
+        return slurm.ERROR
+    end
+    if job_desc.comment ~= nil and string.find(job_desc.comment, "site-forbidden", 1, true) then
+        slurm.log_user("%s", "site policy: no site-forbidden jobs here")
+        return slurm.ERROR
+    end
+    return slurm.SUCCESS
+end
+
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+    if scratch_stage.job_modify(job_desc, job_rec, part_list, modify_uid) ~= slurm.SUCCESS then
+        return slurm.ERROR
+    end
+    return slurm.SUCCESS
+end
+"""
 
 
 @dataclass
@@ -69,17 +110,34 @@ class Cluster(SlurmClient):
         return ""
 
 
-def write_catalog(path: Path, groups: dict[str, str]) -> None:
-    lines = ["# scratch-stage catalog v1"] + [f"{name}\t{g}" for name, g in groups.items()]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.chmod(0o644)
-    tmp.rename(path)
+def publish_catalog(base: Path, catalog: Path, access: dict[str, list[str]]) -> None:
+    """Images in BASE/data (one real squashfs image under every name), then the catalog."""
+    data = base / "data"
+    data.mkdir(mode=0o755)
+    src = base / "src"
+    src.mkdir()
+    (src / "hello.txt").write_text("hello\n")
+    config = base / "config.yaml"
+    access_yaml = "".join(f"  {name}: {groups}\n" for name, groups in access.items())
+    config.write_text(f"datadir: {data}\ncachedir: {base / 'cache'}\naccess:\n{access_yaml}")
+    scratch_stage = [str(SCRATCH_STAGE), "--config", str(config)]
+    subprocess.run(
+        [*scratch_stage, "image", "build", str(src), "alpha", "--compression", "fast"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    for name in ("beta.v2", "mine", "secret", "nobody-at-all", *FILLER):
+        os.link(data / "alpha.sqfs", data / f"{name}.sqfs")
+    done = subprocess.run(
+        [*scratch_stage, "catalog", "--publish", str(catalog)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"published {3 + 2 + len(FILLER)} dataset(s)" in done.stdout
 
 
 @pytest.fixture(scope="module")
 def cluster(slurm_kit: SlurmKit) -> Iterator[Cluster]:
-    # Under /tmp, world-traversable: the test user's sbatch reads the catalog's directory.
+    # Under /tmp, world-traversable: the test user's sbatch reads the plugin's directory.
     base = Path(tempfile.mkdtemp(prefix="ss-e2e-submit-", dir="/tmp"))
     cluster_dir = base / "cluster"
     try:
@@ -89,7 +147,13 @@ def cluster(slurm_kit: SlurmKit) -> Iterator[Cluster]:
         plugin_dir.mkdir(mode=0o755)
         envdir.mkdir(mode=0o700)
         catalog = plugin_dir / "catalog.txt"
-        job_submit = slurm_kit.job_submit_lua(plugin_dir / "job_submit.lua", catalog)
+        shutil.copy(REPO / "slurm" / "job_submit.lua", plugin_dir / "scratch_stage_submit.lua")
+        job_submit = plugin_dir / "job_submit.lua"
+        job_submit.write_text(SITE_JOB_SUBMIT.format(plugin_dir=plugin_dir, catalog=catalog))
+        # the plugin by name, found through PluginDir (slurm_kit.dir is world-readable)
+        plugstack = plugin_dir / "plugstack.conf"
+        plugstack.write_text(f"required scratch_stage_spank.so mountdir={MOUNTDIR}/\n")
+        plugstack.chmod(0o644)
         prolog = plugin_dir / "prolog"
         prolog.write_text(
             "#!/bin/sh\n"
@@ -101,23 +165,15 @@ def cluster(slurm_kit: SlurmKit) -> Iterator[Cluster]:
         slurm_kit.up(
             cluster_dir,
             prolog=str(prolog),
-            plugstack=str(slurm_kit.plugstack),
+            plugstack=str(plugstack),
+            plugin_dir=str(slurm_kit.dir),
             job_submit=str(job_submit),
             user=USER,
         )
         # the user exists now (testcluster creates it): restrict one dataset to its group
         own_group = grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name
-        write_catalog(
-            catalog,
-            {
-                "alpha": "*",
-                "beta.v2": "*",
-                "mine": own_group,
-                "secret": "root",
-                "nobody-at-all": "",
-                **dict.fromkeys(FILLER, "*"),
-            },
-        )
+        access = {"mine": [own_group], "secret": ["root"], "nobody-at-all": []}
+        publish_catalog(base, catalog, access)
         yield Cluster(cluster_dir, base, catalog, envdir)
     finally:
         slurm_kit.down(cluster_dir)
@@ -269,3 +325,47 @@ def test_comment_update_of_a_queued_job_is_checked(cluster: Cluster) -> None:
         assert cluster.comment(job) == "datasets:beta.v2"
     finally:
         cluster.admin("scancel", job)
+
+
+# ---------------------------------------------------------------- coexistence with a site
+
+
+def test_the_catalog_lists_who_may_use_restricted_datasets(cluster: Cluster) -> None:
+    lines = cluster.catalog.read_text().splitlines()
+    user = pwd.getpwnam(USER)
+    group = grp.getgrgid(user.pw_gid).gr_name
+    mine = next(line for line in lines if line.startswith("mine\t"))
+    assert f"groups={group}" in mine.split("\t")
+    assert str(user.pw_uid) in mine.split("\tuids=")[1].split(",")
+    assert "alpha\t*" in lines
+    assert "nobody-at-all\tgroups=\tgids=\tuids=" in lines
+
+
+def test_the_sites_own_rule_still_applies(cluster: Cluster) -> None:
+    proc = cluster.run_as_user(
+        "sbatch", "--comment=site-forbidden datasets:alpha", "--wrap", "true"
+    )
+    assert proc.returncode != 0
+    assert "site policy: no site-forbidden jobs here" in proc.stderr
+    # scratch-stage's check comes first in this site's script
+    proc = cluster.run_as_user("sbatch", "--comment=site-forbidden datasets:nope", "--wrap", "true")
+    assert proc.returncode != 0
+    assert "unknown dataset 'nope'" in proc.stderr and "site policy" not in proc.stderr
+
+
+def test_another_uid_or_gid_does_not_open_a_restricted_dataset(cluster: Cluster) -> None:
+    # sbatch refuses both for a user; slurmctld would too (the ids must match the munge
+    # credential), whatever client sent the request
+    for identity in ("--gid=0", "--uid=0"):
+        proc = cluster.run_as_user("sbatch", identity, "--datasets=secret", "--wrap", "true")
+        assert proc.returncode != 0, proc.stdout
+        assert "Submitted batch job" not in proc.stdout
+    assert cluster.admin("squeue", "-h", "-o", "%i %k").count("secret") == 0
+
+
+def test_help_names_the_mount_directory(cluster: Cluster) -> None:
+    proc = cluster.run_as_user("sbatch", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "--datasets=name[,name...]" in text
+    assert f"available at {MOUNTDIR}/<name> on the job's nodes" in text
