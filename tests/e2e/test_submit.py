@@ -369,3 +369,19 @@ def test_help_names_the_mount_directory(cluster: Cluster) -> None:
     text = " ".join(proc.stdout.split())
     assert "--datasets=name[,name...]" in text
     assert f"available at {MOUNTDIR}/<name> on the job's nodes" in text
+
+
+def test_a_bad_plugstack_argument_is_reported_and_the_default_kept(cluster: Cluster) -> None:
+    plugstack = cluster.base / "plugin" / "plugstack.conf"
+    good = plugstack.read_text()
+    try:  # read again by every command: no restart
+        plugstack.write_text("required scratch_stage_spank.so mountdir=relative bogus=1\n")
+        proc = cluster.run_as_user("sbatch", "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert "ignoring argument 'mountdir=relative'" in proc.stderr
+        assert "ignoring argument 'bogus=1'" in proc.stderr
+        assert "available at /datasets/<name> on the job's nodes" in " ".join(proc.stdout.split())
+        job = cluster.submit("--datasets=alpha", "--wrap", "true")
+        assert cluster.prolog_env(job).get("SPANK_DATASETS") == "alpha"
+    finally:
+        plugstack.write_text(good)
