@@ -142,6 +142,28 @@ step "A user asks for a dataset that does not exist: rejected at submission, wit
 ushow sbatch --datasets=nope --wrap true || echo "(sbatch exit code: $?)"
 ushow sbatch --comment="datasets:../etc" --wrap true || echo "(sbatch exit code: $?)"
 
+step "Crash safety: a copy killed (SIGKILL) right after it renamed into the cache, then any command"
+echo "(SCRATCH_STAGE_FAULT is the test seam that kills the process at a named side-effect point)"
+echo '$ SCRATCH_STAGE_FAULT=after-rename scratch-stage prestage imagenet-mini'
+SCRATCH_STAGE_FAULT=after-rename "$S" prestage imagenet-mini 2>/dev/null || echo "(killed: exit code $?)"
+show "$S" -v status
+echo "(reconcile removed the unrecorded copy: no cached record without its file, no leftover partial)"
+show ls -A "$run/cache" "$run/cache/.partial"
+show "$S" prestage imagenet-mini
+
+step "A user drops hostile files into the data directory: refused, the node stays in service"
+ln -s /etc/shadow "$run/data/shadow.sqfs"
+printf 'hsqs' > "$run/data/junk.sqfs"
+show "$S" catalog
+echo '$ SLURM_JOB_ID=999 SLURM_JOB_COMMENT=datasets:shadow,junk,coco-mini scratch-stage prolog  # as slurmd runs it'
+env -i SCRATCH_STAGE_CONFIG="$SCRATCH_STAGE_CONFIG" SLURM_JOB_ID=999 SLURM_JOB_USER="$USER_NAME" \
+  SLURM_JOB_UID="$(id -u "$USER_NAME")" SLURM_JOB_GID="$(id -g "$USER_NAME")" \
+  SLURM_JOB_COMMENT=datasets:shadow,junk,coco-mini "$S" prolog 2>/dev/null
+echo "(prolog exit code: $?; the refusals are events)"
+grep '"job": "999"' "$run/state/events.log" | grep refused | cut -c1-150
+env -i SCRATCH_STAGE_CONFIG="$SCRATCH_STAGE_CONFIG" SLURM_JOB_ID=999 "$S" epilog
+rm -f "$run/data/shadow.sqfs" "$run/data/junk.sqfs"
+
 step "Every job ended: no holders left, the node is idle (never drained)"
 show "$S" status
 show sinfo -N -o '%N %T'
