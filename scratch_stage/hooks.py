@@ -123,6 +123,9 @@ def _mount_round(
                     raise
                 failed[step.name] = str(e)
                 continue
+            except DatasetError as e:  # swapped or rewritten since it was checked
+                failed[step.name] = str(e)
+                continue
             mounted.append(step.name)
             node.events.emit("mount", step.name, job=job.job_id, detail=describe(step))
     except NodeFault:

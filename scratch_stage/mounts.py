@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from scratch_stage import faults
-from scratch_stage.catalog import Image
-from scratch_stage.errors import CommandError, NodeFault
+from scratch_stage.catalog import Fingerprint, Image, opened_image
+from scratch_stage.errors import CommandError, DatasetError, NodeFault
 from scratch_stage.mountinfo import Layer, read_stack
 from scratch_stage.node import Node
 from scratch_stage.state import Intent, IntentKind, NodeState
@@ -74,6 +76,9 @@ class MountStep:
     cached: bool
     replace: int
     below: int
+    # What was checked: the image's fingerprint, and the cached copy's inode (0: unknown).
+    fingerprint: Fingerprint | None = None
+    inode: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,11 @@ def prepare_mount(node: Node, state: NodeState, image: Image) -> MountStep | Non
     current = {real_path(image.path), real_path(source)}  # a stale cached copy is not current
     stale = any(layer.deleted or layer.backing_path not in current for layer in layers)
     replace = len(layers) if stale and not state.holders(image.name) else 0
-    return MountStep(image.name, source, source != image.path, replace, len(layers) - replace)
+    cached = source != image.path
+    inode = state.cached[image.name].inode if cached else 0
+    return MountStep(
+        image.name, source, cached, replace, len(layers) - replace, image.fingerprint, inode
+    )
 
 
 def claim(node: Node, state: NodeState, name: str, kind: IntentKind, source: str = "") -> bool:
@@ -131,10 +140,42 @@ def describe(step: MountStep) -> str:
 
 
 def perform_mount(node: Node, step: MountStep) -> None:
-    """Carry out STEP (outside the lock); CommandError or NodeFault if it fails."""
-    for _ in range(step.replace):
-        unmount_top(node, step.name)  # nobody reads the old version: start clean
-    mount(node, step.source, node.mountpoint(step.name))
+    """Carry out STEP (outside the lock), mounting exactly the file that was checked.
+
+    DatasetError if the image or copy is no longer the one decided on (swapped, rewritten),
+    CommandError or NodeFault if the mount fails.
+    """
+    with _opened_source(node, step) as fd:
+        for _ in range(step.replace):
+            unmount_top(node, step.name)  # nobody reads the old version: start clean
+        mount(node, fd, node.mountpoint(step.name))
+
+
+@contextlib.contextmanager
+def _opened_source(node: Node, step: MountStep) -> Iterator[int]:
+    """A descriptor of STEP's source, checked to be the file decided on under the lock."""
+    if not step.cached:
+        with opened_image(node.config.datadir, step.name) as opened:
+            if step.fingerprint is not None and opened.image.fingerprint != step.fingerprint:
+                raise DatasetError(f"{step.name}: image changed since it was checked; not mounted")
+            yield opened.fd
+        return
+    try:
+        fd = os.open(step.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise DatasetError(f"{step.name}: cached copy cannot be opened: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        size = step.fingerprint.size if step.fingerprint else st.st_size
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_size != size
+            or (step.inode and st.st_ino != step.inode)
+        ):
+            raise DatasetError(f"{step.name}: cached copy is not the recorded file; not mounted")
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def perform_unmount(node: Node, step: UnmountStep) -> int:
@@ -156,22 +197,25 @@ def perform_unmount(node: Node, step: UnmountStep) -> int:
     return count
 
 
-def mount(node: Node, source: Path, target: Path) -> None:
-    """Loop-mount SOURCE at TARGET (creating it); NodeFault if impossible."""
+def mount(node: Node, fd: int, target: Path) -> None:
+    """Mount the squashfs open as FD at TARGET (creating it), through a loop device
+    attached to that very descriptor; NodeFault if impossible."""
     try:
         os.makedirs(target, mode=0o755, exist_ok=True)
     except OSError as e:
         raise NodeFault(f"cannot create mountpoint {target}: {e.strerror}") from None
     from scratch_stage import runner  # lazy: the hot-path prolog runs no command
+    from scratch_stage.loopdev import attached
 
     config = node.config
-    faults.point("before-mount")
-    runner.run(
-        runner.build_mount_argv(config.mount_command, source, target),
-        timeout=config.command_timeout,
-    )
-    faults.point("after-mount")
-    log.info("mounted %s at %s", source, target)
+    with attached(fd) as device:
+        faults.point("before-mount")
+        runner.run(
+            runner.build_mount_argv(config.mount_command, device, target),
+            timeout=config.command_timeout,
+        )
+        faults.point("after-mount")
+    log.info("mounted %s (%s) at %s", device, os.readlink(f"/proc/self/fd/{fd}"), target)
 
 
 def unmount_top(node: Node, name: str, *, lazy: bool = False) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 from scratch_stage.errors import CommandError
 
 # An image never grants setuid or device access (docs/security.md).
-MOUNT_OPTIONS = "loop,ro,nosuid,nodev"
+# The loop device is attached by scratch-stage itself, from the descriptor it checked
+# (loopdev.py): mount(8) only mounts that device.
+MOUNT_OPTIONS = "ro,nosuid,nodev"
 COMPRESSORS = {
     "fast": ("-comp", "lz4"),
     "balanced": ("-comp", "zstd", "-Xcompression-level", "6"),
@@ -18,9 +20,9 @@ COMPRESSORS = {
 }
 
 
-def build_mount_argv(mount: Sequence[str], image: Path, target: Path) -> list[str]:
-    """argv that loop-mounts squashfs IMAGE read-only at TARGET."""
-    return [*mount, "-t", "squashfs", "-o", MOUNT_OPTIONS, str(image), str(target)]
+def build_mount_argv(mount: Sequence[str], device: str | Path, target: Path) -> list[str]:
+    """argv that mounts the squashfs on loop DEVICE read-only at TARGET."""
+    return [*mount, "-t", "squashfs", "-o", MOUNT_OPTIONS, str(device), str(target)]
 
 
 def build_umount_argv(umount: Sequence[str], target: Path, *, lazy: bool = False) -> list[str]:

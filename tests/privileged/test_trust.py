@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nodetree import NodeEnv, mounts_under
+import pytest
+from nodetree import NodeEnv, loops_under, mounts_under
 
 KILLED = -9
 
@@ -201,3 +202,51 @@ def test_failing_copies_back_off(node_env: NodeEnv) -> None:
     assert len(node_env.events("stage-failed")) == 1
     row = next(d for d in node_env.status()["datasets"] if d["name"] == "alpha")
     assert row["failures"] == 1 and row["retry_at"] is not None
+
+
+@pytest.mark.parametrize("swap", ["symlink", "rename"])
+def test_image_swapped_while_the_prolog_waits_is_not_mounted(node_env: NodeEnv, swap: str) -> None:
+    # Main: the image was checked before the state lock and mounted by path after it;
+    # swapping mine.sqfs for a root-only 0600 image in that window mounted the private image
+    # for the user. Now the loop device is attached to the descriptor checked again against
+    # the fingerprint the access decision was made on: the swap is refused.
+    mine = node_env.add_image("mine", "alpha")
+    secret = node_env.add_image("secret", "beta", mode=0o600)
+    lock = node_env.statedir / "state.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "2"])
+    try:
+        time.sleep(0.3)
+        prolog = node_env.spawn(
+            ["prolog"],
+            node_env.job_environ(21, comment="datasets:mine", user="nobody", uid=65534, gid=65534),
+        )
+        time.sleep(0.8)  # the prolog has checked mine.sqfs and waits for the lock
+        if swap == "symlink":
+            os.unlink(mine)
+            os.symlink("secret.sqfs", mine)
+        else:
+            os.replace(secret, mine)
+        assert holder.wait(timeout=10) == 0
+        _, stderr = prolog.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prolog.returncode == 0, stderr
+    assert node_env.stack("mine") == []
+    backings = [b for b in loops_under(node_env.root).values()]
+    assert not any("secret" in b or "beta" in b for b in backings)
+    refused = node_env.events("refused")
+    assert (
+        refused[-1]["dataset"] == "mine" and "changed since it was checked" in refused[-1]["reason"]
+    )
+    assert node_env.holders() == {}
+
+
+def test_loop_devices_are_read_only_and_autoclear(node_env: NodeEnv) -> None:
+    node_env.add_image("alpha")
+    assert node_env.prolog(22, comment="datasets:alpha").returncode == 0
+    (device,) = [m.source for m in node_env.stack("alpha")]
+    sysfs = Path("/sys/block") / device.rsplit("/", 1)[-1]
+    assert (sysfs / "ro").read_text().strip() == "1"
+    assert (sysfs / "loop/autoclear").read_text().strip() == "1"
+    assert (sysfs / "loop/backing_file").read_text().strip() == str(node_env.datadir / "alpha.sqfs")
