@@ -121,14 +121,22 @@ def read_stack(root: Path, mount_point: str) -> list[Layer]:
 
 
 def read_all_stacks(root: Path, under: str) -> dict[str, list[Layer]]:
-    """Every mount stack directly below the directory UNDER, by mountpoint name."""
+    """Every dataset's mount stack below the mountdir UNDER, by dataset name.
+
+    A dataset is mounted at UNDER/<name>, or, restricted, at UNDER/.access/<name>/mnt
+    (layout.py).
+    """
+    from scratch_stage.layout import dataset_of_mount
+
     entries = parse_mountinfo((root / "proc/self/mountinfo").read_text())
     prefix = under.rstrip("/") + "/"
     points = {e.mount_point for e in entries if e.mount_point.startswith(prefix)}
-    names = (p[len(prefix) :] for p in points)
-    return {
-        n: [to_layer(root, e) for e in stack_at(entries, prefix + n)] for n in names if "/" not in n
-    }
+    stacks: dict[str, list[Layer]] = {}
+    for point in sorted(points):
+        name = dataset_of_mount(point[len(prefix) :])
+        if name is not None:
+            stacks[name] = [to_layer(root, e) for e in stack_at(entries, point)]
+    return stacks
 
 
 def to_layer(root: Path, entry: MountEntry) -> Layer:

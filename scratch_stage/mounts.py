@@ -10,6 +10,7 @@ dataset; if the process dies, `reconcile` settles it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 from scratch_stage import faults
 from scratch_stage.catalog import Fingerprint, Image, opened_image
 from scratch_stage.errors import CommandError, DatasetError, NodeFault
+from scratch_stage.layout import ACCESS_DIR, restricted_mount
 from scratch_stage.mountinfo import Layer, read_stack
 from scratch_stage.node import Node
 from scratch_stage.state import Intent, IntentKind, NodeState
@@ -148,7 +150,83 @@ def perform_mount(node: Node, step: MountStep) -> None:
     with _opened_source(node, step) as fd:
         for _ in range(step.replace):
             unmount_top(node, step.name)  # nobody reads the old version: start clean
-        mount(node, fd, node.mountpoint(step.name))
+        mount(node, fd, prepare_mountpoint(node, step.name))
+
+
+def prepare_mountpoint(node: Node, name: str) -> Path:
+    """Create NAME's mountpoint; for a restricted dataset, behind a gate only its groups pass.
+
+    Jobs always read <mountdir>/<name>. An open dataset is mounted there. A dataset with
+    `access:` groups is mounted at <mountdir>/.access/<name>/mnt, where .access is 0711 and
+    <name> is 0750 root:<first group> with a POSIX ACL entry for each further group (0700
+    if none of its groups exists); <mountdir>/<name> is a symlink to it. Another user gets
+    EACCES on the data, whoever holds it (docs/security.md). NodeFault if impossible.
+    """
+    target = node.mountpoint(name)
+    link = node.mountdir / name
+    groups = node.config.access.get(name)
+    try:
+        if groups is None:
+            if os.path.islink(link):
+                os.unlink(link)  # restricted before, open now
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            return target
+        from scratch_stage.catalog import group_ids
+
+        gids = sorted(group_ids(groups))
+        gates = node.mountdir / ACCESS_DIR
+        os.makedirs(gates, mode=0o711, exist_ok=True)
+        os.chmod(gates, 0o711)
+        gate = gates / name
+        os.makedirs(gate, mode=0o700, exist_ok=True)
+        os.chown(gate, os.geteuid(), gids[0] if gids else os.getegid())
+        os.chmod(gate, 0o750 if gids else 0o700)
+        set_group_acl(gate, gids[1:])
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        _point_link(link, restricted_mount(name))
+    except OSError as e:
+        raise NodeFault(f"cannot prepare the mountpoint of {name}: {e.strerror or e}") from None
+    return target
+
+
+def _point_link(link: Path, relative: str) -> None:
+    """Make LINK a symlink to RELATIVE (atomically); an empty directory there is replaced."""
+    if os.path.islink(link) and os.readlink(link) == relative:
+        return
+    if os.path.isdir(link) and not os.path.islink(link):
+        os.rmdir(link)  # an unmounted dataset of the open layout; OSError if still mounted
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(relative, tmp)
+    os.replace(tmp, link)
+
+
+_ACL_XATTR = "system.posix_acl_access"
+
+
+def acl_bytes(gids: list[int]) -> bytes:
+    """A POSIX access ACL (xattr format, version 2): owner rwx, group r-x, each of GIDS r-x,
+    others nothing (pure)."""
+    import struct
+
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 7, undefined), (0x04, 5, undefined)]
+    entries += [(0x08, 5, gid) for gid in sorted(set(gids))]
+    entries += [(0x10, 5, undefined), (0x20, 0, undefined)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def set_group_acl(path: Path, gids: list[int]) -> None:
+    """Give GIDS read and search access to directory PATH (an ACL), or remove the ACL."""
+    if gids:
+        os.setxattr(path, _ACL_XATTR, acl_bytes(gids))
+        return
+    try:
+        os.removexattr(path, _ACL_XATTR)
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+            raise
 
 
 @contextlib.contextmanager
@@ -158,6 +236,14 @@ def _opened_source(node: Node, step: MountStep) -> Iterator[int]:
         with opened_image(node.config.datadir, step.name) as opened:
             if step.fingerprint is not None and opened.image.fingerprint != step.fingerprint:
                 raise DatasetError(f"{step.name}: image changed since it was checked; not mounted")
+            target = opened.image.target
+            access = node.config.access
+            if target is not None and target in access and step.name not in access:
+                # Its mountpoint would be open to every user of the node.
+                raise DatasetError(
+                    f"{step.name}: a link to the restricted dataset {target} must be "
+                    "restricted itself (access:); not mounted"
+                )
             yield opened.fd
         return
     try:
@@ -198,12 +284,8 @@ def perform_unmount(node: Node, step: UnmountStep) -> int:
 
 
 def mount(node: Node, fd: int, target: Path) -> None:
-    """Mount the squashfs open as FD at TARGET (creating it), through a loop device
+    """Mount the squashfs open as FD at the existing TARGET, through a loop device
     attached to that very descriptor; NodeFault if impossible."""
-    try:
-        os.makedirs(target, mode=0o755, exist_ok=True)
-    except OSError as e:
-        raise NodeFault(f"cannot create mountpoint {target}: {e.strerror}") from None
     from scratch_stage import runner  # lazy: the hot-path prolog runs no command
     from scratch_stage.loopdev import attached
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from scratch_stage.config import Config
 from scratch_stage.events import EventLog
-from scratch_stage.layout import PARTIAL_DIR, cached_name
+from scratch_stage.layout import PARTIAL_DIR, cached_name, restricted_mount
 from scratch_stage.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,11 @@ class Node:
         return self.config.cachedir / PARTIAL_DIR
 
     def mountpoint(self, name: str) -> Path:
-        """Where jobs read dataset NAME."""
+        """Where dataset NAME is mounted: <mountdir>/<name>, or for a dataset restricted by
+        `access:` a directory only its groups may enter (jobs still read <mountdir>/<name>,
+        a symlink to it; layout.py, docs/security.md)."""
+        if name in self.config.access:
+            return self.mountdir / restricted_mount(name)
         return self.mountdir / name
 
     def cached_path(self, name: str) -> Path:

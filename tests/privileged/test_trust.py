@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nodetree import NodeEnv, loops_under, mounts_under
+from nodetree import NodeEnv, hello_of, loops_under, mounts_under
 
 KILLED = -9
 
@@ -250,3 +250,58 @@ def test_loop_devices_are_read_only_and_autoclear(node_env: NodeEnv) -> None:
     assert (sysfs / "ro").read_text().strip() == "1"
     assert (sysfs / "loop/autoclear").read_text().strip() == "1"
     assert (sysfs / "loop/backing_file").read_text().strip() == str(node_env.datadir / "alpha.sqfs")
+
+
+def _as_user(uid: int, gid: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def _reachable(node_env: NodeEnv) -> None:
+    for directory in (node_env.root, *node_env.root.parents):
+        if str(directory).startswith("/tmp/"):
+            directory.chmod(directory.stat().st_mode | 0o005)
+
+
+def test_restricted_dataset_is_readable_only_by_its_groups(node_env: NodeEnv) -> None:
+    # Main: mountpoints 0755 in the host namespace, cached copies 0644: a user outside the
+    # dataset's groups read secret/hello.txt while a member's job held it, and after.
+    # nobody (primary group nogroup) is a member; daemon (uid 1) is not.
+    node_env.add_image("secret")
+    node_env.add_image("public")
+    node_env.configure(access={"secret": ["nogroup"]})
+    _reachable(node_env)
+    hello = str(node_env.mountdir / "secret" / "hello.txt")
+    copy = str(node_env.cachedir / "secret.sqfs")
+
+    done = node_env.prolog(
+        31, comment="datasets:secret,public", user="nobody", uid=65534, gid=65534
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert _as_user(65534, 65534, "cat", hello).stdout == hello_of("secret")
+    outsider = _as_user(1, 1, "cat", hello)
+    assert outsider.returncode != 0 and "Permission denied" in outsider.stderr
+    assert _as_user(1, 1, "cat", str(node_env.mountdir / "public" / "hello.txt")).returncode == 0
+    assert node_env.cli("prestage", "secret").returncode == 0  # now mounted over, cached
+    assert node_env.backings("secret")[-1] == copy
+    assert _as_user(65534, 65534, "cat", hello).stdout == hello_of("secret")
+    assert "Permission denied" in _as_user(1, 1, "cat", hello).stderr
+    assert "Permission denied" in _as_user(1, 1, "head", "-c", "4", copy).stderr
+    assert node_env.epilog(31).returncode == 0  # released, still mounted until idle
+    assert node_env.stack("secret")
+    assert "Permission denied" in _as_user(1, 1, "cat", hello).stderr
+
+
+def test_link_to_a_restricted_dataset_must_be_restricted_too(node_env: NodeEnv) -> None:
+    node_env.add_image("secret")
+    os.symlink("secret.sqfs", node_env.datadir / "alias.sqfs")
+    node_env.configure(access={"secret": ["root"]})
+
+    done = node_env.prolog(32, comment="datasets:alias")
+
+    assert done.returncode == 0, done.stderr
+    assert node_env.stack("alias") == []
+    assert "must be restricted itself" in node_env.events("refused")[-1]["reason"]
