@@ -54,13 +54,28 @@ def status(node: Node) -> dict[str, Any]:
         row.update(
             heat=last.get("heat", 0.0), demand=last.get("demand", 0.0), value=last.get("value")
         )
-    return {
+    data = {
         "node": node.config.node,
         "capacity_bytes": node.capacity_bytes(),
         "used_bytes": used_bytes(node, state),
         "datasets": rows,
         "problems": dict(catalog.problems),
     }
+    publish_summary(node, data)
+    return data
+
+
+def publish_summary(node: Node, data: dict[str, Any] | None = None) -> None:
+    """Rewrite the public summary a non-root `status` reads (from DATA, or a fresh status)."""
+    from scratch_stage.summary import public_summary, write_summary
+
+    if data is None:
+        data = status(node)  # writes it
+        return
+    try:
+        write_summary(node.mountdir, public_summary(data, node.clock()))
+    except OSError as e:
+        log.warning("cannot write the public summary: %s", e)
 
 
 def _row(

@@ -87,6 +87,8 @@ def epilog(ctx: Context) -> None:
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> int:
     """Every dataset on this node and the cache budget."""
+    if os.geteuid() != 0:
+        return _public_status(ctx, as_json)
     from scratch_stage.admin import status as get_status
 
     data = get_status(ctx.node)
@@ -94,6 +96,33 @@ def status(ctx: Context, as_json: bool) -> int:
         _emit_json(data)
     else:
         click.echo(format_status(data))
+    return 0
+
+
+def _public_status(ctx: Context, as_json: bool) -> int:
+    """`status` for a user who is not root: the public summary (no jobs, users, reasons)."""
+    from scratch_stage.summary import read_summary, summary_path
+
+    mountdir = ctx.node.mountdir
+    data = read_summary(mountdir)
+    if data is None:
+        raise ScratchStageError(
+            f"no public summary at {summary_path(mountdir)} yet (written by root's status and "
+            "each rebalance); the full status needs root"
+        )
+    if as_json:
+        _emit_json(data)
+        return 0
+    rows = [("NAME", "SIZE", "STATE", "CACHED")] + [
+        (printable(d["name"]), format_size(d["size"]), d["state"], "yes" if d["cached"] else "no")
+        for d in data.get("datasets", [])
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("at", 0)))
+    used, capacity = data.get("used_bytes", 0), data.get("capacity_bytes", 0)
+    click.echo(f"cache: {format_size(used)} of {format_size(capacity)} used (as of {when})")
     return 0
 
 

@@ -124,6 +124,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
     if node.config.node_features:
         _publish_features(node, report)
     save_report(node.config.statedir, report, now)
+    _publish_summary(node)
     return report
 
 
@@ -137,6 +138,16 @@ def _publish_features(node: Node, report: PassReport) -> None:
         return
     if changed:
         report.done.append(changed)
+
+
+def _publish_summary(node: Node) -> None:
+    """The public summary for users' `status`; a failure here never fails the pass."""
+    from scratch_stage.admin import publish_summary
+
+    try:
+        publish_summary(node)
+    except ScratchStageError as e:
+        log.warning("public summary not written: %s", e)
 
 
 def _claim_evictions(node: Node, state: NodeState, the_plan: Plan) -> list[UnmountStep]:

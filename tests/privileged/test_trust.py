@@ -5,6 +5,7 @@ disk, unhandled OSError, and copies retried on every pass."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nodetree import NodeEnv, hello_of, loops_under, mounts_under
+from nodetree import CLI, NodeEnv, hello_of, loops_under, mounts_under
 
 KILLED = -9
 
@@ -305,3 +306,35 @@ def test_link_to_a_restricted_dataset_must_be_restricted_too(node_env: NodeEnv) 
     assert done.returncode == 0, done.stderr
     assert node_env.stack("alias") == []
     assert "must be restricted itself" in node_env.events("refused")[-1]["reason"]
+
+
+def test_a_user_status_reads_the_public_summary_only(node_env: NodeEnv) -> None:
+    # Main: state.json and events.log were world-readable (other users' job ids, datasets,
+    # refusal reasons). Now they are root's; a user's `status` reads a public summary.
+    node_env.add_image("alpha")
+    node_env.configure(demand={"source": "none"})
+    _reachable(node_env)
+    env = node_env.admin_environ()
+    user_status = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                   str(CLI), "status"]  # fmt: skip
+
+    before = subprocess.run(user_status, env=env, capture_output=True, text=True, timeout=60)
+    assert before.returncode == 1 and "public summary" in before.stderr
+    assert "Traceback" not in before.stderr and len(before.stderr.splitlines()) == 1
+
+    assert node_env.prolog(41, comment="datasets:alpha").returncode == 0
+    assert node_env.cli("rebalance").returncode in (0, 1)
+    for private in ("state.json", "events.log"):
+        assert (node_env.statedir / private).stat().st_mode & 0o077 == 0
+    shown = subprocess.run(user_status, env=env, capture_output=True, text=True, timeout=60)
+    as_json = subprocess.run(
+        [*user_status, "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert "alpha" in shown.stdout and "mounted" in shown.stdout
+    assert "HOLDERS" not in shown.stdout and " 41" not in shown.stdout
+    data = json.loads(as_json.stdout)
+    assert [d["name"] for d in data["datasets"]] == ["alpha"]
+    assert set(data["datasets"][0]) == {"name", "size", "state", "cached"}
+    assert '"41"' not in as_json.stdout and "holders" not in as_json.stdout
