@@ -51,8 +51,12 @@ def fresh_source(node: Node, state: NodeState, image: Image) -> Path:
 
 
 def real_path(path: Path) -> str:
-    """PATH as a loop device reports its backing file: datadir or cachedir may be symlinks."""
-    return os.path.realpath(path)
+    """PATH as a loop device reports its backing file: datadir or cachedir may be symlinks.
+
+    Only the directory is resolved (the administrator's); the file name is never followed:
+    a user may swap it for a symlink at any moment, and resolving it then races (EINVAL).
+    """
+    return os.path.join(os.path.realpath(path.parent), path.name)
 
 
 def layers_reading(layers: list[Layer], path: Path) -> list[Layer]:

@@ -267,7 +267,9 @@ def _idle_reason(
         return "image removed from datadir"
     if any(layer.deleted for layer in layers):
         return "image replaced in datadir"
-    cached_path = os.path.realpath(node.cached_path(name))  # as the loop device reports it
+    from scratch_stage.mounts import real_path
+
+    cached_path = real_path(node.cached_path(name))  # as the loop device reports it
     if any(layer.backing_path == cached_path for layer in layers) and name in state.cached:
         return None  # cached copies stay mounted; eviction decides about them
     last = state.last_used.setdefault(name, now)

@@ -226,3 +226,41 @@ def test_symlink_swap_never_yields_the_private_image_under_the_public_name(
         thread.join()
     assert swaps[0] > 10
     assert direct > 0 and aliased > 0, (direct, aliased, refused)
+
+
+def test_symlink_swap_racing_the_prolog_never_mounts_the_private_image(node: NodeEnv) -> None:
+    # The prolog itself, run again and again as nobody for `mine` while a thread swaps
+    # mine.sqfs between a public image and a symlink to a root-only 0600 image: whatever
+    # each run mounts, it is never the private image.
+    datadir = node.datadir
+    private = node.add_image("private", "secret", mode=0o600)
+    real = datadir / ".mine-real"
+    real.write_bytes(node.store.get("public").read_bytes())
+    real.chmod(0o644)
+    os.link(real, datadir / "mine.sqfs")
+    stop, swaps = threading.Event(), [0]
+    thread = threading.Thread(target=swapper, args=(datadir, stop, swaps))
+    mounted = runs = 0
+    thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while runs < 200 and time.monotonic() < deadline:
+            runs += 1
+            done = prolog_as_nobody(node, 1000 + runs, "mine")
+            assert done.returncode == 0, done.stderr
+            backings = node.backings("mine")
+            assert not any(b and b.startswith(str(private)) for b in backings), backings
+            mounted += bool(backings)
+            node.epilog(1000 + runs)
+            while node.stack("mine"):
+                subprocess.run(["umount", "-l", str(node.mountdir / "mine")], check=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert runs >= 50 and swaps[0] > runs // 2
+    # The race was real: runs were refused at the check (the private image) or at the
+    # mount (the file changed since it was checked), and some may have mounted the public
+    # image; none mounted the private one.
+    reasons = [e["reason"] for e in node.events("refused") if e["dataset"] == "mine"]
+    assert len(reasons) + mounted >= runs - 5
+    assert any("changed since it was checked" in r or "not readable" in r for r in reasons)
