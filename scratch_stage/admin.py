@@ -42,7 +42,7 @@ def status(node: Node) -> dict[str, Any]:
     """Every dataset known to this node and the cache budget, as plain values."""
     from scratch_stage.space import used_bytes
 
-    catalog = scan_catalog(node.config.datadir)
+    catalog = scan_catalog(node.config.datadir, trust=node.trust)
     state = settled_state(node)
     stacks = read_all_stacks(node.root, str(node.mountdir))
     names = sorted(set(catalog.images) | set(state.cached) | set(state.pins) | set(stacks))
@@ -104,13 +104,15 @@ def info(node: Node, name: str, events: int = 10) -> dict[str, Any]:
     """One dataset in detail: paths, mount stack, holders, pin, fingerprint, last events."""
     _check_name(name)
     try:
-        image: Image | None = lookup_image(node.config.datadir, name)
+        image: Image | None = lookup_image(node.config.datadir, name, trust=node.trust)
     except DatasetError:
         image = None
     state = settled_state(node)
     layers = stack(node, name)
     if image is None and name not in state.cached and not layers:
-        lookup_image(node.config.datadir, name)  # raises the one-line "unknown dataset" error
+        lookup_image(
+            node.config.datadir, name, trust=node.trust
+        )  # raises the one-line "unknown dataset" error
     cached = state.cached.get(name)
     pin = state.pins.get(name)
     return {
@@ -152,7 +154,7 @@ def _check_name(name: str) -> None:
 def pin(node: Node, name: str, ttl: float | None) -> str:
     """Pin NAME (until now+TTL if given); the image must exist."""
     _check_name(name)
-    lookup_image(node.config.datadir, name)
+    lookup_image(node.config.datadir, name, trust=node.trust)
     now = node.clock()
     expires = now + ttl if ttl is not None else None
     with node.store.transaction() as state:
@@ -259,7 +261,7 @@ def _remount_slow(node: Node, name: str) -> None:
     from scratch_stage.mounts import claim, perform_mount, prepare_mount, release_claim
 
     try:
-        image = lookup_image(node.config.datadir, name)
+        image = lookup_image(node.config.datadir, name, trust=node.trust)
         with node.store.transaction() as state:
             step = prepare_mount(node, state, image)
             if step is None or not claim(node, state, name, "mount", str(step.source)):

@@ -44,7 +44,23 @@ def check_config(config: Config) -> list[Finding]:
     for name, groups in config.access.items():
         for group in missing_groups(groups):
             error(f"access.{name}: Unix group {group!r} does not exist")
+    for group in missing_groups(config.trusted_owners.groups):
+        error(f"trusted_owners.groups: Unix group {group!r} does not exist")
+    for user in _missing_users(config.trusted_owners.users):
+        error(f"trusted_owners.users: user {user!r} does not exist")
     return found
+
+
+def _missing_users(names: tuple[str, ...]) -> list[str]:
+    import pwd
+
+    missing = []
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            missing.append(name)
+    return missing
 
 
 def _check_capacity(config: Config, error: _Say, warning: _Say) -> None:

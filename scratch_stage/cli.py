@@ -373,7 +373,7 @@ def catalog_command(ctx: Context, as_json: bool, publish: str | None) -> int:
     from scratch_stage.catalog import scan_catalog
 
     config = ctx.node.config
-    catalog = scan_catalog(config.datadir)
+    catalog = scan_catalog(config.datadir, trust=ctx.node.trust)
     if publish:
         from scratch_stage.publish import publish_catalog
 

@@ -141,6 +141,34 @@ def _access(value: Any) -> dict[str, tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
+class TrustedOwners:
+    """Who besides root may own (and group-write) the images root mounts."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+def _trusted_owners(value: Any) -> TrustedOwners:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with users and/or groups (lists of names)")
+    unknown = sorted(set(value) - {"users", "groups"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    lists = {}
+    for key in ("users", "groups"):
+        names = value.get(key) or []
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"{key} must be a list of names")
+        lists[key] = tuple(names)
+    return TrustedOwners(lists["users"], lists["groups"])
+
+
+def _show_trusted(value: TrustedOwners) -> dict[str, list[str]]:
+    return {"users": list(value.users), "groups": list(value.groups)}
+
+
+@dataclass(frozen=True)
 class DemandConfig:
     """Where queued-job demand comes from: squeue, pyslurm, a published file, or nowhere."""
 
@@ -326,6 +354,14 @@ class Config:
         metadata=_meta(
             "`{dataset: [unix groups]}`: only members may have it mounted", _access,
             env=False, show=_show_access, default_doc="open to anyone who can read the image",
+        ),
+    )  # fmt: skip
+    trusted_owners: TrustedOwners = field(
+        default=TrustedOwners(),
+        metadata=_meta(
+            "`{users: [...], groups: [...]}` who besides root may own (users) or group-write "
+            "(groups) the images root mounts (docs/security.md)", _trusted_owners,
+            env=False, show=_show_trusted, default_doc="root only",
         ),
     )  # fmt: skip
     demand: DemandConfig = field(

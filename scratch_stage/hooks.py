@@ -173,7 +173,7 @@ def _permitted(node: Node, job: Job, name: str) -> Image | None:
     from scratch_stage.catalog import image_access_problem, lookup_image, user_gids
 
     try:
-        image = lookup_image(node.config.datadir, name)
+        image = lookup_image(node.config.datadir, name, trust=node.trust)
     except DatasetError as e:
         _refuse(node, job, name, str(e))
         return None

@@ -237,7 +237,7 @@ def set_group_acl(path: Path, gids: list[int]) -> None:
 def _opened_source(node: Node, step: MountStep) -> Iterator[int]:
     """A descriptor of STEP's source, checked to be the file decided on under the lock."""
     if not step.cached:
-        with opened_image(node.config.datadir, step.name) as opened:
+        with opened_image(node.config.datadir, step.name, trust=node.trust) as opened:
             if step.fingerprint is not None and opened.image.fingerprint != step.fingerprint:
                 raise DatasetError(f"{step.name}: image changed since it was checked; not mounted")
             target = opened.image.target

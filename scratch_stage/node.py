@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
+from scratch_stage.catalog import Trust
 from scratch_stage.config import Config
 from scratch_stage.events import EventLog
 from scratch_stage.layout import PARTIAL_DIR, cached_name, restricted_mount
@@ -50,6 +51,26 @@ class Node:
     @property
     def partial_dir(self) -> Path:
         return self.config.cachedir / PARTIAL_DIR
+
+    @cached_property
+    def trust(self) -> Trust:
+        """Whose images root mounts: root (and this command's user), plus `trusted_owners`."""
+        import grp
+        import pwd
+
+        uids = set(Trust().trusted_uids)
+        gids = {0}
+        for user in self.config.trusted_owners.users:
+            try:
+                uids.add(pwd.getpwnam(user).pw_uid)
+            except KeyError:
+                log.warning("trusted_owners: no user %r", user)
+        for group in self.config.trusted_owners.groups:
+            try:
+                gids.add(grp.getgrnam(group).gr_gid)
+            except KeyError:
+                log.warning("trusted_owners: no group %r", group)
+        return Trust(frozenset(uids), frozenset(gids))
 
     def mountpoint(self, name: str) -> Path:
         """Where dataset NAME is mounted: <mountdir>/<name>, or for a dataset restricted by

@@ -85,7 +85,7 @@ def _skipped(node: Node) -> PassReport:
 
 def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
     value = load_value_function(node.config.value_function)
-    catalog = scan_catalog(node.config.datadir)
+    catalog = scan_catalog(node.config.datadir, trust=node.trust)
     now = node.clock()
     demand = read_demand(node.config, now)
     capacity = node.capacity_bytes()

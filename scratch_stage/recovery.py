@@ -55,7 +55,7 @@ def _cached_files(node: Node) -> list[Path]:
 def _recover_copy(node: Node, name: str, path: Path) -> Fingerprint | None:
     """The image fingerprint PATH is a copy of: a copy keeps the image's size and mtime."""
     try:
-        image = lookup_image(node.config.datadir, name)
+        image = lookup_image(node.config.datadir, name, trust=node.trust)
         st = os.stat(path)
     except (ScratchStageError, OSError):
         log.warning("cached file %s has no usable image: not served", path)

@@ -50,7 +50,7 @@ def stage(
     DEADLINE is on the monotonic clock. A copy waits for another process's copy of the same
     image (reaping it if that process died) and is interrupted cleanly by SIGTERM.
     """
-    image = lookup_image(node.config.datadir, name)
+    image = lookup_image(node.config.datadir, name, trust=node.trust)
     while True:
         try:
             status = _reserve(node, image)

@@ -338,3 +338,26 @@ def test_a_user_status_reads_the_public_summary_only(node_env: NodeEnv) -> None:
     assert [d["name"] for d in data["datasets"]] == ["alpha"]
     assert set(data["datasets"][0]) == {"name", "size", "state", "cached"}
     assert '"41"' not in as_json.stdout and "holders" not in as_json.stdout
+
+
+def test_trusted_owners_admits_a_data_stewards_images_only(node_env: NodeEnv) -> None:
+    # By default only root's images are mounted; `trusted_owners` names the stewards whose
+    # own images are served too. Another user's image stays refused.
+    steward = node_env.add_image("steward")
+    os.chown(steward, 1, 1)  # daemon
+    stranger = node_env.add_image("stranger", "beta")
+    os.chown(stranger, 65534, 65534)  # nobody
+
+    assert node_env.prolog(51, comment="datasets:steward").returncode == 0
+    assert node_env.stack("steward") == []
+    node_env.configure(trusted_owners={"users": ["daemon"]})
+    done = node_env.prolog(52, comment="datasets:steward,stranger")
+
+    assert done.returncode == 0, done.stderr
+    assert node_env.stack("steward") and node_env.stack("stranger") == []
+    assert "owned by uid 65534" in node_env.events("refused")[-1]["reason"]
+    check = node_env.cli("config", "check")
+    assert "trusted_owners." not in check.stderr
+    node_env.configure(trusted_owners={"users": ["no-such-steward"]})
+    bad = node_env.cli("config", "check")
+    assert bad.returncode != 0 and "no-such-steward" in bad.stderr

@@ -50,6 +50,7 @@ SAMPLE: dict[str, Any] = {
     "verify": "sha256",
     "chunk_size": "1MiB",
     "access": {"imagenet": ["vision", "ml"], "coco.v2": "ml"},
+    "trusted_owners": {"users": ["datasteward"], "groups": ["data"]},
     "demand": {"source": "file", "path": "/shared/demand.json", "max_age": "10m"},
     "squeue_command": "/opt/slurm/bin/squeue",
     "sinfo_command": "/opt/slurm/bin/sinfo",
@@ -109,7 +110,7 @@ def test_example_file_documents_exactly_the_options() -> None:
 
 def test_env_claims_in_readme_and_example_match_the_table() -> None:
     not_overridable = {key for key, option in OPTIONS.items() if not option.env}
-    assert not_overridable == {"access", "demand"}
+    assert not_overridable == {"access", "demand", "trusted_owners"}
     readme = README.read_text()
     paragraph = next(p for p in readme.split("\n\n") if "SCRATCH_STAGE_<KEY>" in p)
     named = set(re.findall(r"`([a-z_]+)`", paragraph)) & set(OPTIONS)
