@@ -46,21 +46,9 @@ def check_config(config: Config) -> list[Finding]:
             error(f"access.{name}: Unix group {group!r} does not exist")
     for group in missing_groups(config.trusted_owners.groups):
         error(f"trusted_owners.groups: Unix group {group!r} does not exist")
-    for user in _missing_users(config.trusted_owners.users):
+    for user in missing_users(config.trusted_owners.users):
         error(f"trusted_owners.users: user {user!r} does not exist")
     return found
-
-
-def _missing_users(names: tuple[str, ...]) -> list[str]:
-    import pwd
-
-    missing = []
-    for name in names:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            missing.append(name)
-    return missing
 
 
 def _check_capacity(config: Config, error: _Say, warning: _Say) -> None:
@@ -176,10 +164,21 @@ def missing_groups(groups: tuple[str, ...]) -> list[str]:
     """The names in GROUPS that are no Unix group on this node."""
     import grp
 
+    return _missing(groups, grp.getgrnam)
+
+
+def missing_users(users: tuple[str, ...]) -> list[str]:
+    """The names in USERS that are no user on this node."""
+    import pwd
+
+    return _missing(users, pwd.getpwnam)
+
+
+def _missing(names: tuple[str, ...], lookup: Callable[[str], object]) -> list[str]:
     missing = []
-    for group in groups:
+    for name in names:
         try:
-            grp.getgrnam(group)
+            lookup(name)
         except KeyError:
-            missing.append(group)
+            missing.append(name)
     return missing

@@ -179,15 +179,21 @@ def swapper(datadir: Path, stop: threading.Event, swaps: list[int]) -> None:
         swaps[0] += 1
 
 
+def swap_setup(node: NodeEnv) -> tuple[Path, Path]:
+    """A root-only private image, and mine.sqfs linked to a public one (.mine-real)."""
+    private = node.add_image("private", "secret", mode=0o600)
+    real = node.datadir / ".mine-real"
+    real.write_bytes(node.store.get("public").read_bytes())
+    real.chmod(0o644)
+    os.link(real, node.datadir / "mine.sqfs")
+    return private, real
+
+
 def test_symlink_swap_never_yields_the_private_image_under_the_public_name(
     node: NodeEnv, fast_switching: None
 ) -> None:
     datadir = node.datadir
-    private = node.add_image("private", "secret", mode=0o600)
-    real = datadir / ".mine-real"
-    real.write_bytes(node.store.get("public").read_bytes())
-    real.chmod(0o644)
-    os.link(real, datadir / "mine.sqfs")
+    private, real = swap_setup(node)
     private_inode, real_inode = private.stat().st_ino, real.stat().st_ino
     stop, swaps = threading.Event(), [0]
     thread = threading.Thread(target=swapper, args=(datadir, stop, swaps))
@@ -233,11 +239,7 @@ def test_symlink_swap_racing_the_prolog_never_mounts_the_private_image(node: Nod
     # mine.sqfs between a public image and a symlink to a root-only 0600 image: whatever
     # each run mounts, it is never the private image.
     datadir = node.datadir
-    private = node.add_image("private", "secret", mode=0o600)
-    real = datadir / ".mine-real"
-    real.write_bytes(node.store.get("public").read_bytes())
-    real.chmod(0o644)
-    os.link(real, datadir / "mine.sqfs")
+    private, _ = swap_setup(node)
     stop, swaps = threading.Event(), [0]
     thread = threading.Thread(target=swapper, args=(datadir, stop, swaps))
     mounted = runs = 0
