@@ -14,6 +14,7 @@ from scratch_stage.demand_sources import read_demand
 from scratch_stage.errors import ConfigError, Interrupted, ScratchStageError
 from scratch_stage.heat import dataset_of_path, parse_diskstats, read_loop_backings, update_heat
 from scratch_stage.mountinfo import read_all_stacks
+from scratch_stage.mounts import perform_unmount
 from scratch_stage.node import Node
 from scratch_stage.plan_input import plan_input
 from scratch_stage.planner import Plan, PlanParams, ValueFunction, default_value, plan
@@ -215,41 +216,72 @@ def _remount(node: Node, steps: list[MountStep], report: PassReport) -> None:
                 release_claim(state, step.name)
 
 
-def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: PassReport) -> None:
-    """Carry out the claimed evictions and unmounts outside the lock, one finish each."""
-    from scratch_stage import interrupts
-    from scratch_stage.mounts import perform_unmount, release_claim
+# Finished steps are recorded together, every this many steps or seconds: hundreds of
+# unmounts in a pass must not queue hundreds of state writes in front of the prologs.
+_FINISH_EVERY = 16
+_FINISH_SECONDS = 0.25
 
+
+def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: PassReport) -> None:
+    """Carry out the claimed evictions and unmounts outside the lock, finishing them in
+    small batches (an unfinished step is an intent: reconcile settles it after a crash)."""
+    import time
+
+    from scratch_stage import interrupts
+
+    done: list[tuple[UnmountStep, str]] = []
+    last = time.monotonic()
     for i, step in enumerate(steps):
         if interrupts.requested():  # stop between steps: drop the claims not acted on
-            with node.store.transaction() as state:
-                for left in steps[i:]:
-                    release_claim(state, left.name)
+            _finish(node, done, steps[i:], the_plan, report)
             interrupts.check()
         error = ""
         try:
             perform_unmount(node, step)
         except ScratchStageError as e:
             error = str(e)
-        with node.store.transaction() as state:
+        done.append((step, error))
+        if len(done) >= _FINISH_EVERY or time.monotonic() - last >= _FINISH_SECONDS:
+            _finish(node, done, [], the_plan, report)
+            done, last = [], time.monotonic()
+    _finish(node, done, [], the_plan, report)
+
+
+def _finish(
+    node: Node,
+    done: list[tuple[UnmountStep, str]],
+    abandoned: list[UnmountStep],
+    the_plan: Plan,
+    report: PassReport,
+) -> None:
+    """Record DONE steps (release their claims, drop evicted records) and drop ABANDONED."""
+    from scratch_stage.mounts import release_claim
+
+    if not done and not abandoned:
+        return
+    reasons: dict[str, str] = {}
+    with node.store.transaction() as state:
+        for step, error in done:
             intent = state.intents.get(step.name)
+            reasons[step.name] = intent.source if intent else "idle"
             release_claim(state, step.name)
             if not error and step.delete:
                 state.cached.pop(step.name, None)
             if not error and not step.delete:
                 state.last_used.pop(step.name, None)
+        for step in abandoned:
+            release_claim(state, step.name)
+    for step, error in done:
         if error:
             what = "evict" if step.delete else "unmount"
             report.failed.append(f"{what} {step.name}: {error}")
-            continue
-        if step.delete:
+        elif step.delete:
             why = the_plan.decisions[step.name].reason
             node.events.emit("evict", step.name, reason=why)
             report.done.append(f"evicted {step.name} ({why})")
         else:
-            why = intent.source if intent else "idle"
-            node.events.emit("unmount", step.name, reason=why)
-            report.done.append(f"unmounted {step.name} ({why})")
+            node.events.emit("unmount", step.name, reason=reasons[step.name])
+            report.done.append(f"unmounted {step.name} ({reasons[step.name]})")
 
 
 def _backoff_text(failure: Failure) -> str:

@@ -104,8 +104,9 @@ def needs_reconcile(node: Node, state: NodeState) -> bool:
     """Cheap test run on every load: a dead actor, or a cached record that lies."""
     from scratch_stage.recovery import is_alive
 
-    actors = [(i.pid, i.pid_start) for i in state.intents.values()]
-    actors += [(c.pid, c.pid_start) for c in state.staging.values()]
+    # Each process once: a pass may hold hundreds of intents, all its own.
+    actors = {(i.pid, i.pid_start) for i in state.intents.values()}
+    actors |= {(c.pid, c.pid_start) for c in state.staging.values()}
     if any(not is_alive(node.root, pid, start) for pid, start in actors):
         return True
     for name, cached in state.cached.items():
@@ -132,9 +133,14 @@ def settle(node: Node, state: NodeState, *, full: bool = False) -> list[str]:
         cached_files=_cached_files(node),
         partials=frozenset(_listdir(node.partial_dir)),
     )
-    cleanups, notes = reconcile(
-        state, world, lambda pid, start: is_alive(node.root, pid, start), node.clock()
-    )
+    known: dict[tuple[int, str], bool] = {}
+
+    def alive(pid: int, start: str) -> bool:
+        if (pid, start) not in known:
+            known[pid, start] = is_alive(node.root, pid, start)
+        return known[pid, start]
+
+    cleanups, notes = reconcile(state, world, alive, node.clock())
     for cleanup in cleanups:
         directory = node.config.cachedir if cleanup.where == "cache" else node.partial_dir
         filename = cleanup.filename
