@@ -396,24 +396,16 @@ def _replace_locks(statedir: Path) -> None:
     Each is taken first (for up to 2 s) so that a scratch-stage process inside it finishes;
     one held longer is another user's and is unlinked anyway.
     """
-    import fcntl
+    from scratch_stage.errors import LockTimeout
+    from scratch_stage.locks import flocked
 
     for entry in os.scandir(statedir):
         if not entry.name.endswith(".lock"):
             continue
-        fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            deadline = time.monotonic() + 2.0
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        log.warning("lock %s held by another process: replaced", entry.path)
-                        break
-                    time.sleep(0.01)
+            with flocked(Path(entry.path), 2.0):
+                os.unlink(entry.path)
+        except LockTimeout:
+            log.warning("lock %s held by another process: replaced", entry.path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-        finally:
-            os.close(fd)
