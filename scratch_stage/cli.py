@@ -483,7 +483,7 @@ _register_simulate()
 
 
 def run_cli(args: Sequence[str]) -> int:
-    """Run the click group on ARGS; map every failure to its exit code (docs/design.md, section 5)."""
+    """Run the click group on ARGS; map every failure to its exit code (docs/design.md, 5)."""
     try:
         result = cli.main(list(args), prog_name="scratch-stage", standalone_mode=False)
     except click.UsageError as e:
