@@ -17,11 +17,11 @@ import sys
 import time
 from typing import Any, Callable
 
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.demand import Snapshot, node_demand, parse_squeue
-from scratch_stage.plan_input import plan_input
-from scratch_stage.planner import plan
-from scratch_stage.state import CachedCopy, NodeState
+from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.state import CachedCopy, NodeState
+from scratch_stage.policy.plan_input import plan_input
+from scratch_stage.policy.planner import plan
+from scratch_stage.slurm.demand import Snapshot, node_demand, parse_squeue
 
 NOW = 1_800_000_000.0
 GB = 10**9

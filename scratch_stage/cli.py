@@ -14,9 +14,9 @@ from typing import Any, Callable
 import click
 
 from scratch_stage import __version__
-from scratch_stage.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
-from scratch_stage.text import printable
-from scratch_stage.units import format_size, parse_duration
+from scratch_stage.core.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
+from scratch_stage.core.text import printable
+from scratch_stage.core.units import format_size, parse_duration
 
 log = logging.getLogger("scratch_stage")
 
@@ -31,8 +31,8 @@ class Context:
     @property
     def node(self) -> Any:
         if self._node is None:
-            from scratch_stage.config import load_config
-            from scratch_stage.node import Node
+            from scratch_stage.agent.node import Node
+            from scratch_stage.host.config import load_config
 
             self._node = Node(load_config(self.config_path))
         return self._node
@@ -47,7 +47,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _say(line: object) -> None:
-    """Echo one line whose parts may come from datadir, escaped (scratch_stage.text)."""
+    """Echo one line whose parts may come from datadir, escaped (scratch_stage.core.text)."""
     click.echo(printable(line))
 
 
@@ -58,7 +58,7 @@ def _say(line: object) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Node-local SSD as a read-only squashfs dataset cache, driven by Slurm."""
-    from scratch_stage.logs import setup_cli_logging
+    from scratch_stage.host.logs import setup_cli_logging
 
     setup_cli_logging(verbose)
     ctx.obj = Context(config_path)
@@ -89,7 +89,7 @@ def status(ctx: Context, as_json: bool) -> int:
     """Every dataset on this node and the cache budget."""
     if os.geteuid() != 0:
         return _public_status(ctx, as_json)
-    from scratch_stage.admin import status as get_status
+    from scratch_stage.agent.admin import status as get_status
 
     data = get_status(ctx.node)
     if as_json:
@@ -101,7 +101,7 @@ def status(ctx: Context, as_json: bool) -> int:
 
 def _public_status(ctx: Context, as_json: bool) -> int:
     """`status` for a user who is not root: the public summary (no jobs, users, reasons)."""
-    from scratch_stage.summary import read_summary, summary_path
+    from scratch_stage.host.summary import read_summary, summary_path
 
     mountdir = ctx.node.mountdir
     data = read_summary(mountdir)
@@ -162,7 +162,7 @@ def format_status(data: dict[str, Any]) -> str:
 @pass_ctx
 def info(ctx: Context, name: str, as_json: bool) -> int:
     """One dataset in detail: paths, mount stack, holders, pin, recent events."""
-    from scratch_stage.admin import info as get_info
+    from scratch_stage.agent.admin import info as get_info
 
     data = get_info(ctx.node, name)
     if as_json:
@@ -198,7 +198,7 @@ def _ttl(value: str | None) -> float | None:
 @pass_ctx
 def pin(ctx: Context, name: str, ttl: str | None) -> int:
     """Keep a dataset cached (optionally until a time)."""
-    from scratch_stage.admin import pin as do_pin
+    from scratch_stage.agent.admin import pin as do_pin
 
     seconds = _ttl(ttl)  # a bad --ttl is a usage error, whatever the configuration
     _say(do_pin(ctx.node, name, seconds))
@@ -210,7 +210,7 @@ def pin(ctx: Context, name: str, ttl: str | None) -> int:
 @pass_ctx
 def unpin(ctx: Context, name: str) -> int:
     """Remove a dataset's pin."""
-    from scratch_stage.admin import unpin as do_unpin
+    from scratch_stage.agent.admin import unpin as do_unpin
 
     _say(do_unpin(ctx.node, name))
     return 0
@@ -221,8 +221,8 @@ def unpin(ctx: Context, name: str) -> int:
 @pass_ctx
 def prestage(ctx: Context, names: Sequence[str]) -> int:
     """Copy datasets into the cache now and mount them over; blocks until done."""
-    from scratch_stage import interrupts
-    from scratch_stage.stager import stage
+    from scratch_stage.agent.stager import stage
+    from scratch_stage.host import interrupts
 
     interrupts.install()  # SIGTERM abandons the copy at the next chunk, cleanly
     for name in names:
@@ -259,7 +259,7 @@ def _progress_reporter(name: str) -> Callable[[int, int], None]:
 @pass_ctx
 def release(ctx: Context, job_id: str) -> int:
     """Drop a job's holds, as its epilog would (for a job whose epilog never ran)."""
-    from scratch_stage.admin import release as do_release
+    from scratch_stage.agent.admin import release as do_release
 
     _say(do_release(ctx.node, job_id))
     return 0
@@ -272,7 +272,7 @@ def release(ctx: Context, job_id: str) -> int:
 @pass_ctx
 def purge(ctx: Context, names: Sequence[str], purge_all: bool, force: bool) -> int:
     """Drop cached copies that no job holds."""
-    from scratch_stage.admin import purge as do_purge
+    from scratch_stage.agent.admin import purge as do_purge
 
     if bool(names) == purge_all:
         raise click.UsageError("name datasets to purge, or give --all")
@@ -288,10 +288,10 @@ def purge(ctx: Context, names: Sequence[str], purge_all: bool, force: bool) -> i
 @pass_ctx
 def rebalance(ctx: Context, dry_run: bool, explain: bool, as_json: bool) -> int:
     """One pass: measure heat, read demand, plan, evict, stage."""
-    from scratch_stage.rebalance import rebalance as run_pass
+    from scratch_stage.agent.rebalance import rebalance as run_pass
 
     if not dry_run:
-        from scratch_stage import interrupts
+        from scratch_stage.host import interrupts
 
         interrupts.install()
     progress = None if as_json or dry_run else _progress_reporter
@@ -330,8 +330,8 @@ def _report_lines(data: dict[str, Any], *, explain: bool, dry_run: bool) -> list
 @pass_ctx
 def daemon(ctx: Context) -> int:
     """Rebalance every `interval` seconds until SIGTERM (systemd Type=notify aware)."""
-    from scratch_stage.daemon import run_daemon
-    from scratch_stage.rebalance import rebalance as run_pass
+    from scratch_stage.agent.daemon import run_daemon
+    from scratch_stage.agent.rebalance import rebalance as run_pass
 
     return run_daemon(ctx.node, run_pass)
 
@@ -342,8 +342,8 @@ def daemon(ctx: Context) -> int:
 @pass_ctx
 def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
     """Queued-job demand per dataset (this node's weight, and cluster-wide counts)."""
-    from scratch_stage.demand import node_demand, summarize
-    from scratch_stage.demand_sources import publish_snapshot, read_snapshot
+    from scratch_stage.slurm.demand import node_demand, summarize
+    from scratch_stage.slurm.demand_sources import publish_snapshot, read_snapshot
 
     node = ctx.node
     now = node.clock()
@@ -370,12 +370,12 @@ def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
 @pass_ctx
 def catalog_command(ctx: Context, as_json: bool, publish: str | None) -> int:
     """The datasets in datadir (and the files that could not be used)."""
-    from scratch_stage.catalog import scan_catalog
+    from scratch_stage.host.catalog import scan_catalog
 
     config = ctx.node.config
     catalog = scan_catalog(config.datadir, trust=ctx.node.trust)
     if publish:
-        from scratch_stage.publish import publish_catalog
+        from scratch_stage.agent.publish import publish_catalog
 
         count = publish_catalog(Path(publish), catalog, config.access)
         _say(f"published {count} dataset(s) to {publish}")
@@ -409,8 +409,8 @@ def config_check(ctx: Context) -> int:
     Every problem is one line on stderr, `error: ...` or `warning: ...`; the summary is
     the one line on stdout. Warnings alone exit 0.
     """
-    from scratch_stage.admin_config import check_config
-    from scratch_stage.config import InvalidConfig, load_config
+    from scratch_stage.agent.admin_config import check_config
+    from scratch_stage.host.config import InvalidConfig, load_config
 
     try:
         config = load_config(ctx.config_path)
@@ -439,7 +439,7 @@ def config_show(ctx: Context, as_json: bool) -> int:
     """Print the effective configuration (file, environment and defaults merged)."""
     import yaml
 
-    from scratch_stage.config import config_as_dict
+    from scratch_stage.host.config import config_as_dict
 
     data = config_as_dict(ctx.node.config)
     if as_json:
@@ -466,7 +466,7 @@ def image() -> None:
 @pass_ctx
 def image_build(ctx: Context, src: Path, name: str, compression: str, replace: bool) -> int:
     """Build datadir/NAME.sqfs from directory SRC, atomically."""
-    from scratch_stage.imagebuild import build_image
+    from scratch_stage.agent.imagebuild import build_image
 
     path = build_image(ctx.node.config, src, name, compression=compression, replace=replace)
     _say(f"{name}: built {path} ({format_size(path.stat().st_size)})")

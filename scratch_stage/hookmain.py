@@ -55,8 +55,8 @@ def run_hook(kind: str, config_path: str | None, environ: Mapping[str, str]) -> 
     """Run the prolog or epilog (KIND); 0 unless the node itself is at fault."""
     import logging
 
-    from scratch_stage.errors import EXIT_BUG, ScratchStageError
-    from scratch_stage.logs import setup_hook_logging
+    from scratch_stage.core.errors import EXIT_BUG, ScratchStageError
+    from scratch_stage.host.logs import setup_hook_logging
 
     setup_hook_logging(kind)
     log = logging.getLogger("scratch_stage")
@@ -74,13 +74,13 @@ def run_hook(kind: str, config_path: str | None, environ: Mapping[str, str]) -> 
 def _run(
     kind: str, config_path: str | None, environ: Mapping[str, str], log: logging.Logger
 ) -> int:
-    from scratch_stage.hooks import Job, run_epilog, run_prolog
+    from scratch_stage.agent.hooks import Job, run_epilog, run_prolog
 
     job = Job.from_environ(environ)
     if kind == "prolog" and not (job.request.names or job.request.rejected):
         return 0  # the common case: a job without datasets costs no config load
-    from scratch_stage.config import load_hook_config
-    from scratch_stage.node import Node
+    from scratch_stage.agent.node import Node
+    from scratch_stage.host.config import load_hook_config
 
     config, problem = load_hook_config(config_path, environ)
     if problem is not None:

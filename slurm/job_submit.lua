@@ -70,7 +70,7 @@ local CATALOG_RECHECK_SECONDS = 15
 local CATALOG_HEADER = "# scratch-stage catalog v2"
 -- How many known datasets an "unknown dataset" message lists.
 local MAX_LISTED = 10
--- Same limit as the prolog (scratch_stage/requests.py MAX_DATASETS_PER_JOB).
+-- Same limit as the prolog (scratch_stage/core/requests.py MAX_DATASETS_PER_JOB).
 local MAX_DATASETS_PER_JOB = 32
 
 local M = {}

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from scratch_stage import config
+from scratch_stage.host import config
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ POLICY_NAMES = ("ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager", "htc
 
 
 def _duration(text: str) -> float:
-    from scratch_stage.units import parse_duration
+    from scratch_stage.core.units import parse_duration
 
     try:
         return parse_duration(text)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from scratch_stage.simulate.trace import Job, Trace
 
-# Demand weights as scratch_stage.demand.node_demand gives them (a test holds them equal).
+# Demand weights as scratch_stage.slurm.demand.node_demand gives them (a test holds them equal).
 SCHEDULED_HERE = 2.0
 UNKNOWN_START_FACTOR = math.exp(-1.0)
 # A read shorter than this is stretched to it, so that every read has a finite rate.

@@ -12,7 +12,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Callable
 
-from scratch_stage import planner
+from scratch_stage.policy import planner
 from scratch_stage.simulate.engine import TRIGGERS, Inputs, Policy
 from scratch_stage.simulate.inputs import NodeJob
 from scratch_stage.simulate.node import Action, SimNode

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from scratch_stage.errors import ScratchStageError
+from scratch_stage.core.errors import ScratchStageError
+from scratch_stage.core.units import parse_capacity, parse_size
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Trace, read_trace
-from scratch_stage.units import parse_capacity, parse_size
 
 
 class SimulateUsageError(ScratchStageError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from scratch_stage.errors import ScratchStageError
+from scratch_stage.core.errors import ScratchStageError
 
 TRACE_FORMAT = "scratch-stage-trace"
 TRACE_VERSION = 1

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from nodetree import NodeEnv, hello_of
 
-from scratch_stage.catalog import image_access_problem, lookup_image, opened_image
-from scratch_stage.errors import DatasetError
+from scratch_stage.core.errors import DatasetError
+from scratch_stage.host.catalog import image_access_problem, lookup_image, opened_image
 
 NOBODY = 65534
 AS_NOBODY = ["/usr/bin/setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from nodetree import ADMIN_PATH, CLI
 
-from scratch_stage.demand import PendingJob, Snapshot
+from scratch_stage.slurm.demand import PendingJob, Snapshot
 
 NOBODY = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 

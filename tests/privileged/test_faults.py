@@ -1,7 +1,7 @@
 """Fault injection at every side-effect point: SIGKILL right before and right after each
 irreversible step, then the next command reconciles and the node's invariants hold.
 
-The seam is SCRATCH_STAGE_FAULT=<point>[@N] (scratch_stage/faults.py). Each case asserts
+The seam is SCRATCH_STAGE_FAULT=<point>[@N] (scratch_stage/host/faults.py). Each case asserts
 that the process really died at that point (exit -9), then checks the invariants against
 the real mount table, loop devices and disk, read independently of the package:
 no cached record without its file, no mounted dataset without a holder or an idle timer,

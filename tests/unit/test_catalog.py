@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_stage.catalog import (
+from scratch_stage.core.errors import DatasetError, NodeFault
+from scratch_stage.host.catalog import (
     UNKNOWN_CTIME,
     Fingerprint,
     Image,
@@ -30,7 +31,6 @@ from scratch_stage.catalog import (
     scan_catalog,
     user_gids,
 )
-from scratch_stage.errors import DatasetError, NodeFault
 
 MKSQUASHFS = shutil.which("mksquashfs")
 needs_mksquashfs = pytest.mark.skipif(MKSQUASHFS is None, reason="mksquashfs not installed")

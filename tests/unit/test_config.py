@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage import config as config_module
-from scratch_stage.config import (
+from scratch_stage.core.errors import EXIT_CONFIG, ConfigError
+from scratch_stage.core.units import Capacity
+from scratch_stage.host import config as config_module
+from scratch_stage.host.config import (
     Config,
     config_as_dict,
     find_config_path,
@@ -15,8 +17,6 @@ from scratch_stage.config import (
     read_config_file,
     validate_config,
 )
-from scratch_stage.errors import EXIT_CONFIG, ConfigError
-from scratch_stage.units import Capacity
 
 MINIMAL = "datadir: /shared/datasets\ncachedir: /local/cache\n"
 
@@ -304,7 +304,7 @@ def test_config_as_dict_is_plain_data() -> None:
 
 
 def test_cache_serves_an_unchanged_file_and_never_a_changed_one(tmp_path: Path) -> None:
-    from scratch_stage import config as config_module
+    from scratch_stage.host import config as config_module
 
     path = tmp_path / "c.yaml"
     path.write_text("datadir: /d\ncachedir: /c\ncapacity: 1GiB\n")
@@ -321,7 +321,7 @@ def test_cache_serves_an_unchanged_file_and_never_a_changed_one(tmp_path: Path) 
 
 
 def test_environment_overrides_apply_over_a_cached_file(tmp_path: Path) -> None:
-    from scratch_stage import config as config_module
+    from scratch_stage.host import config as config_module
 
     path = tmp_path / "c.yaml"
     path.write_text("datadir: /d\ncachedir: /c\n")
@@ -331,8 +331,8 @@ def test_environment_overrides_apply_over_a_cached_file(tmp_path: Path) -> None:
 
 
 def test_values_json_cannot_hold_exactly_are_not_cached(tmp_path: Path) -> None:
-    from scratch_stage import config as config_module
-    from scratch_stage.errors import ConfigError
+    from scratch_stage.core.errors import ConfigError
+    from scratch_stage.host import config as config_module
 
     path = tmp_path / "c.yaml"
     path.write_text("datadir: /d\ncachedir: /c\naccess: {123: [g]}\n")

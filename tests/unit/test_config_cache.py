@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage import config as config_module
-from scratch_stage.config import load_config, load_hook_config
-from scratch_stage.configcache import ConfigCache
-from scratch_stage.errors import ConfigError
-from scratch_stage.units import Capacity
+from scratch_stage.core.errors import ConfigError
+from scratch_stage.core.units import Capacity
+from scratch_stage.host import config as config_module
+from scratch_stage.host.config import load_config, load_hook_config
+from scratch_stage.host.configcache import ConfigCache
 
 CONSOLE_SCRIPT = Path(sys.prefix) / "bin" / "scratch-stage"
 CLI = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "scratch_stage"]
@@ -307,7 +307,7 @@ def test_prolog_does_not_import_yaml_while_the_cache_is_valid(tmp_path: Path) ->
     warm = hook("prolog", path, rundir, 2, PYTHONPROFILEIMPORTTIME="1")
     assert cold.returncode == warm.returncode == 0, warm.stderr
     assert "yaml" in imported_modules(cold.stderr)  # the first load parses the file
-    assert "scratch_stage.config" in imported_modules(warm.stderr)
+    assert "scratch_stage.host.config" in imported_modules(warm.stderr)
     assert "yaml" not in imported_modules(warm.stderr)
     assert "click" not in imported_modules(warm.stderr)
     path.touch()  # a new mtime: the cache no longer vouches for the file

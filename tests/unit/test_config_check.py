@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from scratch_stage.admin_config import Finding, check_config
-from scratch_stage.config import Config, validate_config
+from scratch_stage.agent.admin_config import Finding, check_config
+from scratch_stage.host.config import Config, validate_config
 
 CONSOLE_SCRIPT = Path(sys.prefix) / "bin" / "scratch-stage"
 CLI = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "scratch_stage"]

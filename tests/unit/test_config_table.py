@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from scratch_stage import config as config_module
-from scratch_stage.config import (
+from scratch_stage.host import config as config_module
+from scratch_stage.host.config import (
     ENV_PREFIX,
     OPTIONS,
     REQUIRED,
@@ -28,7 +28,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 EXAMPLE = importlib.resources.files("scratch_stage") / "config.example.yaml"
 TABLE_HEADER = "| key | meaning | default | env override |"
 REGENERATE = (
-    ".venv/bin/python -c 'from scratch_stage.config import markdown_table; print(markdown_table())'"
+    ".venv/bin/python -c "
+    + "'from scratch_stage.host.config import markdown_table; print(markdown_table())'"
 )
 
 # A value for every option, each different from its default.

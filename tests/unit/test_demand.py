@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.demand import (
+from scratch_stage.slurm.demand import (
     PendingJob,
     Snapshot,
     node_demand,

@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.config import Config, DemandConfig
-from scratch_stage.demand import SINFO_FORMAT, SQUEUE_FORMAT, PendingJob, Snapshot, parse_slurm_time
-from scratch_stage.demand_sources import publish_snapshot, read_demand, read_snapshot
-from scratch_stage.errors import ScratchStageError
+from scratch_stage.core.errors import ScratchStageError
+from scratch_stage.host.config import Config, DemandConfig
+from scratch_stage.slurm.demand import (
+    SINFO_FORMAT,
+    SQUEUE_FORMAT,
+    PendingJob,
+    Snapshot,
+    parse_slurm_time,
+)
+from scratch_stage.slurm.demand_sources import publish_snapshot, read_demand, read_snapshot
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "slurm-22.05"
 # Job 3 of the recorded squeue output is expected to start then (backfill placed it here).
@@ -71,7 +77,7 @@ def test_failing_squeue_means_no_demand_and_one_warning(
 ) -> None:
     down = "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1"
     cfg = config(tmp_path, squeue_command=script(tmp_path / "squeue", down))
-    with caplog.at_level(logging.WARNING, logger="scratch_stage.demand_sources"):
+    with caplog.at_level(logging.WARNING, logger="scratch_stage.slurm.demand_sources"):
         assert read_snapshot(cfg, START) is None
         assert read_demand(cfg, START) == {}
     warnings = [r.getMessage() for r in caplog.records]
@@ -89,7 +95,7 @@ def test_pyslurm_source_falls_back_to_squeue_when_pyslurm_does_not_fit(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = config(tmp_path, demand=DemandConfig(source="pyslurm"))
-    with caplog.at_level(logging.INFO, logger="scratch_stage.demand_sources"):
+    with caplog.at_level(logging.INFO, logger="scratch_stage.slurm.demand_sources"):
         snapshot = read_snapshot(cfg, START)
     assert snapshot is not None and len(snapshot.jobs) == 2
     assert args_of(tmp_path, "scontrol") == ["--version"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.events import EVENTS_FILE, KINDS, EventLog
+from scratch_stage.host.events import EVENTS_FILE, KINDS, EventLog
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_unknown_kind_is_a_programming_error(events: EventLog) -> None:
 
 def test_emit_failure_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     events = EventLog(tmp_path / "missing-statedir")
-    with caplog.at_level(logging.WARNING, logger="scratch_stage.events"):
+    with caplog.at_level(logging.WARNING, logger="scratch_stage.host.events"):
         events.emit("mount", "imagenet")
     assert not (tmp_path / "missing-statedir").exists()
     assert any("cannot append to event log" in r.getMessage() for r in caplog.records)

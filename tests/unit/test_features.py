@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scratch_stage.features import build_update_argv, parse_node_features, with_datasets
+from scratch_stage.agent.features import build_update_argv, parse_node_features, with_datasets
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "slurm-22.05"
 

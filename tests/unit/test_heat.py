@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scratch_stage.heat import (
+from scratch_stage.host.heat import (
     SECTOR_BYTES,
     HeatMemory,
     dataset_of_path,

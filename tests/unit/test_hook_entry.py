@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scratch_stage.hookmain import hook_arguments
-from scratch_stage.logs import HANDLER_NAME, setup_cli_logging, setup_hook_logging
+from scratch_stage.host.logs import HANDLER_NAME, setup_cli_logging, setup_hook_logging
 
 CONSOLE_SCRIPT = Path(sys.prefix) / "bin" / "scratch-stage"
 CLI = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "scratch_stage"]
@@ -62,12 +62,18 @@ def test_prolog_with_config_option_and_no_datasets_imports_nothing(args: list[st
     assert done.returncode == 0
     modules = imported_modules(done.stderr)
     assert "scratch_stage.hookmain" in modules  # the measurement sees our modules
-    for heavy in ("scratch_stage.config", "scratch_stage.hooks", "click", "yaml", "logging"):
+    for heavy in (
+        "scratch_stage.host.config",
+        "scratch_stage.agent.hooks",
+        "click",
+        "yaml",
+        "logging",
+    ):
         assert heavy not in modules, heavy
     # The same job with a dataset does need the configuration (here: none, a node fault).
     done = run(args, SLURM_JOB_COMMENT="datasets:a", PYTHONPROFILEIMPORTTIME="1")
     assert done.returncode == 4
-    assert "scratch_stage.config" in imported_modules(done.stderr)
+    assert "scratch_stage.host.config" in imported_modules(done.stderr)
     assert "click" not in imported_modules(done.stderr)
 
 

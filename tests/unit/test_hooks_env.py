@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.config import Config
-from scratch_stage.errors import NodeFault
-from scratch_stage.events import EVENTS_FILE
-from scratch_stage.hooks import Job, run_epilog, run_prolog
-from scratch_stage.node import Node
-from scratch_stage.state import Hold
+from scratch_stage.agent.hooks import Job, run_epilog, run_prolog
+from scratch_stage.agent.node import Node
+from scratch_stage.core.errors import NodeFault
+from scratch_stage.host.config import Config
+from scratch_stage.host.events import EVENTS_FILE
+from scratch_stage.host.state import Hold
 
 NOBODY = 65534
 
@@ -156,9 +156,9 @@ def test_epilog_releases_holds_idempotently(node: Node) -> None:
 
 
 def test_admin_release_drops_a_recovered_hold_and_refuses_an_unknown_job(node: Node) -> None:
-    from scratch_stage.admin import release
-    from scratch_stage.errors import DatasetError
-    from scratch_stage.state import RECOVERED
+    from scratch_stage.agent.admin import release
+    from scratch_stage.core.errors import DatasetError
+    from scratch_stage.host.state import RECOVERED
 
     with node.store.transaction() as state:
         state.jobs[RECOVERED] = Hold(("imagenet",), "?", 1.0)

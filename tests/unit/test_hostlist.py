@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scratch_stage.hostlist import expand_hostlist
+from scratch_stage.core.hostlist import expand_hostlist
 
 
 @pytest.mark.parametrize(

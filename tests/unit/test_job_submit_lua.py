@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from scratch_stage.catalog import Catalog, Fingerprint, Image
-from scratch_stage.publish import HEADER, GroupDatabase, expand_groups, format_catalog
+from scratch_stage.agent.publish import HEADER, GroupDatabase, expand_groups, format_catalog
+from scratch_stage.host.catalog import Catalog, Fingerprint, Image
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "slurm" / "job_submit.lua"

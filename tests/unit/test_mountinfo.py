@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.mountinfo import (
+from scratch_stage.host.mountinfo import (
     Layer,
     loop_name,
     parse_mountinfo,

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.plan_input import plan_input
-from scratch_stage.planner import (
+from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState, Pin
+from scratch_stage.policy.plan_input import plan_input
+from scratch_stage.policy.planner import (
     ACTIONS,
     Plan,
     PlanInput,
@@ -26,7 +27,6 @@ from scratch_stage.planner import (
     default_value,
     plan,
 )
-from scratch_stage.state import CachedCopy, Copy, Hold, NodeState, Pin
 
 NOW = 1_000_000.0
 MB = 1_000_000
@@ -255,7 +255,7 @@ def test_exact_beats_greedy_where_density_misleads() -> None:
 
 
 TIE = """
-from scratch_stage.planner import PlanParams, View, choose
+from scratch_stage.policy.planner import PlanParams, View, choose
 items = [View("a", 34, 0, 0, False), View("b", 33, 0, 0, False),
          View("c", 33, 0, 0, False), View("d", 100, 0, 0, False)]
 values = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6000000000000001}

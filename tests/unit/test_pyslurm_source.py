@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scratch_stage.pyslurm_source import major_minor, snapshot_from_pyslurm, usable_pyslurm
+from scratch_stage.slurm.pyslurm_source import major_minor, snapshot_from_pyslurm, usable_pyslurm
 
 
 def fake_pyslurm(version: str) -> types.ModuleType:

@@ -7,10 +7,10 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.layout import partial_name
-from scratch_stage.reconcile import Cleanup, FileId, World, reconcile
-from scratch_stage.state import CachedCopy, Copy, Hold, Intent, NodeState
+from scratch_stage.agent.reconcile import Cleanup, FileId, World, reconcile
+from scratch_stage.core.layout import partial_name
+from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.state import CachedCopy, Copy, Hold, Intent, NodeState
 
 NAMES = ["a", "b", "c", "d"]
 PIDS = [10, 11, 12, 13]

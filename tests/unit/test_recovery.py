@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.config import Config
-from scratch_stage.events import EVENTS_FILE
-from scratch_stage.layout import partial_name
-from scratch_stage.node import Node
-from scratch_stage.reconcile import settle
-from scratch_stage.recovery import process_start, rebuild_state
-from scratch_stage.state import RECOVERED, CachedCopy, Copy, NodeState
+from scratch_stage.agent.node import Node
+from scratch_stage.agent.reconcile import settle
+from scratch_stage.agent.recovery import process_start, rebuild_state
+from scratch_stage.core.layout import partial_name
+from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.config import Config
+from scratch_stage.host.events import EVENTS_FILE
+from scratch_stage.host.state import RECOVERED, CachedCopy, Copy, NodeState
 
 DATA = Path(__file__).parent.parent / "data"
 

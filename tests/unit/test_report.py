@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.planner import PlanInput, plan
-from scratch_stage.report import (
+from scratch_stage.policy.planner import PlanInput, plan
+from scratch_stage.policy.report import (
     LAST_REPORT,
     PassReport,
     read_last_report,
@@ -62,7 +62,7 @@ def test_missing_or_bad_report_reads_as_empty(tmp_path: Path, content: bytes | N
 def test_unsavable_report_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="scratch_stage.report"):
+    with caplog.at_level(logging.WARNING, logger="scratch_stage.policy.report"):
         save_report(tmp_path / "gone", a_report(), 1.0)
     assert ["cannot save the rebalance report" in r.getMessage() for r in caplog.records] == [True]
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_stage.requests import (
+from scratch_stage.core.requests import (
     MAX_DATASETS_PER_JOB,
     is_valid_name,
     parse_request,

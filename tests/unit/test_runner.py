@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scratch_stage.errors import CommandError, NodeFault
-from scratch_stage.runner import (
+from scratch_stage.core.errors import CommandError, NodeFault
+from scratch_stage.host.runner import (
     COMPRESSORS,
     build_mksquashfs_argv,
     build_mount_argv,

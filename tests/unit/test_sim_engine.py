@@ -7,17 +7,17 @@ from typing import Any, ClassVar
 
 import pytest
 
-from scratch_stage import planner
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.demand import PendingJob, Snapshot, node_demand
-from scratch_stage.plan_input import plan_input
+from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState
+from scratch_stage.policy import planner
+from scratch_stage.policy.plan_input import plan_input
 from scratch_stage.simulate import run as run_module
 from scratch_stage.simulate.inputs import NodeJob, SimConfig, split_by_node, unplaced_demand
 from scratch_stage.simulate.node import Action, PolicyError, SimNode
 from scratch_stage.simulate.policies import POLICIES
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.workload import WorkloadSpec, generate
-from scratch_stage.state import CachedCopy, Copy, Hold, NodeState
+from scratch_stage.slurm.demand import PendingJob, Snapshot, node_demand
 from tests.unit.sim_helpers import GB, random_trace, tiny_trace
 
 CONFIG = SimConfig(capacity=150 * GB, interval=100.0, bandwidth=1e9)

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_stage.catalog import Fingerprint
-from scratch_stage.errors import EXIT_LOCK_TIMEOUT, LockTimeout, NodeFault
-from scratch_stage.heat import HeatMemory
-from scratch_stage.state import (
+from scratch_stage.core.errors import EXIT_LOCK_TIMEOUT, LockTimeout, NodeFault
+from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.heat import HeatMemory
+from scratch_stage.host.state import (
     LOCK_FILE,
     STATE_FILE,
     STATE_VERSION,
@@ -308,7 +308,7 @@ def test_corrupt_state_is_rebuilt_and_kept_aside(
 ) -> None:
     store.statedir.mkdir()
     store.path.write_bytes(content)
-    with caplog.at_level(logging.ERROR, logger="scratch_stage.state"):
+    with caplog.at_level(logging.ERROR, logger="scratch_stage.host.state"):
         state = store.read()
     assert rebuild.calls == 1
     assert "recovered" in state.jobs
@@ -339,7 +339,7 @@ def test_unusable_statedir_is_a_node_fault(tmp_path: Path) -> None:
 
 
 def test_default_statedir_is_off_limits_in_tests(tmp_path: Path) -> None:
-    from scratch_stage.config import Config
+    from scratch_stage.host.config import Config
 
     config = Config(datadir=tmp_path, cachedir=tmp_path)
     store = StateStore(config.statedir, lock_timeout=1, rebuild=NodeState)
@@ -386,7 +386,7 @@ WORKER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from scratch_stage.state import Hold, NodeState, StateStore
+    from scratch_stage.host.state import Hold, NodeState, StateStore
 
     statedir, job, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     store = StateStore(statedir, lock_timeout=120, rebuild=NodeState)

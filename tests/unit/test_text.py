@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratch_stage.cli import format_report, format_status
-from scratch_stage.logs import SafeFormatter
-from scratch_stage.text import printable
+from scratch_stage.core.text import printable
+from scratch_stage.host.logs import SafeFormatter
 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\u202e\x9b\nforged line\r\t\x00\x7f\udcff\u2028x"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_stage.units import format_size, parse_capacity, parse_duration, parse_size
+from scratch_stage.core.units import format_size, parse_capacity, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,64 @@
+"""Data-aware scheduling hint: a node's cached datasets published as Slurm node features.
+
+After a rebalance, the node's features become its own non-scratch-stage features plus
+`ds_<name>` for every cached dataset, so `sbatch --prefer=ds_imagenet` lands where the
+data is warm. Features set by `scontrol update` are lost on `scontrol reconfigure` and a
+slurmctld restart until the next pass publishes them again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from scratch_stage.agent.node import Node
+from scratch_stage.host import runner
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ds_"
+
+
+def parse_node_features(text: str) -> tuple[list[str], list[str]]:
+    """(available, active) features from `scontrol show node -o NODE`."""
+    found: dict[str, list[str]] = {"AvailableFeatures": [], "ActiveFeatures": []}
+    for field in text.split():
+        key, _, value = field.partition("=")
+        if key in found and value not in ("", "(null)"):
+            found[key] = [f for f in value.split(",") if f]
+    return found["AvailableFeatures"], found["ActiveFeatures"]
+
+
+def with_datasets(features: Iterable[str], cached: Iterable[str]) -> list[str]:
+    """FEATURES without our old ones, plus ds_<name> for each cached dataset."""
+    own = [f for f in features if not f.startswith(PREFIX)]
+    return own + [PREFIX + name for name in sorted(cached)]
+
+
+def build_update_argv(
+    scontrol: Sequence[str], node: str, available: list[str], active: list[str]
+) -> list[str]:
+    """argv setting both feature lists at once (Slurm requires both together)."""
+    return [
+        *scontrol, "update", f"nodename={node}",
+        f"availablefeatures={','.join(available)}", f"activefeatures={','.join(active)}",
+    ]  # fmt: skip
+
+
+def publish_features(node: Node, cached: Iterable[str]) -> str | None:
+    """Make NODE's features list CACHED; what changed, or None when nothing did."""
+    config = node.config
+    shown = runner.run(
+        [*config.scontrol_command, "show", "node", "-o", config.node],
+        timeout=config.command_timeout,
+    )
+    available, active = parse_node_features(shown)
+    names = list(cached)
+    new_available, new_active = with_datasets(available, names), with_datasets(active, names)
+    if (new_available, new_active) == (available, active):
+        return None
+    runner.run(
+        build_update_argv(config.scontrol_command, config.node, new_available, new_active),
+        timeout=config.command_timeout,
+    )
+    return "features: " + (",".join(PREFIX + n for n in sorted(names)) or "no datasets")

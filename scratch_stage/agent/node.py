@@ -1,0 +1,93 @@
+"""The node: configuration plus the paths, state store, event log and clock built from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from scratch_stage.core.layout import PARTIAL_DIR, cached_name, restricted_mount
+from scratch_stage.host.catalog import Trust
+from scratch_stage.host.config import Config
+from scratch_stage.host.events import EventLog
+from scratch_stage.host.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """One node's scratch-stage context; ROOT is where /proc and /sys are read (tests)."""
+
+    config: Config
+    root: Path = Path("/")
+    clock: Callable[[], float] = field(default=time.time)
+
+    @cached_property
+    def mountdir(self) -> Path:
+        # mountinfo shows resolved paths: compare against the resolved mountdir.
+        return Path(os.path.realpath(self.config.mountdir))
+
+    @cached_property
+    def store(self) -> StateStore:
+        from scratch_stage.agent.reconcile import settle
+        from scratch_stage.agent.recovery import rebuild_state
+
+        return StateStore(
+            self.config.statedir,
+            lock_timeout=self.config.lock_timeout,
+            rebuild=lambda: rebuild_state(self),
+            settle=lambda state: settle(self, state),
+        )
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.config.statedir, clock=self.clock)
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.config.cachedir / PARTIAL_DIR
+
+    @cached_property
+    def trust(self) -> Trust:
+        """Whose images root mounts: root (and this command's user), plus `trusted_owners`."""
+        import grp
+        import pwd
+
+        uids = set(Trust().trusted_uids)
+        gids = {0}
+        for user in self.config.trusted_owners.users:
+            try:
+                uids.add(pwd.getpwnam(user).pw_uid)
+            except KeyError:
+                log.warning("trusted_owners: no user %r", user)
+        for group in self.config.trusted_owners.groups:
+            try:
+                gids.add(grp.getgrnam(group).gr_gid)
+            except KeyError:
+                log.warning("trusted_owners: no group %r", group)
+        return Trust(frozenset(uids), frozenset(gids))
+
+    def mountpoint(self, name: str) -> Path:
+        """Where dataset NAME is mounted: <mountdir>/<name>, or for a dataset restricted by
+        `access:` a directory only its groups may enter (jobs still read <mountdir>/<name>,
+        a symlink to it; layout.py, docs/security.md)."""
+        if name in self.config.access:
+            return self.mountdir / restricted_mount(name)
+        return self.mountdir / name
+
+    def cached_path(self, name: str) -> Path:
+        """Where the cached copy of NAME lives."""
+        return self.config.cachedir / cached_name(name)
+
+    def capacity_bytes(self) -> int:
+        """The cache budget in bytes (a percentage is of the cachedir filesystem)."""
+        capacity = self.config.capacity
+        if not capacity.percent:
+            return capacity.bytes_for(0)
+        st = os.statvfs(self.config.cachedir)
+        return capacity.bytes_for(st.f_blocks * st.f_frsize)

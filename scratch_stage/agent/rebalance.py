@@ -1,0 +1,335 @@
+"""One rebalance pass: measure heat, read demand, plan, act (docs/design.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from scratch_stage.agent.mounts import perform_unmount
+from scratch_stage.agent.node import Node
+from scratch_stage.core.errors import ConfigError, Interrupted, ScratchStageError
+from scratch_stage.host.catalog import Catalog, Fingerprint, scan_catalog
+from scratch_stage.host.heat import (
+    dataset_of_path,
+    parse_diskstats,
+    read_loop_backings,
+    update_heat,
+)
+from scratch_stage.host.mountinfo import read_all_stacks
+from scratch_stage.host.state import Failure, NodeState
+from scratch_stage.policy.plan_input import plan_input
+from scratch_stage.policy.planner import Plan, PlanParams, ValueFunction, default_value, plan
+from scratch_stage.policy.report import PassReport, save_report, skipped_report
+from scratch_stage.slurm.demand_sources import read_demand
+
+if TYPE_CHECKING:
+    from scratch_stage.agent.mounts import MountStep, UnmountStep
+
+log = logging.getLogger(__name__)
+
+REBALANCE_LOCK = "rebalance.lock"
+
+
+def load_value_function(spec: str) -> ValueFunction:
+    """The callable named 'module:function' in the config, or the built-in one."""
+    if not spec:
+        return default_value
+    module_name, _, attr = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"value_function {spec!r} cannot be loaded: {e}") from None
+    if not callable(func):
+        raise ConfigError(f"value_function {spec!r} is not callable")
+    return func  # type: ignore[no-any-return]
+
+
+def measure_heat(node: Node, state: NodeState, now: float) -> dict[str, float]:
+    """Sample /proc/diskstats into STATE's heat memory; bytes/s per dataset over `period`."""
+    text = (node.root / "proc/diskstats").read_text()
+    dataset_of = dataset_of_path(str(node.config.datadir), str(node.config.cachedir))
+    memory, rates = update_heat(
+        state.heat, parse_diskstats(text), read_loop_backings(node.root), dataset_of,
+        now=now, period=node.config.period,
+    )  # fmt: skip
+    state.heat = memory
+    for name, rate in rates.items():
+        if rate > 0:
+            state.last_used[name] = now
+    return rates
+
+
+@contextlib.contextmanager
+def single_rebalance(node: Node) -> Iterator[bool]:
+    """True when this process is the node's only rebalance; False if another one runs."""
+    from scratch_stage.host.locks import try_flock
+
+    node.store.ensure_statedir()
+    fd = try_flock(node.config.statedir / REBALANCE_LOCK)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> PassReport:
+    """One pass; with DRY_RUN nothing is changed, not even the heat samples."""
+    with single_rebalance(node) as alone:
+        if not alone:
+            return _skipped(node)
+        return _rebalance(node, dry_run=dry_run, progress=progress)
+
+
+def _skipped(node: Node) -> PassReport:
+    return skipped_report(node.capacity_bytes(), "another rebalance is running")
+
+
+def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
+    value = load_value_function(node.config.value_function)
+    catalog = scan_catalog(node.config.datadir, trust=node.trust)
+    now = node.clock()
+    demand = read_demand(node.config, now)
+    capacity = node.capacity_bytes()
+    params = PlanParams(horizon=node.config.horizon, hysteresis=node.config.hysteresis)
+    fingerprints = {n: i.fingerprint for n, i in catalog.images.items()}
+    if dry_run:
+        state = node.store.read()
+        heat = measure_heat(node, state, now)
+        the_plan = plan(
+            plan_input(state, fingerprints, now), heat, demand, capacity,
+            params=params, value=value,
+        )  # fmt: skip
+        return PassReport(the_plan, heat, demand, capacity)
+    with node.store.transaction() as state:
+        from scratch_stage.agent.reconcile import settle
+
+        settle(node, state, full=True)
+        heat = measure_heat(node, state, now)
+        backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
+        blocked = {n: _backoff_text(f) for n, f in backoff.items()}
+        blocked.update(
+            (n, f"{i.kind} in progress by pid {i.pid}") for n, i in state.intents.items()
+        )
+        the_plan = plan(
+            plan_input(state, fingerprints, now, blocked=blocked), heat, demand, capacity,
+            params=params, value=value,
+        )  # fmt: skip
+        report = PassReport(the_plan, heat, demand, capacity)
+        steps = _claim_evictions(node, state, the_plan)
+        steps += _claim_idle_unmounts(node, state, catalog, now)
+        remounts = _claim_remounts(node, state, catalog)
+    _act(node, steps, the_plan, report)
+    _remount(node, remounts, report)
+    report.failed += [f"stage {n}: {blocked[n]}" for n in sorted(backoff) if n in fingerprints]
+    _stage(node, the_plan, report, progress)
+    if node.config.node_features:
+        _publish_features(node, report)
+    save_report(node.config.statedir, report, now)
+    _publish_summary(node)
+    return report
+
+
+def _publish_features(node: Node, report: PassReport) -> None:
+    from scratch_stage.agent.features import publish_features
+
+    try:
+        changed = publish_features(node, sorted(node.store.read().cached))
+    except ScratchStageError as e:
+        report.failed.append(f"node features: {e}")
+        return
+    if changed:
+        report.done.append(changed)
+
+
+def _publish_summary(node: Node) -> None:
+    """The public summary for users' `status`; a failure here never fails the pass."""
+    from scratch_stage.agent.admin import publish_summary
+
+    try:
+        publish_summary(node)
+    except ScratchStageError as e:
+        log.warning("public summary not written: %s", e)
+
+
+def _claim_evictions(node: Node, state: NodeState, the_plan: Plan) -> list[UnmountStep]:
+    """Claim each planned eviction nobody holds or acts on (under the lock)."""
+    from scratch_stage.agent.mounts import UnmountStep, claim
+
+    steps = []
+    for name in the_plan.evict:
+        if state.holders(name) or name not in state.cached or name in state.intents:
+            continue
+        path = node.cached_path(name)
+        if claim(node, state, name, "evict", str(path)):
+            steps.append(UnmountStep(name, path, delete=True))
+    return steps
+
+
+def _claim_idle_unmounts(
+    node: Node, state: NodeState, catalog: Catalog, now: float
+) -> list[UnmountStep]:
+    """Claim the stacks nobody holds that are removed, replaced, or idle past idle_unmount."""
+    from scratch_stage.agent.mounts import UnmountStep, claim
+
+    steps = []
+    for name, layers in sorted(read_all_stacks(node.root, str(node.mountdir)).items()):
+        if state.holders(name) or not layers or name in state.intents:
+            continue
+        image = catalog.images.get(name)
+        why = _idle_reason(node, state, name, layers, image.fingerprint if image else None, now)
+        if why is not None and claim(node, state, name, "unmount", why):
+            steps.append(UnmountStep(name, None, delete=False))
+    return steps
+
+
+def _claim_remounts(node: Node, state: NodeState, catalog: Catalog) -> list[MountStep]:
+    """Claim a mount for each held dataset whose stack is empty (a process died mid-way)."""
+    from scratch_stage.agent.mounts import claim, prepare_mount
+
+    steps = []
+    held = sorted({n for hold in state.jobs.values() for n in hold.datasets})
+    stacks = read_all_stacks(node.root, str(node.mountdir))
+    for name in held:
+        image = catalog.images.get(name)
+        if image is None or stacks.get(name) or name in state.intents:
+            continue
+        step = prepare_mount(node, state, image)
+        if step is not None and claim(node, state, name, "mount", str(step.source)):
+            steps.append(step)
+    return steps
+
+
+def _remount(node: Node, steps: list[MountStep], report: PassReport) -> None:
+    """Mount what held datasets lack, outside the lock."""
+    from scratch_stage.agent.mounts import describe, perform_mount, release_claim
+
+    for step in steps:
+        try:
+            perform_mount(node, step)
+        except ScratchStageError as e:
+            report.failed.append(f"remount {step.name}: {e}")
+        else:
+            node.events.emit("mount", step.name, detail=describe(step), reason="held, unmounted")
+            report.done.append(f"remounted {step.name} (held but not mounted)")
+        finally:
+            with node.store.transaction() as state:
+                release_claim(state, step.name)
+
+
+# Finished steps are recorded together, every this many steps or seconds: hundreds of
+# unmounts in a pass must not queue hundreds of state writes in front of the prologs.
+_FINISH_EVERY = 16
+_FINISH_SECONDS = 0.25
+
+
+def _act(node: Node, steps: list[UnmountStep], the_plan: Plan, report: PassReport) -> None:
+    """Carry out the claimed evictions and unmounts outside the lock, finishing them in
+    small batches (an unfinished step is an intent: reconcile settles it after a crash)."""
+    import time
+
+    from scratch_stage.host import interrupts
+
+    done: list[tuple[UnmountStep, str]] = []
+    last = time.monotonic()
+    for i, step in enumerate(steps):
+        if interrupts.requested():  # stop between steps: drop the claims not acted on
+            _finish(node, done, steps[i:], the_plan, report)
+            interrupts.check()
+        error = ""
+        try:
+            perform_unmount(node, step)
+        except ScratchStageError as e:
+            error = str(e)
+        done.append((step, error))
+        if len(done) >= _FINISH_EVERY or time.monotonic() - last >= _FINISH_SECONDS:
+            _finish(node, done, [], the_plan, report)
+            done, last = [], time.monotonic()
+    _finish(node, done, [], the_plan, report)
+
+
+def _finish(
+    node: Node,
+    done: list[tuple[UnmountStep, str]],
+    abandoned: list[UnmountStep],
+    the_plan: Plan,
+    report: PassReport,
+) -> None:
+    """Record DONE steps (release their claims, drop evicted records) and drop ABANDONED."""
+    from scratch_stage.agent.mounts import release_claim
+
+    if not done and not abandoned:
+        return
+    reasons: dict[str, str] = {}
+    with node.store.transaction() as state:
+        for step, error in done:
+            intent = state.intents.get(step.name)
+            reasons[step.name] = intent.source if intent else "idle"
+            release_claim(state, step.name)
+            if not error and step.delete:
+                state.cached.pop(step.name, None)
+            if not error and not step.delete:
+                state.last_used.pop(step.name, None)
+        for step in abandoned:
+            release_claim(state, step.name)
+    for step, error in done:
+        if error:
+            what = "evict" if step.delete else "unmount"
+            report.failed.append(f"{what} {step.name}: {error}")
+        elif step.delete:
+            why = the_plan.decisions[step.name].reason
+            node.events.emit("evict", step.name, reason=why)
+            report.done.append(f"evicted {step.name} ({why})")
+        else:
+            node.events.emit("unmount", step.name, reason=reasons[step.name])
+            report.done.append(f"unmounted {step.name} ({reasons[step.name]})")
+
+
+def _backoff_text(failure: Failure) -> str:
+    return (
+        f"not retried before {failure.retry_at:.0f} after {failure.count} failure(s): "
+        f"{failure.reason}"
+    )
+
+
+def _idle_reason(
+    node: Node, state: NodeState, name: str, layers: list[Any],
+    fingerprint: Fingerprint | None, now: float,
+) -> str | None:  # fmt: skip
+    if fingerprint is None:
+        return "image removed from datadir"
+    if any(layer.deleted for layer in layers):
+        return "image replaced in datadir"
+    from scratch_stage.agent.mounts import real_path
+
+    cached_path = real_path(node.cached_path(name))  # as the loop device reports it
+    if any(layer.backing_path == cached_path for layer in layers) and name in state.cached:
+        return None  # cached copies stay mounted; eviction decides about them
+    last = state.last_used.setdefault(name, now)
+    limit = node.config.idle_unmount
+    if limit > 0 and now - last >= limit:
+        return f"idle for {now - last:.0f}s"
+    return None
+
+
+def _stage(node: Node, the_plan: Plan, report: PassReport, progress: Any) -> None:
+    """Copy in value order, outside the state lock; one failure does not stop the rest."""
+    from scratch_stage.agent.stager import stage
+    from scratch_stage.host import interrupts
+
+    for name in the_plan.stage:
+        interrupts.check()
+        try:
+            report.done.append(stage(node, name, progress=progress(name) if progress else None))
+        except ScratchStageError as e:
+            if isinstance(e, Interrupted):
+                raise
+            report.failed.append(f"stage {name}: {e}")
+            log.warning("staging %s failed: %s", name, e)
+        except OSError as e:  # the cache filesystem misbehaving must not end the daemon
+            report.failed.append(f"stage {name}: {e.strerror or e}")
+            log.warning("staging %s failed: %s", name, e)

@@ -1,0 +1,571 @@
+"""Configuration: one declarative table of options, lookup, environment overrides,
+validation with every error at once, and the cache of the last validated configuration.
+
+The table is the `Config` dataclass itself: each field carries an `Option` in its metadata
+(parser, documentation, whether SCRATCH_STAGE_<KEY> may override it, how `config show`
+prints it). Validation, environment overrides, `config show`, the README table and the
+checks against the example file all iterate `dataclasses.fields(Config)`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args
+
+from scratch_stage.core.errors import ConfigError
+from scratch_stage.core.requests import is_valid_name
+from scratch_stage.core.units import Capacity, parse_duration, parse_size
+
+DEFAULT_PATH = Path("/etc/scratch-stage/config.yaml")
+# The defaults of mountdir and statedir, read when a Config is built (tests move them).
+DEFAULT_MOUNTDIR = Path("/datasets")
+DEFAULT_STATEDIR = Path("/var/lib/scratch-stage")
+# Root-only runtime directory (tmpfs) holding the last validated configuration.
+RUNDIR = Path("/run/scratch-stage")
+ENV_PATH = "SCRATCH_STAGE_CONFIG"
+ENV_RUNDIR = "SCRATCH_STAGE_RUNDIR"  # another RUNDIR (tests); not a configuration key
+ENV_PREFIX = "SCRATCH_STAGE_"
+
+Verify = Literal["size", "sha256"]
+DemandSource = Literal["squeue", "pyslurm", "file", "none"]
+VERIFY_MODES: tuple[Verify, ...] = get_args(Verify)
+DEMAND_SOURCES: tuple[DemandSource, ...] = get_args(DemandSource)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the configuration table (the metadata of a Config field)."""
+
+    parse: Callable[[Any], Any]  # YAML value or environment text -> value; ValueError if bad
+    doc: str  # the README's "meaning" column (Markdown)
+    env: bool  # SCRATCH_STAGE_<KEY> may override it
+    show: Callable[[Any], Any]  # value -> plain data that `parse` accepts again
+    default_doc: str | None  # the README's "default" column; None: the field's default
+
+
+class InvalidConfig(ConfigError):
+    """A configuration with problems, each 'key: problem' (one line all together)."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"invalid configuration {source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+# --- parsers: plain data in, a value out, ValueError with the reason otherwise ---------
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return Path(value)
+
+
+def _positive(parse: Callable[[Any], float]) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        number = parse(value)
+        if number <= 0:
+            raise ValueError(f"must be positive, got {value!r}")
+        return number
+
+    return check
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        import shlex  # lazy: the cache holds commands as lists
+
+        argv: Any = shlex.split(value)
+    else:
+        argv = value
+    if not isinstance(argv, list) and not isinstance(argv, tuple):
+        raise ValueError(f"must be a command line or a list, got {value!r}")
+    if not argv or not all(isinstance(a, str) for a in argv) or not argv[0].startswith("/"):
+        raise ValueError(f"must start with an absolute program path, got {value!r}")
+    return tuple(argv)
+
+
+def _node(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"must be a node name, got {value!r}")
+    return value
+
+
+def _verify(value: Any) -> Verify:
+    for mode in VERIFY_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"must be one of {', '.join(VERIFY_MODES)}, got {value!r}")
+
+
+def _capacity(value: Any) -> Capacity:
+    return Capacity.parse(value)
+
+
+def _chunk(value: Any) -> int:
+    size = parse_size(value)
+    if not 4096 <= size <= 1024**3:
+        raise ValueError(f"must be between 4KiB and 1GiB, got {value!r}")
+    return size
+
+
+class _SubkeyErrors(ValueError):
+    """Problems under several sub-keys of one key, each as 'subkey: problem'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _access(value: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of dataset name to a list of Unix groups")
+    result: dict[str, tuple[str, ...]] = {}
+    problems: list[str] = []
+    for name, groups in value.items():
+        if not isinstance(name, str) or not is_valid_name(name):
+            problems.append(f"{name}: {name!r} is not a dataset name")
+            continue
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            problems.append(f"{name}: must be a list of Unix group names")
+            continue
+        result[name] = tuple(groups)
+    if problems:
+        raise _SubkeyErrors(problems)
+    return result
+
+
+@dataclass(frozen=True)
+class TrustedOwners:
+    """Who besides root may own (and group-write) the images root mounts."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+def _trusted_owners(value: Any) -> TrustedOwners:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with users and/or groups (lists of names)")
+    unknown = sorted(set(value) - {"users", "groups"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    lists = {}
+    for key in ("users", "groups"):
+        names = value.get(key) or []
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"{key} must be a list of names")
+        lists[key] = tuple(names)
+    return TrustedOwners(lists["users"], lists["groups"])
+
+
+def _show_trusted(value: TrustedOwners) -> dict[str, list[str]]:
+    return {"users": list(value.users), "groups": list(value.groups)}
+
+
+@dataclass(frozen=True)
+class DemandConfig:
+    """Where queued-job demand comes from: squeue, pyslurm, a published file, or nowhere."""
+
+    source: DemandSource = "squeue"
+    path: Path | None = None
+    max_age: float = 300.0
+
+
+def _demand(value: Any) -> DemandConfig:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with source (squeue|pyslurm|file|none), path, max_age")
+    unknown = sorted(set(value) - {"source", "path", "max_age"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    requested = value.get("source", "squeue")
+    source = next((s for s in DEMAND_SOURCES if s == requested), None)
+    if source is None:
+        raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {requested!r}")
+    path = _path(value["path"]) if value.get("path") is not None else None
+    if source == "file" and path is None:
+        raise ValueError("source file needs a path")
+    max_age = _positive(parse_duration)(value.get("max_age", 300))
+    return DemandConfig(source, path, max_age)
+
+
+def _callable_name(value: Any) -> str:
+    if not isinstance(value, str) or (value and value.count(":") != 1):
+        raise ValueError(f"must be 'module:function', got {value!r}")
+    return value
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    number = float(value)
+    if not 0 <= number <= 10:
+        raise ValueError(f"must be between 0 and 10, got {value!r}")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    # YAML gives a bool; an environment override gives text.
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+# --- how `config show` (and the cache) prints a value: plain data its parser accepts ---
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _show_capacity(value: Capacity) -> Any:
+    return value.show()
+
+
+def _show_access(value: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    return {name: list(groups) for name, groups in value.items()}
+
+
+def _show_demand(value: DemandConfig) -> dict[str, Any]:
+    path = None if value.path is None else str(value.path)
+    return {"source": value.source, "path": path, "max_age": value.max_age}
+
+
+def _default_doc(shown: Any) -> str:
+    """The README's default column for a default as `config show` prints it."""
+    if isinstance(shown, bool):
+        return f"`{str(shown).lower()}`"
+    if isinstance(shown, float) and shown.is_integer():
+        return f"`{int(shown)}`"
+    if isinstance(shown, list):
+        return f"`{' '.join(shown)}`"
+    return f"`{shown}`"
+
+
+def _meta(
+    doc: str,
+    parse: Callable[[Any], Any],
+    *,
+    env: bool = True,
+    show: Callable[[Any], Any] = _plain,
+    default_doc: str | None = None,
+) -> dict[str, Option]:
+    """A Config field's metadata: its row of the table (`field(..., metadata=_meta(...))`)."""
+    return {"option": Option(parse, doc, env, show, default_doc)}
+
+
+def _short_hostname() -> str:
+    return os.uname().nodename.split(".")[0]
+
+
+_DURATION = _positive(parse_duration)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective, validated configuration; each field is one option (see module doc)."""
+
+    datadir: Path = field(
+        metadata=_meta("slow shared directory of images `<name>.sqfs` / `.squashfs`", _path)
+    )
+    cachedir: Path = field(
+        metadata=_meta("fast node-local cache (copies in flight in `.partial/`)", _path)
+    )
+    mountdir: Path = field(
+        default_factory=lambda: DEFAULT_MOUNTDIR,
+        metadata=_meta("jobs read `<mountdir>/<name>`", _path, default_doc="`/datasets`"),
+    )
+    statedir: Path = field(
+        default_factory=lambda: DEFAULT_STATEDIR,
+        metadata=_meta(
+            "`state.json`, `state.lock`, `events.log`", _path,
+            default_doc="`/var/lib/scratch-stage`",
+        ),
+    )  # fmt: skip
+    capacity: Capacity = field(
+        default=Capacity(80.0, percent=True),
+        metadata=_meta(
+            "cache budget: `500GB`, `2TiB` or `80%` of the cachedir filesystem (a bare "
+            "number is bytes)", _capacity, show=_show_capacity,
+        ),
+    )  # fmt: skip
+    period: float = field(
+        default=600.0, metadata=_meta("heat window, seconds (rebalance)", _DURATION)
+    )
+    interval: float = field(
+        default=60.0, metadata=_meta("daemon rebalance interval, seconds", _DURATION)
+    )
+    node: str = field(
+        default_factory=_short_hostname,
+        metadata=_meta("this node's Slurm NodeName", _node, default_doc="short hostname"),
+    )
+    mount_command: tuple[str, ...] = field(
+        default=("/usr/bin/mount",),
+        metadata=_meta("absolute command line that mounts an image", _command),
+    )
+    umount_command: tuple[str, ...] = field(
+        default=("/usr/bin/umount",),
+        metadata=_meta("absolute command line that unmounts", _command),
+    )
+    mksquashfs_command: tuple[str, ...] = field(
+        default=("/usr/bin/mksquashfs",),
+        metadata=_meta("absolute command line of `mksquashfs` (`image build`)", _command),
+    )
+    command_timeout: float = field(
+        default=60.0, metadata=_meta("seconds an external command may take", _DURATION)
+    )
+    lock_timeout: float = field(
+        default=30.0,
+        metadata=_meta("seconds to wait for the state lock (then exit 5)", parse_duration),
+    )
+    prolog_stage_budget: float = field(
+        default=0.0,
+        metadata=_meta(
+            "seconds the prolog may wait for a cached copy before using the slow mount "
+            "(counts against the job's time limit)", parse_duration,
+        ),
+    )  # fmt: skip
+    verify: Verify = field(
+        default="size",
+        metadata=_meta(
+            "check of a copy before it is mounted: `size` (and squashfs header) or `sha256` "
+            "(re-read from disk)", _verify,
+        ),
+    )  # fmt: skip
+    chunk_size: int = field(
+        default=8 * 1024 * 1024, metadata=_meta("copy chunk", _chunk, default_doc="`8MiB`")
+    )
+    access: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "`{dataset: [unix groups]}`: only members may have it mounted", _access,
+            env=False, show=_show_access, default_doc="open to anyone who can read the image",
+        ),
+    )  # fmt: skip
+    trusted_owners: TrustedOwners = field(
+        default=TrustedOwners(),
+        metadata=_meta(
+            "`{users: [...], groups: [...]}` who besides root may own (users) or group-write "
+            "(groups) the images root mounts (docs/security.md)", _trusted_owners,
+            env=False, show=_show_trusted, default_doc="root only",
+        ),
+    )  # fmt: skip
+    demand: DemandConfig = field(
+        default=DemandConfig(),
+        metadata=_meta(
+            "`{source: squeue\\|pyslurm\\|file\\|none, path: ..., max_age: 300}` (pyslurm "
+            "only when it matches Slurm's major.minor, else squeue)", _demand,
+            env=False, show=_show_demand, default_doc="`squeue`",
+        ),
+    )  # fmt: skip
+    squeue_command: tuple[str, ...] = field(
+        default=("/usr/bin/squeue",), metadata=_meta("absolute path of Slurm's `squeue`", _command)
+    )
+    sinfo_command: tuple[str, ...] = field(
+        default=("/usr/bin/sinfo",), metadata=_meta("absolute path of Slurm's `sinfo`", _command)
+    )
+    scontrol_command: tuple[str, ...] = field(
+        default=("/usr/bin/scontrol",),
+        metadata=_meta("absolute path of Slurm's `scontrol` (`node_features`)", _command),
+    )
+    horizon: float = field(
+        default=3600.0,
+        metadata=_meta(
+            "seconds of heat a copy must pay for; scale of the demand's soonness discount",
+            _DURATION,
+        ),
+    )
+    hysteresis: float = field(
+        default=0.1,
+        metadata=_meta(
+            "extra value of a cached copy, as a share of its size (no oscillation)", _fraction
+        ),
+    )
+    value_function: str = field(
+        default="",
+        metadata=_meta(
+            "your own valuation, `module:function` (`docs/planner.md`)", _callable_name,
+            default_doc="built-in",
+        ),
+    )  # fmt: skip
+    idle_unmount: float = field(
+        default=3600.0,
+        metadata=_meta(
+            "unmount a slow mount nobody held or read for this long (0: never)", parse_duration
+        ),
+    )
+    bandwidth: int = field(
+        default=0, metadata=_meta("staging bandwidth cap in bytes/s (`500MB`); 0: none", parse_size)
+    )
+    node_features: bool = field(
+        default=False,
+        metadata=_meta("publish cached datasets as Slurm node features `ds_<name>`", _boolean),
+    )
+    source: str = "<defaults>"  # where it was read: not an option
+
+
+OPTIONS: dict[str, Option] = {
+    f.name: f.metadata["option"] for f in fields(Config) if "option" in f.metadata
+}
+REQUIRED = tuple(
+    f.name
+    for f in fields(Config)
+    if f.name in OPTIONS and f.default is MISSING and f.default_factory is MISSING
+)
+
+
+# --- lookup, overrides, validation -------------------------------------------------------
+
+
+def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """The config file to read: --config, then $SCRATCH_STAGE_CONFIG, then the default."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(ENV_PATH):
+        return Path(environ[ENV_PATH])
+    return DEFAULT_PATH
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw mapping in PATH; ConfigError if unreadable or not a YAML mapping."""
+    import yaml  # lazy: only a load that misses the cache pays for it
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration {path} is not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise ConfigError(f"configuration {path}{where}: YAML {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"configuration {path}: top level must be a mapping of keys")
+    return raw
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """The SCRATCH_STAGE_<KEY> variables of ENVIRON for keys that allow them, by key."""
+    found = {}
+    for key, option in OPTIONS.items():
+        value = environ.get(ENV_PREFIX + key.upper())
+        if option.env and value is not None:
+            found[key] = value
+    return found
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """RAW with every SCRATCH_STAGE_<KEY> variable applied over it."""
+    return {**raw, **env_overrides(environ)}
+
+
+def validate_config(raw: Mapping[str, Any], source: str) -> Config:
+    """A Config from RAW; InvalidConfig naming every bad key at once."""
+    errors: list[str] = [f"{key}: unknown key" for key in raw if key not in OPTIONS]
+    errors += [f"{key}: required" for key in REQUIRED if raw.get(key) is None]
+    values: dict[str, Any] = {}
+    for key, option in OPTIONS.items():
+        if raw.get(key) is None:
+            continue
+        try:
+            values[key] = option.parse(raw[key])
+        except _SubkeyErrors as e:
+            errors.extend(f"{key}.{problem}" for problem in e.problems)
+        except (ValueError, TypeError) as e:
+            errors.append(f"{key}: {e}")
+    if errors:
+        raise InvalidConfig(source, errors)
+    return Config(**values, source=source)
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """The configuration as plain values (`config show`); validate_config accepts it again."""
+    return {key: option.show(getattr(config, key)) for key, option in OPTIONS.items()}
+
+
+def markdown_table() -> str:
+    """The README's table of configuration keys, generated from the options."""
+    lines = ["| key | meaning | default | env override |", "|---|---|---|---|"]
+    for f in fields(Config):
+        option = OPTIONS.get(f.name)
+        if option is None:
+            continue
+        if option.default_doc is not None:
+            default = option.default_doc
+        elif f.default is MISSING:
+            default = "required" if f.default_factory is MISSING else "computed"
+        else:
+            default = _default_doc(option.show(f.default))
+        env = "yes" if option.env else "no"
+        lines.append(f"| `{f.name}` | {option.doc} | {default} | {env} |")
+    return "\n".join(lines)
+
+
+# --- loading, with the cache of the last validated configuration -----------------------
+
+
+def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The effective configuration; ConfigError on any problem."""
+    return _load(explicit, os.environ if environ is None else environ, False)[0]
+
+
+def load_hook_config(
+    explicit: str | None, environ: Mapping[str, str]
+) -> tuple[Config, ConfigError | None]:
+    """The configuration for a prolog or epilog, and why the file itself was not used.
+
+    A file that cannot be loaded (a bad push) does not drain the node: the last
+    configuration that validated for the same file and environment overrides is used
+    instead, and the problem returned for the caller to log. With none, ConfigError.
+    """
+    return _load(explicit, environ, True)
+
+
+def _load(
+    explicit: str | None, environ: Mapping[str, str], keep_known_good: bool
+) -> tuple[Config, ConfigError | None]:
+    from scratch_stage.host.configcache import ConfigCache, file_identity
+
+    path = find_config_path(explicit, environ)
+    overrides = env_overrides(environ)
+    cache = ConfigCache(Path(environ.get(ENV_RUNDIR) or RUNDIR), path, overrides)
+    identity = file_identity(path)  # before reading: a change while reading only misses
+    entry = cache.read()
+    if entry is not None and identity is not None and entry.identity == identity:
+        try:
+            return validate_config(entry.config, str(path)), None
+        except ConfigError:
+            entry = None  # written by another version: parse the file
+    try:
+        raw = {**read_config_file(path), **overrides}
+        config = validate_config(raw, str(path))
+    except ConfigError as e:
+        if keep_known_good and entry is not None:
+            try:
+                return validate_config(entry.config, str(path)), e
+            except ConfigError:
+                pass
+        raise
+    if identity is not None:
+        cache.write(identity, config_as_dict(config))
+    return config, None

@@ -1,0 +1,136 @@
+"""Heat: bytes/s read from each dataset's loop devices over a sliding window (pure).
+
+/proc/diskstats counts sectors of 512 bytes whatever the device's logical block size
+(https://www.kernel.org/doc/html/latest/admin-guide/iostats.html); the prototype this
+field started from multiplied by hw_sector_size and over-counted 8x on 4 KiB loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from scratch_stage.host.catalog import SUFFIXES
+from scratch_stage.host.mountinfo import DELETED_SUFFIX
+
+SECTOR_BYTES = 512
+
+
+def parse_diskstats(text: str) -> dict[str, int]:
+    """Sectors read (field 6) per device name; malformed lines are skipped."""
+    sectors: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].isdigit():
+            sectors[fields[2]] = int(fields[5])
+    return sectors
+
+
+def read_loop_backings(root: Path) -> dict[str, str]:
+    """Backing file of every attached loop device, from ROOT/sys/block/loop*/loop/."""
+    backings: dict[str, str] = {}
+    for path in sorted((root / "sys/block").glob("loop*/loop/backing_file")):
+        try:
+            backings[path.parent.parent.name] = path.read_text().rstrip("\n")
+        except OSError:
+            continue
+    return backings
+
+
+def dataset_of_path(datadir: str, cachedir: str) -> Callable[[str], str | None]:
+    """A function naming the dataset a backing file belongs to (slow image or cached copy)."""
+    prefixes = (datadir.rstrip("/") + "/", cachedir.rstrip("/") + "/")
+
+    def dataset_of(backing: str) -> str | None:
+        path = backing[: -len(DELETED_SUFFIX)] if backing.endswith(DELETED_SUFFIX) else backing
+        for prefix in prefixes:
+            rest = path[len(prefix) :] if path.startswith(prefix) else None
+            if rest is None or "/" in rest:
+                continue
+            for suffix in SUFFIXES:
+                if rest.endswith(suffix):
+                    return rest[: -len(suffix)]
+        return None
+
+    return dataset_of
+
+
+@dataclass(frozen=True)
+class HeatMemory:
+    """Last counter per loop device, and cumulative bytes samples per dataset."""
+
+    counters: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    samples: Mapping[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counters": {k: [b, s] for k, (b, s) in self.counters.items()},
+            "samples": {n: [list(x) for x in s] for n, s in self.samples.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeatMemory:
+        if data is None:
+            return cls()
+        counters = {str(k): (str(b), int(s)) for k, (b, s) in data["counters"].items()}
+        samples = {
+            str(n): tuple((float(t), int(c)) for t, c in s) for n, s in data["samples"].items()
+        }
+        return cls(counters, samples)
+
+
+def update_heat(
+    memory: HeatMemory,
+    sectors: Mapping[str, int],
+    backings: Mapping[str, str],
+    dataset_of: Callable[[str], str | None],
+    *,
+    now: float,
+    period: float,
+) -> tuple[HeatMemory, dict[str, float]]:
+    """New memory after a sample at NOW, and each dataset's read rate (bytes/s) over PERIOD."""
+    read: dict[str, int] = {}
+    counters: dict[str, tuple[str, int]] = {}
+    for loop, backing in backings.items():
+        name = dataset_of(backing)
+        if loop not in sectors or name is None:
+            continue
+        counters[loop] = (backing, sectors[loop])
+        read.setdefault(name, 0)
+        last = memory.counters.get(loop)
+        if last is None or last[0] != backing:
+            continue  # a new or reused loop device: its count so far is not ours to attribute
+        delta = sectors[loop] - last[1]
+        if delta < 0:
+            delta = sectors[loop]  # counter reset (the device was recreated)
+        read[name] += delta * SECTOR_BYTES
+    samples: dict[str, tuple[tuple[float, int], ...]] = {}
+    rates: dict[str, float] = {}
+    for name in sorted(set(memory.samples) | set(read)):
+        # A sample from the future (the clock stepped back) would make any rate absurd.
+        history = tuple(x for x in memory.samples.get(name, ()) if x[0] < now)
+        total = (history[-1][1] if history else 0) + read.get(name, 0)
+        kept = _window((*history, (now, total)), now, period)
+        rates[name] = _rate(kept)
+        if name in read or rates[name] > 0:
+            samples[name] = kept  # forget datasets no longer mounted once their heat is gone
+    return HeatMemory(counters, samples), rates
+
+
+def _window(
+    samples: tuple[tuple[float, int], ...], now: float, period: float
+) -> tuple[tuple[float, int], ...]:
+    """Samples within PERIOD of NOW, plus the last one before it (the window's left edge)."""
+    inside = [i for i, (t, _) in enumerate(samples) if t >= now - period]
+    start = max(0, inside[0] - 1) if inside else len(samples) - 1
+    return samples[start:]
+
+
+def _rate(samples: tuple[tuple[float, int], ...]) -> float:
+    if len(samples) < 2:
+        return 0.0
+    (t0, c0), (t1, c1) = samples[0], samples[-1]
+    span = max(t1 - t0, 1e-9)
+    return (c1 - c0) / span

@@ -1,0 +1,215 @@
+"""Demand: queued Slurm jobs that want a dataset and may start on this node (docs/design.md).
+
+Sources: the Slurm CLI (squeue and sinfo), or a demand file published once per interval
+for the whole cluster by `scratch-stage demand --publish PATH`. Parsers are pure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from scratch_stage.core.hostlist import expand_hostlist
+from scratch_stage.core.requests import parse_request
+
+log = logging.getLogger(__name__)
+
+DEMAND_VERSION = 1
+# squeue's pending-job fields, comment last: a comment may contain the separator.
+SQUEUE_FORMAT = "%i|%P|%Q|%D|%S|%Y|%k"
+SINFO_FORMAT = "%R|%N"
+# How much more a job counts when Slurm's backfill already planned it onto this node.
+SCHEDULED_HERE_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A pending job that asked for datasets."""
+
+    job_id: str
+    partitions: tuple[str, ...]
+    priority: int
+    nodes: int
+    start: float | None
+    sched_nodes: tuple[str, ...]
+    datasets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The cluster's pending jobs and partitions at TAKEN_AT."""
+
+    jobs: tuple[PendingJob, ...]
+    partitions: Mapping[str, tuple[str, ...]]
+    taken_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": DEMAND_VERSION,
+            "taken_at": self.taken_at,
+            "partitions": {p: list(n) for p, n in self.partitions.items()},
+            "jobs": [asdict(j) for j in self.jobs],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Snapshot:
+        if not isinstance(data, dict) or data.get("version") != DEMAND_VERSION:
+            raise ValueError("not a scratch-stage demand file of version 1")
+        jobs = tuple(
+            PendingJob(
+                str(j["job_id"]),
+                tuple(j["partitions"]),
+                int(j["priority"]),
+                int(j["nodes"]),
+                None if j["start"] is None else float(j["start"]),
+                tuple(j["sched_nodes"]),
+                tuple(j["datasets"]),
+            )
+            for j in data["jobs"]
+        )
+        partitions = {str(p): tuple(map(str, n)) for p, n in data["partitions"].items()}
+        return cls(jobs, partitions, float(data["taken_at"]))
+
+
+def parse_slurm_time(text: str) -> float | None:
+    """Seconds since the epoch for squeue's '2026-11-21T10:00:00' (local time), else None."""
+    text = text.strip()
+    if len(text) != 19 or text[10] != "T" or not (text[14:16] + text[17:19]).isdigit():
+        return None
+    hour = _hour_start(text[:13])
+    return None if hour is None else hour + int(text[14:16]) * 60 + int(text[17:19])
+
+
+@functools.lru_cache(maxsize=4096)
+def _hour_start(hour: str) -> float | None:
+    # strptime and mktime cost ~30 us; 100 000 pending jobs share a few hundred hours.
+    try:
+        return time.mktime(time.strptime(hour, "%Y-%m-%dT%H"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def expand_hosts(expr: str) -> tuple[str, ...]:
+    if expr in ("(null)", "", "N/A"):
+        return ()
+    try:
+        return tuple(expand_hostlist(expr))
+    except ValueError:
+        return ()
+
+
+def parse_squeue(text: str) -> list[PendingJob]:
+    """Pending jobs with datasets from `squeue -h -t PD -o SQUEUE_FORMAT`."""
+    jobs: list[PendingJob] = []
+    for line in text.splitlines():
+        fields = line.split("|", 6)
+        if len(fields) != 7 or not fields[0].strip():
+            continue
+        job_id, partitions, priority, nodes, start, sched, comment = fields
+        datasets = comment_datasets(comment) if "datasets:" in comment else ()
+        if not datasets:
+            continue
+        jobs.append(
+            PendingJob(
+                job_id.strip(),
+                tuple(p for p in partitions.split(",") if p),
+                int(priority) if priority.strip().isdigit() else 0,
+                int(nodes) if nodes.strip().isdigit() else 1,
+                parse_slurm_time(start),
+                expand_hosts(sched),
+                datasets,
+            )
+        )
+    return jobs
+
+
+@functools.lru_cache(maxsize=65536)
+def comment_datasets(comment: str) -> tuple[str, ...]:
+    # A sweep submits thousands of jobs with one comment: parse it once.
+    return parse_request(comment).names
+
+
+def parse_sinfo(text: str) -> dict[str, tuple[str, ...]]:
+    """Partition -> node names from `sinfo -h -o '%R|%N'` (a partition may span lines)."""
+    partitions: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        name, sep, nodes = line.partition("|")
+        if sep and name.strip():
+            partitions.setdefault(name.strip(), []).extend(expand_hosts(nodes))
+    return {p: tuple(dict.fromkeys(n)) for p, n in partitions.items()}
+
+
+def node_demand(snapshot: Snapshot, node: str, *, now: float, horizon: float) -> dict[str, float]:
+    """Expected number of jobs reading each dataset on NODE soon (pure).
+
+    A job already planned onto NODE by backfill counts fully (plus SCHEDULED_HERE_WEIGHT),
+    one planned elsewhere not at all; otherwise it counts by the share of its partitions'
+    nodes it will take. Each is discounted by how far its expected start lies beyond now,
+    on the scale of HORIZON (unknown start: the horizon itself).
+    """
+    demand: dict[str, float] = {}
+    eligible = _Eligibility(snapshot.partitions, node)
+    for job in snapshot.jobs:
+        if job.sched_nodes:
+            weight = 1.0 + SCHEDULED_HERE_WEIGHT if node in job.sched_nodes else 0.0
+        else:
+            weight = min(1.0, job.nodes / eligible.size(job.partitions))
+        if weight <= 0:
+            continue
+        wait = horizon if job.start is None else max(0.0, job.start - now)
+        weight *= math.exp(-wait / horizon)
+        for name in job.datasets:
+            demand[name] = demand.get(name, 0.0) + weight
+    return demand
+
+
+class _Eligibility:
+    """How many nodes a job's partitions span; infinite when they do not include NODE."""
+
+    def __init__(self, partitions: Mapping[str, Sequence[str]], node: str) -> None:
+        self.partitions = partitions
+        self.node = node
+        self.cache: dict[tuple[str, ...], float] = {}
+
+    def size(self, names: tuple[str, ...]) -> float:
+        if names not in self.cache:
+            nodes = {n for p in names for n in self.partitions.get(p, ())}
+            self.cache[names] = len(nodes) if self.node in nodes else math.inf
+        return self.cache[names]
+
+
+def snapshot_from_cli(squeue_out: str, sinfo_out: str, now: float) -> Snapshot:
+    """A Snapshot from the two commands' outputs."""
+    return Snapshot(tuple(parse_squeue(squeue_out)), parse_sinfo(sinfo_out), now)
+
+
+def read_demand_file(path: Path, *, now: float, max_age: float) -> Snapshot | None:
+    """The published snapshot at PATH, None (with a warning) if missing, bad or stale."""
+    try:
+        snapshot = Snapshot.from_json(json.loads(path.read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("demand file %s unusable (%s): no demand this pass", path, e)
+        return None
+    age = now - snapshot.taken_at
+    if age > max_age:
+        log.warning(
+            "demand file %s is %.0fs old (max %gs): no demand this pass", path, age, max_age
+        )
+        return None
+    return snapshot
+
+
+def summarize(snapshot: Snapshot) -> dict[str, int]:
+    """Pending jobs per dataset, cluster-wide (for `scratch-stage demand`)."""
+    counts: dict[str, int] = {}
+    for job in snapshot.jobs:
+        for name in job.datasets:
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,106 @@
+"""Where this node's demand comes from: squeue and sinfo, pyslurm, the published file, none.
+
+One interface for the rebalance and the `demand` command: `read_snapshot` gives the
+cluster's pending jobs (or None, with one log line why), `read_demand` this node's weight
+per dataset, `publish_snapshot` writes the file the `file` source reads. Slurm's clients
+run through RUN (`runner.run`; tests pass a recorder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from scratch_stage.core.errors import ScratchStageError
+from scratch_stage.host import runner
+from scratch_stage.host.config import Config
+from scratch_stage.slurm.demand import (
+    SINFO_FORMAT,
+    SQUEUE_FORMAT,
+    Snapshot,
+    node_demand,
+    read_demand_file,
+    snapshot_from_cli,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Run(Protocol):
+    """Runs an external command: its stdout, or a ScratchStageError (see `runner.run`)."""
+
+    def __call__(self, argv: Sequence[str], *, timeout: float) -> str: ...
+
+
+def read_demand(config: Config, now: float, run: Run = runner.run) -> Mapping[str, float]:
+    """This node's demand from the configured source; empty (logged) when unavailable."""
+    snapshot = read_snapshot(config, now, run)
+    if snapshot is None:
+        return {}
+    return node_demand(snapshot, config.node, now=now, horizon=config.horizon)
+
+
+def read_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot | None:
+    """The cluster's pending jobs from the configured source; None when there are none to have.
+
+    `none` gives None; `file` the published snapshot (None when missing, stale or
+    malformed, with a warning); `pyslurm` reads through pyslurm when it matches this
+    Slurm, else falls back to `squeue`, which runs squeue and sinfo (None, with a
+    warning, when either fails).
+    """
+    source = config.demand.source
+    if source == "none":
+        return None
+    if source == "file":
+        if config.demand.path is None:
+            log.warning("no demand this pass: demand source 'file' has no path")
+            return None
+        return read_demand_file(config.demand.path, now=now, max_age=config.demand.max_age)
+    if source == "pyslurm":
+        snapshot = _pyslurm_snapshot(config, now, run)
+        if snapshot is not None:
+            return snapshot
+    try:
+        squeue = run([*config.squeue_command, "-h", "-t", "PD", "-o", SQUEUE_FORMAT],
+                     timeout=config.command_timeout)  # fmt: skip
+        sinfo = run([*config.sinfo_command, "-h", "-o", SINFO_FORMAT],
+                    timeout=config.command_timeout)  # fmt: skip
+    except ScratchStageError as e:
+        log.warning("no demand this pass: %s", e)
+        return None
+    return snapshot_from_cli(squeue, sinfo, now)
+
+
+def publish_snapshot(snapshot: Snapshot, path: Path) -> None:
+    """Write SNAPSHOT where nodes with `demand: {source: file}` read it, atomically.
+
+    ScratchStageError (one line) when PATH cannot be written.
+    """
+    from scratch_stage.host.state import write_atomically
+
+    try:
+        write_atomically(path, json.dumps(snapshot.to_json()).encode())
+    except OSError as e:
+        raise ScratchStageError(f"cannot publish the demand to {path}: {e.strerror or e}") from None
+
+
+def _pyslurm_snapshot(config: Config, now: float, run: Run) -> Snapshot | None:
+    """The snapshot through pyslurm, or None (with one log line why) to use the CLI."""
+    from scratch_stage.slurm.pyslurm_source import snapshot_from_pyslurm, usable_pyslurm
+
+    try:
+        version = run([*config.scontrol_command, "--version"], timeout=config.command_timeout)
+    except ScratchStageError as e:
+        version = f"unknown ({e})"
+    pyslurm, why = usable_pyslurm(version)
+    if pyslurm is None:
+        log.info("demand through squeue, not pyslurm: %s", why)
+        return None
+    try:
+        return snapshot_from_pyslurm(pyslurm, now)
+    except Exception as e:  # a pyslurm call failing is no reason to lose the pass
+        log.warning("demand through squeue, pyslurm failed: %s", e)
+        return None
