@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from scratch_stage.agent.mounts import perform_unmount
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import ConfigError, Interrupted, ScratchStageError
-from scratch_stage.host.catalog import Catalog, Fingerprint, scan_catalog
+from scratch_stage.host.catalog import Catalog, scan_catalog
 from scratch_stage.host.heat import (
     dataset_of_path,
     parse_diskstats,
@@ -24,6 +24,7 @@ from scratch_stage.host.state import Failure, NodeState
 from scratch_stage.policy.plan_input import plan_input
 from scratch_stage.policy.planner import Plan, PlanParams, ValueFunction, default_value, plan
 from scratch_stage.policy.report import PassReport, save_report, skipped_report
+from scratch_stage.policy.unmounts import UnmountPlan, decide_unmounts
 from scratch_stage.slurm.demand_sources import read_demand
 
 if TYPE_CHECKING:
@@ -120,9 +121,11 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
             params=params, value=value,
         )  # fmt: skip
         report = PassReport(the_plan, heat, demand, capacity)
-        steps = _claim_evictions(node, state, the_plan)
-        steps += _claim_idle_unmounts(node, state, catalog, now)
-        remounts = _claim_remounts(node, state, catalog)
+        decided = _decide_unmounts(node, state, the_plan, catalog, now)
+        for name in decided.idle_since_now:
+            state.last_used[name] = now
+        steps = _claim_unmounts(node, state, decided)
+        remounts = _claim_remounts(node, state, catalog, decided)
     _act(node, steps, the_plan, report)
     _remount(node, remounts, report)
     report.failed += [f"stage {n}: {blocked[n]}" for n in sorted(backoff) if n in fingerprints]
@@ -156,49 +159,45 @@ def _publish_summary(node: Node) -> None:
         log.warning("public summary not written: %s", e)
 
 
-def _claim_evictions(node: Node, state: NodeState, the_plan: Plan) -> list[UnmountStep]:
-    """Claim each planned eviction nobody holds or acts on (under the lock)."""
+def _decide_unmounts(
+    node: Node, state: NodeState, the_plan: Plan, catalog: Catalog, now: float
+) -> UnmountPlan:
+    """The pass's unmounts and remounts (a value: policy/unmounts.py) from this node."""
+    from scratch_stage.agent.mounts import real_path
+
+    stacks = read_all_stacks(node.root, str(node.mountdir))
+    # as the loop device reports it (cachedir may be a symlink)
+    cached_backing = {name: real_path(node.cached_path(name)) for name in stacks}
+    return decide_unmounts(
+        state, the_plan, stacks, catalog.images, cached_backing,
+        idle_unmount=node.config.idle_unmount, now=now,
+    )  # fmt: skip
+
+
+def _claim_unmounts(node: Node, state: NodeState, decided: UnmountPlan) -> list[UnmountStep]:
+    """Claim each decided eviction and unmount as an intent (under the lock)."""
     from scratch_stage.agent.mounts import UnmountStep, claim
 
     steps = []
-    for name in the_plan.evict:
-        if state.holders(name) or name not in state.cached or name in state.intents:
-            continue
-        path = node.cached_path(name)
-        if claim(node, state, name, "evict", str(path)):
-            steps.append(UnmountStep(name, path, delete=True))
+    for unmount in decided.unmounts:
+        if unmount.evict:
+            path = node.cached_path(unmount.name)
+            if claim(node, state, unmount.name, "evict", str(path)):
+                steps.append(UnmountStep(unmount.name, path, delete=True))
+        elif claim(node, state, unmount.name, "unmount", unmount.reason):
+            steps.append(UnmountStep(unmount.name, None, delete=False))
     return steps
 
 
-def _claim_idle_unmounts(
-    node: Node, state: NodeState, catalog: Catalog, now: float
-) -> list[UnmountStep]:
-    """Claim the stacks nobody holds that are removed, replaced, or idle past idle_unmount."""
-    from scratch_stage.agent.mounts import UnmountStep, claim
-
-    steps = []
-    for name, layers in sorted(read_all_stacks(node.root, str(node.mountdir)).items()):
-        if state.holders(name) or not layers or name in state.intents:
-            continue
-        image = catalog.images.get(name)
-        why = _idle_reason(node, state, name, layers, image.fingerprint if image else None, now)
-        if why is not None and claim(node, state, name, "unmount", why):
-            steps.append(UnmountStep(name, None, delete=False))
-    return steps
-
-
-def _claim_remounts(node: Node, state: NodeState, catalog: Catalog) -> list[MountStep]:
+def _claim_remounts(
+    node: Node, state: NodeState, catalog: Catalog, decided: UnmountPlan
+) -> list[MountStep]:
     """Claim a mount for each held dataset whose stack is empty (a process died mid-way)."""
     from scratch_stage.agent.mounts import claim, prepare_mount
 
     steps = []
-    held = sorted({n for hold in state.jobs.values() for n in hold.datasets})
-    stacks = read_all_stacks(node.root, str(node.mountdir))
-    for name in held:
-        image = catalog.images.get(name)
-        if image is None or stacks.get(name) or name in state.intents:
-            continue
-        step = prepare_mount(node, state, image)
+    for name in decided.remounts:
+        step = prepare_mount(node, state, catalog.images[name])
         if step is not None and claim(node, state, name, "mount", str(step.source)):
             steps.append(step)
     return steps
@@ -294,26 +293,6 @@ def _backoff_text(failure: Failure) -> str:
         f"not retried before {failure.retry_at:.0f} after {failure.count} failure(s): "
         f"{failure.reason}"
     )
-
-
-def _idle_reason(
-    node: Node, state: NodeState, name: str, layers: list[Any],
-    fingerprint: Fingerprint | None, now: float,
-) -> str | None:  # fmt: skip
-    if fingerprint is None:
-        return "image removed from datadir"
-    if any(layer.deleted for layer in layers):
-        return "image replaced in datadir"
-    from scratch_stage.agent.mounts import real_path
-
-    cached_path = real_path(node.cached_path(name))  # as the loop device reports it
-    if any(layer.backing_path == cached_path for layer in layers) and name in state.cached:
-        return None  # cached copies stay mounted; eviction decides about them
-    last = state.last_used.setdefault(name, now)
-    limit = node.config.idle_unmount
-    if limit > 0 and now - last >= limit:
-        return f"idle for {now - last:.0f}s"
-    return None
 
 
 def _stage(node: Node, the_plan: Plan, report: PassReport, progress: Any) -> None:
