@@ -8,13 +8,11 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scratch_stage.simulate.trace import Job, Trace
+from scratch_stage.simulate.trace import MIN_READ_SECONDS, Job, Trace
 
 # Demand weights as scratch_stage.slurm.demand.node_demand gives them (a test holds them equal).
 SCHEDULED_HERE = 2.0
 UNKNOWN_START_FACTOR = math.exp(-1.0)
-# A read shorter than this is stretched to it, so that every read has a finite rate.
-MIN_READ_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ and per dataset what EACH of its nodes read: `passes` over the image or `bytes`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from scratch_stage.core.errors import ScratchStageError
 
 TRACE_FORMAT = "scratch-stage-trace"
 TRACE_VERSION = 1
+# A read shorter than this is stretched to it, so that every read has a finite rate.
+MIN_READ_SECONDS = 1.0
 
 
 class TraceError(ScratchStageError):
@@ -79,11 +82,16 @@ def parse_job(data: Any, sizes: Mapping[str, int]) -> Job:
     if not isinstance(data, dict):
         raise ValueError("a job record must be a JSON object")
     submit, start, end = (float(data[k]) for k in ("submit", "start", "end"))
+    if not all(math.isfinite(t) for t in (submit, start, end)):
+        raise ValueError("times must be finite numbers")
     if not submit <= start <= end:
         raise ValueError("times must satisfy submit <= start <= end")
     nodes = data["nodes"]
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
         raise ValueError("'nodes' must be a non-empty list of node names")
+    repeated = sorted({n for n in nodes if nodes.count(n) > 1})
+    if repeated:
+        raise ValueError(f"node {repeated[0]!r} is listed twice in 'nodes'")
     return Job(str(data["id"]), submit, start, end, tuple(nodes), _reads(data, sizes))
 
 
@@ -93,17 +101,39 @@ def _reads(data: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str, int]:
         for name, amount in dict(data.get(key, {})).items():
             if name not in sizes:
                 raise ValueError(f"dataset {name!r} is not in the header")
-            if float(amount) < 0:
-                raise ValueError(f"negative {key} for {name!r}")
+            if not 0 <= float(amount) < math.inf:
+                raise ValueError(f"{key} for {name!r} must be a finite number >= 0")
             scale = sizes[name] if key == "passes" else 1
             reads[name] = reads.get(name, 0) + round(float(amount) * scale)
     return reads
+
+
+class _SameIdCheck:
+    """Refuses a job whose id is already running on one of its nodes (the replay keys
+    a node's running jobs by id). Reads are stretched to MIN_READ_SECONDS as replayed."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[tuple[float, float, frozenset[str], int]]] = {}
+
+    def check(self, job: Job, number: int) -> None:
+        end = max(job.end, job.start + MIN_READ_SECONDS)
+        nodes = frozenset(job.nodes)
+        earlier = self.seen.setdefault(job.id, [])
+        for start, stop, where, line in earlier:
+            common = nodes & where
+            if common and start < end and job.start < stop:
+                raise ValueError(
+                    f"job id {job.id!r} overlaps the job on line {line} on node "
+                    f"{min(common)!r} (ids must be unique among jobs running on a node)"
+                )
+        earlier.append((job.start, end, nodes, number))
 
 
 def parse_trace(lines: Iterable[str]) -> Trace:
     """The trace in LINES (blank lines and lines starting with # are skipped)."""
     sizes: dict[str, int] | None = None
     jobs: list[Job] = []
+    same_id = _SameIdCheck()
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -112,8 +142,10 @@ def parse_trace(lines: Iterable[str]) -> Trace:
             if sizes is None:
                 sizes = parse_header(data)
             else:
-                jobs.append(parse_job(data, sizes))
-        except (ValueError, KeyError, TypeError) as e:
+                job = parse_job(data, sizes)
+                same_id.check(job, number)
+                jobs.append(job)
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
             raise TraceError(f"trace line {number}: {e}") from None
     if sizes is None:
         raise TraceError("empty trace: no header line")

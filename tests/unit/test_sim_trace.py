@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from scratch_stage.cli import run_cli
 from scratch_stage.simulate.command import simulate
+from scratch_stage.simulate.inputs import SimConfig
+from scratch_stage.simulate.run import simulate as simulate_trace
 from scratch_stage.simulate.trace import TraceError, parse_trace, write_trace
 from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
 from tests.unit.sim_helpers import GB, tiny_trace
@@ -34,11 +37,59 @@ def test_round_trip_and_passes_become_bytes() -> None:
         ('{"id": 1, "submit": 0, "start": 5, "end": 9, "nodes": ["n"], "bytes": {"b": 1}}',
          "line 2: dataset 'b'"),
         ("not json", "line 2"),
+        ('{"id": 1, "submit": 0, "start": 5, "end": 9, "nodes": ["n", "m", "n"]}',
+         "line 2: node 'n' is listed twice"),
+        ('{"id": 1, "submit": 0, "start": 5, "end": Infinity, "nodes": ["n"]}',
+         "line 2: times must be finite"),
+        ('{"id": 1, "submit": 0, "start": 5, "end": 9, "nodes": ["n"], "passes": {"a": 1e400}}',
+         "line 2: passes for 'a' must be a finite number"),
+        ('{"id": 1, "submit": 0, "start": 5, "end": 9, "nodes": ["n"], "bytes": {"a": NaN}}',
+         "line 2: bytes for 'a' must be a finite number"),
     ],
 )  # fmt: skip
 def test_bad_lines_are_named(line: str, message: str) -> None:
     with pytest.raises(TraceError, match=message):
         parse_trace([HEADER, line])
+
+
+def _job(job_id: str, start: float, end: float, nodes: list[str]) -> str:
+    record = {"id": job_id, "submit": 0, "start": start, "end": end, "nodes": nodes,
+              "bytes": {"a": 50}}  # fmt: skip
+    return json.dumps(record)
+
+
+def test_same_id_running_twice_on_a_node_is_refused_naming_both_lines() -> None:
+    lines = [HEADER, _job("7", 0, 100, ["n1", "n2"]), "", _job("7", 50, 60, ["n3", "n2"])]
+    with pytest.raises(TraceError, match=r"^trace line 4: job id '7' overlaps the job on line 2 "
+                                         r"on node 'n2'"):  # fmt: skip
+        parse_trace(lines)
+    # zero-length reads are replayed as one second: these two overlap as replayed
+    with pytest.raises(TraceError, match="line 3: job id '7'"):
+        parse_trace([HEADER, _job("7", 10, 10, ["n"]), _job("7", 10.5, 10.5, ["n"])])
+
+
+def test_same_id_on_other_nodes_or_after_the_end_is_replayed() -> None:
+    trace = parse_trace([
+        HEADER, _job("7", 0, 100, ["n1"]), _job("7", 50, 60, ["n2"]), _job("7", 100, 200, ["n1"]),
+    ])  # fmt: skip
+    config = SimConfig(capacity=1000, interval=10)
+    report = simulate_trace(trace, config, ["ours", "lru", "belady"], bound=False)
+    for result in report.results.values():
+        assert result.read_bytes == 150
+
+
+def test_command_reports_a_bad_trace_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join([HEADER, _job("7", 0, 100, ["n1"]), _job("7", 5, 6, ["n1"])]))
+    assert run_cli(["simulate", str(path), "--capacity", "5%"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "scratch-stage: error: trace line 3: job id '7' overlaps the job on line 2 on node 'n1' "
+        "(ids must be unique among jobs running on a node)"
+    ]
 
 
 def test_unknown_version_is_refused() -> None:
