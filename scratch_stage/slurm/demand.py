@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +23,8 @@ from scratch_stage.core.requests import parse_request
 log = logging.getLogger(__name__)
 
 DEMAND_VERSION = 1
-# squeue's pending-job fields, comment last: a comment may contain the separator.
+# squeue's pending-job fields, comment last: a comment may contain the separator (and
+# newlines: the live source puts a random record marker in front, see squeue_records).
 SQUEUE_FORMAT = "%i|%P|%Q|%D|%S|%Y|%k"
 SINFO_FORMAT = "%R|%N"
 # How much more a job counts when Slurm's backfill already planned it onto this node.
@@ -105,11 +107,33 @@ def expand_hosts(expr: str) -> tuple[str, ...]:
         return ()
 
 
-def parse_squeue(text: str) -> list[PendingJob]:
-    """Pending jobs with datasets from `squeue -h -t PD -o SQUEUE_FORMAT`."""
+def squeue_records(text: str, marker: str) -> list[str]:
+    """The records of squeue output whose format starts with MARKER, markers removed.
+
+    A job's comment is free text and may hold newlines: a line that does not start with
+    MARKER continues the previous record (its comment), so a comment cannot forge a job.
+    The live source passes a fresh random marker per call (`squeue_marker`); with "" every
+    line is a record (recorded output of the bare SQUEUE_FORMAT).
+    """
+    records: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith(marker):
+            records.append(line[len(marker) :])
+        elif records:
+            records[-1] += "\n" + line
+    return records
+
+
+def squeue_marker() -> str:
+    """A record marker no job's owner can guess: 16 random hex digits between '@'s."""
+    return f"@{secrets.token_hex(8)}@"
+
+
+def parse_squeue(text: str, marker: str = "") -> list[PendingJob]:
+    """Pending jobs with datasets from `squeue -h -t PD -o MARKER+SQUEUE_FORMAT`."""
     jobs: list[PendingJob] = []
-    for line in text.splitlines():
-        fields = line.split("|", 6)
+    for record in squeue_records(text, marker):
+        fields = record.split("|", 6)
         if len(fields) != 7 or not fields[0].strip():
             continue
         job_id, partitions, priority, nodes, start, sched, comment = fields
@@ -185,9 +209,9 @@ class _Eligibility:
         return self.cache[names]
 
 
-def snapshot_from_cli(squeue_out: str, sinfo_out: str, now: float) -> Snapshot:
-    """A Snapshot from the two commands' outputs."""
-    return Snapshot(tuple(parse_squeue(squeue_out)), parse_sinfo(sinfo_out), now)
+def snapshot_from_cli(squeue_out: str, sinfo_out: str, now: float, marker: str = "") -> Snapshot:
+    """A Snapshot from the two commands' outputs (squeue's records start with MARKER)."""
+    return Snapshot(tuple(parse_squeue(squeue_out, marker)), parse_sinfo(sinfo_out), now)
 
 
 def read_demand_file(path: Path, *, now: float, max_age: float) -> Snapshot | None:

@@ -24,6 +24,7 @@ from scratch_stage.slurm.demand import (
     node_demand,
     read_demand_file,
     snapshot_from_cli,
+    squeue_marker,
 )
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,16 @@ def read_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot
         snapshot = _pyslurm_snapshot(config, now, run)
         if snapshot is not None:
             return snapshot
+    marker = squeue_marker()
     try:
-        squeue = run([*config.squeue_command, "-h", "-t", "PD", "-o", SQUEUE_FORMAT],
+        squeue = run([*config.squeue_command, "-h", "-t", "PD", "-o", marker + SQUEUE_FORMAT],
                      timeout=config.command_timeout)  # fmt: skip
         sinfo = run([*config.sinfo_command, "-h", "-o", SINFO_FORMAT],
                     timeout=config.command_timeout)  # fmt: skip
     except ScratchStageError as e:
         log.warning("no demand this pass: %s", e)
         return None
-    return snapshot_from_cli(squeue, sinfo, now)
+    return snapshot_from_cli(squeue, sinfo, now, marker)
 
 
 def publish_snapshot(snapshot: Snapshot, path: Path) -> None:

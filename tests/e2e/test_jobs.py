@@ -403,3 +403,22 @@ def test_node_features_follow_the_cache(site: Site) -> None:
     assert "a" not in report["stage"], report
     assert "ds_a" not in site.features()
     site.wait_idle()
+
+
+def test_a_newline_in_a_comment_cannot_forge_a_pending_job(site: Site) -> None:
+    # The attacker (the unprivileged test user) ends a held job's comment with a line that
+    # reads like squeue's record of a job planned here, wanting the other dataset.
+    forged = "999999|debug|4294967295|1|N/A|localhost|datasets:p"
+    job = site.submit("--hold", "--output=/dev/null", f"--comment=datasets:a\n{forged}",
+                      "--wrap", "true")  # fmt: skip
+    try:
+        # Slurm keeps the newline: without the record marker this line would be a job
+        assert forged in site.admin("squeue", "-h", "-j", job, "-o", "%k").splitlines()
+        published = site.base / "demand-newline.json"
+        site.scratch_stage("demand", "--publish", str(published))
+        jobs = {j["job_id"]: j for j in json.loads(published.read_text())["jobs"]}
+        assert "999999" not in jobs, jobs
+        assert job in jobs and jobs[job]["partitions"] == ["debug"], jobs
+        assert "p" not in {name for j in jobs.values() for name in j["datasets"]}, jobs
+    finally:
+        site.admin("scancel", job)

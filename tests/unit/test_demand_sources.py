@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from scratch_stage.slurm.demand import (
     PendingJob,
     Snapshot,
     parse_slurm_time,
+    snapshot_from_cli,
+    squeue_marker,
 )
 from scratch_stage.slurm.demand_sources import publish_snapshot, read_demand, read_snapshot
 
@@ -42,7 +45,10 @@ def config(tmp_path: Path, **kwargs: object) -> Config:
     for command, name in recorded.items():
         key = f"{command}_command"
         if key not in kwargs:
-            kwargs[key] = script(tmp_path / command, f"cat {RECORDED / name}")
+            body = f"cat {RECORDED / name}"
+            if command == "squeue":  # like squeue: the literal text before %i starts each record
+                body = f'marker=${{5%%%i*}}; sed "s/^/$marker/" {RECORDED / name}'
+            kwargs[key] = script(tmp_path / command, body)
     return Config(datadir=tmp_path, cachedir=tmp_path, node="localhost", **kwargs)  # type: ignore[arg-type]
 
 
@@ -64,12 +70,31 @@ def test_squeue_source_runs_squeue_and_sinfo_and_weighs_this_node(tmp_path: Path
         ("4", ("coco", "imagenet")),
     ]
     assert snapshot.partitions == {"debug": ("localhost",)}
-    assert args_of(tmp_path, "squeue") == [f"-h -t PD -o {SQUEUE_FORMAT}"]
+    [squeue_args] = args_of(tmp_path, "squeue")
+    assert re.fullmatch(f"-h -t PD -o @[0-9a-f]{{16}}@{re.escape(SQUEUE_FORMAT)}", squeue_args)
     assert args_of(tmp_path, "sinfo") == [f"-h -o {SINFO_FORMAT}"]
     demand = read_demand(cfg, START)
     assert demand["imagenet"] > demand["coco"] > 0
     elsewhere = Config(**{**cfg.__dict__, "node": "othernode"})
     assert read_demand(elsewhere, START) == {}
+
+
+def test_a_newline_in_a_comment_cannot_forge_a_job(tmp_path: Path) -> None:
+    # job 7's comment ends in a line that looks like squeue's record of a job 666
+    forged = "666|debug|999999|1|N/A|localhost|datasets:forged"
+    body = (
+        "m=${5%%%i*}\n"
+        f'printf "%s\\n" "${{m}}7|debug|100|1|N/A|(null)|datasets:a" "{forged}" '
+        '"${m}8|debug|100|1|N/A|(null)|datasets:b"'
+    )
+    cfg = config(tmp_path, squeue_command=script(tmp_path / "squeue", body))
+    snapshot = read_snapshot(cfg, START)
+    assert snapshot is not None
+    assert [(j.job_id, j.datasets) for j in snapshot.jobs] == [("7", ("a",)), ("8", ("b",))]
+    # the same output without the per-call marker is what made the forgery possible
+    unmarked = "7|debug|100|1|N/A|(null)|datasets:a\n" + forged + "\n"
+    assert [j.job_id for j in snapshot_from_cli(unmarked, "", START).jobs] == ["7", "666"]
+    assert squeue_marker() != squeue_marker()
 
 
 def test_failing_squeue_means_no_demand_and_one_warning(
