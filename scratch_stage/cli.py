@@ -17,6 +17,7 @@ from scratch_stage import __version__
 from scratch_stage.core.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
 from scratch_stage.core.text import printable
 from scratch_stage.core.units import format_size, parse_duration
+from scratch_stage.host.config import DEFAULT_PATH as DEFAULT_CONFIG_PATH
 
 log = logging.getLogger("scratch_stage")
 
@@ -339,15 +340,32 @@ def daemon(ctx: Context) -> int:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--publish", metavar="PATH", help="Write the cluster's demand snapshot here.")
+@click.option(
+    "--publish-configured", is_flag=True,
+    help="Write it where the nodes read it (demand.path; default in datadir).",
+)  # fmt: skip
 @pass_ctx
-def demand(ctx: Context, as_json: bool, publish: str | None) -> int:
-    """Queued-job demand per dataset (this node's weight, and cluster-wide counts)."""
+def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured: bool) -> int:
+    """Queued-job demand per dataset (this node's weight, and cluster-wide counts).
+
+    A publisher asks slurmctld (squeue, or pyslurm when configured) whatever source this
+    host's configuration names for reading.
+    """
     from scratch_stage.slurm.demand import node_demand, summarize
-    from scratch_stage.slurm.demand_sources import publish_snapshot, read_snapshot
+    from scratch_stage.slurm.demand_sources import (
+        demand_file,
+        publish_snapshot,
+        query_slurm,
+        read_snapshot,
+    )
 
     node = ctx.node
     now = node.clock()
-    snapshot = read_snapshot(node.config, now)
+    if publish and publish_configured:
+        raise click.UsageError("give --publish PATH or --publish-configured, not both")
+    if publish_configured:
+        publish = str(demand_file(node.config))
+    snapshot = query_slurm(node.config, now) if publish else read_snapshot(node.config, now)
     if snapshot is None:
         raise ScratchStageError("no demand available (see the warning above)")
     if publish:
@@ -447,6 +465,32 @@ def config_show(ctx: Context, as_json: bool) -> int:
     else:
         click.echo(f"# effective configuration from {ctx.node.config.source}")
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    return 0
+
+
+@cli.command("install-site-files")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prefix", metavar="PATH", help="Installation prefix: PATH/bin/scratch-stage.")
+@click.option("--bin", "executable", metavar="PATH", help="The scratch-stage executable.")
+@click.option(
+    "--config", "config_file", metavar="PATH", default=str(DEFAULT_CONFIG_PATH),
+    show_default=True, help="The configuration file the hooks and units read.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite files changed since they were written.")
+def install_site_files_command(
+    dest: Path, prefix: str | None, executable: str | None, config_file: str, force: bool
+) -> int:
+    """Write the Slurm wrappers, systemd units, job_submit.lua, SPANK source and example
+    configuration under DEST, with the paths of this installation (or --prefix/--bin)."""
+    from scratch_stage.agent.site_files import install_site_files
+
+    if prefix and executable:
+        raise click.UsageError("give --prefix or --bin, not both")
+    if executable is None:
+        executable = str(Path(prefix or sys.prefix) / "bin" / "scratch-stage")
+    written = install_site_files(dest, executable=executable, config=config_file, force=force)
+    for entry in written:
+        _say(f"{entry.action} {entry.path} ({entry.mode:04o})")
     return 0
 
 

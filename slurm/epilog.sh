@@ -1,4 +1,6 @@
 #!/bin/sh
 # Slurm Epilog= wrapper for scratch-stage: releases the job's dataset holds (idempotent).
 # Absolute paths only: Slurm gives the epilog no PATH.
-exec /opt/scratch-stage/venv/bin/scratch-stage epilog
+# A template: `scratch-stage install-site-files DEST` writes it with the paths of the
+# installation filled in (the executable and the configuration file).
+exec @SCRATCH_STAGE@ --config @CONFIG@ epilog

@@ -4,4 +4,6 @@
 # discards the output, so scratch-stage logs to syslog. The job comes from the
 # environment (SLURM_JOB_ID, SLURM_JOB_USER/UID/GID, SLURM_JOB_COMMENT, SPANK_DATASETS).
 # Exit status: 0 unless the node itself is broken (a non-zero status drains the node).
-exec /opt/scratch-stage/venv/bin/scratch-stage prolog
+# A template: `scratch-stage install-site-files DEST` writes it with the paths of the
+# installation filled in (the executable and the configuration file).
+exec @SCRATCH_STAGE@ --config @CONFIG@ prolog

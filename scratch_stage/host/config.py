@@ -188,8 +188,6 @@ def _demand(value: Any) -> DemandConfig:
     if source is None:
         raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {requested!r}")
     path = _path(value["path"]) if value.get("path") is not None else None
-    if source == "file" and path is None:
-        raise ValueError("source file needs a path")
     max_age = _positive(parse_duration)(value.get("max_age", 300))
     return DemandConfig(source, path, max_age)
 

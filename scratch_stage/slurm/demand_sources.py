@@ -29,6 +29,9 @@ from scratch_stage.slurm.demand import (
 
 log = logging.getLogger(__name__)
 
+# Next to the images, where the publisher and every node already look (hidden: no image).
+DEMAND_FILE = ".scratch-stage-demand.json"
+
 
 class Run(Protocol):
     """Runs an external command: its stdout, or a ScratchStageError (see `runner.run`)."""
@@ -56,11 +59,21 @@ def read_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot
     if source == "none":
         return None
     if source == "file":
-        if config.demand.path is None:
-            log.warning("no demand this pass: demand source 'file' has no path")
-            return None
-        return read_demand_file(config.demand.path, now=now, max_age=config.demand.max_age)
-    if source == "pyslurm":
+        return read_demand_file(demand_file(config), now=now, max_age=config.demand.max_age)
+    return query_slurm(config, now, run)
+
+
+def demand_file(config: Config) -> Path:
+    """The published demand: `demand.path`, by default DEMAND_FILE in the shared datadir."""
+    return config.demand.path or config.datadir / DEMAND_FILE
+
+
+def query_slurm(config: Config, now: float, run: Run = runner.run) -> Snapshot | None:
+    """The pending jobs asked of slurmctld: pyslurm when configured and usable, else squeue.
+
+    What the publisher runs, whatever source its own nodes read.
+    """
+    if config.demand.source == "pyslurm":
         snapshot = _pyslurm_snapshot(config, now, run)
         if snapshot is not None:
             return snapshot

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "slurm" / "systemd"
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
-from unit.test_site_files import INSTALLED_CLI, MOUNT_NAMESPACE, parse_unit  # noqa: E402
+from unit.test_site_files import CONFIG_ARGS, INSTALLED_CLI, MOUNT_NAMESPACE, parse_unit  # noqa: E402
 
 UNSHARE, SETPRIV, NICE = "/usr/bin/unshare", "/usr/bin/setpriv", "/usr/bin/nice"
 NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -45,8 +45,8 @@ def as_systemd_runs_it(unit_text: str) -> list[str]:
     if service.get("ProtectHostname") == "yes":
         namespaces.append("--uts")
     argv = service["ExecStart"].split()
-    assert argv[0] == INSTALLED_CLI
-    argv[0] = str(CLI)
+    assert argv[:3] == [INSTALLED_CLI, *CONFIG_ARGS]
+    argv[:3] = [str(CLI)]  # the node's configuration comes from its environment
     if "Nice" in service:
         argv = [NICE, "-n", service["Nice"], *argv]
     if service.get("NoNewPrivileges") == "yes":
@@ -165,7 +165,7 @@ def open_node(image_store: ImageStore) -> Iterator[NodeEnv]:
 def run_unit_command_as_nobody(node: NodeEnv, unit: str) -> subprocess.CompletedProcess[str]:
     """The unit's ExecStart= command line, typed by an unprivileged user."""
     service = dict(parse_unit((UNITS / unit).read_text())["Service"])
-    argv = [str(CLI), *service["ExecStart"].split()[1:]]
+    argv = [str(CLI), *service["ExecStart"].split()[3:]]  # configuration: the environment
     return subprocess.run(
         [*NOBODY, SETPRIV, "--no-new-privs", *argv], env=node.admin_environ(),
         capture_output=True, text=True, timeout=60, cwd="/",

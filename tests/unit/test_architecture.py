@@ -19,6 +19,8 @@ LAYERS = ("core", "host", "slurm", "policy", "agent", "entry")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 # The simulator: values and the planner, nothing that touches a node.
 SIMULATE_MAY_IMPORT = {"core", "policy", "simulate"}
+# Package data, no modules: the site files (agent/site_files.py).
+DATA_DIR = "site"
 
 
 def layer_of(module: str) -> str:
@@ -56,7 +58,14 @@ def test_every_module_is_in_a_layer() -> None:
     top = {p.name for p in PACKAGE.glob("*.py")}
     assert top == {"__init__.py", "__main__.py", "hookmain.py", "cli.py"}
     dirs = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert dirs == {*LAYERS[:-1], "simulate"}
+    assert dirs == {*LAYERS[:-1], "simulate", DATA_DIR}
+
+
+def test_the_data_directory_holds_no_code() -> None:
+    # scratch_stage/site: the Slurm and systemd files a site installs (install-site-files)
+    data = PACKAGE / DATA_DIR
+    assert not [p for p in data.rglob("*") if p.suffix in (".py", ".pyc", ".so")]
+    assert not (data / "__init__.py").exists()
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shlex
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,13 @@ from scratch_stage.slurm.demand import (
     snapshot_from_cli,
     squeue_marker,
 )
-from scratch_stage.slurm.demand_sources import publish_snapshot, read_demand, read_snapshot
+from scratch_stage.slurm.demand_sources import (
+    demand_file,
+    publish_snapshot,
+    query_slurm,
+    read_demand,
+    read_snapshot,
+)
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "slurm-22.05"
 # Job 3 of the recorded squeue output is expected to start then (backfill placed it here).
@@ -154,3 +161,42 @@ def test_publishing_where_it_cannot_be_written_is_a_one_line_error(tmp_path: Pat
     with pytest.raises(ScratchStageError) as info:
         publish_snapshot(Snapshot((), {}, START), target)
     assert str(info.value) == f"cannot publish the demand to {target}: No such file or directory"
+
+
+def test_the_default_demand_file_is_in_datadir(tmp_path: Path) -> None:
+    cfg = config(tmp_path, demand=DemandConfig(source="file"))
+    assert demand_file(cfg) == tmp_path / ".scratch-stage-demand.json"
+    publish_snapshot(Snapshot((), {}, START), demand_file(cfg))
+    assert read_snapshot(cfg, START + 1, run=forbidden) == Snapshot((), {}, START)
+
+
+def test_the_publisher_asks_slurm_whatever_its_nodes_read(tmp_path: Path) -> None:
+    # A publisher whose own configuration reads the file must not republish the file.
+    cfg = config(tmp_path, demand=DemandConfig(source="file"))
+    snapshot = query_slurm(cfg, START)
+    assert snapshot is not None and len(snapshot.jobs) == 2
+    assert args_of(tmp_path, "squeue") and args_of(tmp_path, "sinfo")
+
+
+def test_publish_configured_writes_where_the_nodes_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scratch_stage.cli import run_cli
+
+    squeue = script(tmp_path / "squeue", f"cat {RECORDED / 'squeue-pd-o.txt'}")[0]
+    sinfo = script(tmp_path / "sinfo", f"cat {RECORDED / 'sinfo-o.txt'}")[0]
+    conf = tmp_path / "config.yaml"
+    conf.write_text(
+        f"datadir: {tmp_path}\ncachedir: {tmp_path}\nstatedir: {tmp_path}/state\n"
+        f"node: localhost\nsqueue_command: {squeue}\nsinfo_command: {sinfo}\n"
+        "demand: {source: file}\n"
+    )
+    monkeypatch.setenv("SCRATCH_STAGE_RUNDIR", str(tmp_path / "run"))
+    assert run_cli(["--config", str(conf), "demand", "--publish-configured"]) == 0
+    out = capsys.readouterr().out
+    assert f"published 2 pending job(s) to {tmp_path}/.scratch-stage-demand.json" in out
+    cfg = config(tmp_path, demand=DemandConfig(source="file"))
+    snapshot = read_snapshot(cfg, time.time(), run=forbidden)
+    assert snapshot is not None and len(snapshot.jobs) == 2
+    code = run_cli(["--config", str(conf), "demand", "--publish", "/x", "--publish-configured"])
+    assert code == 2

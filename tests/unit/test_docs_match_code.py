@@ -38,7 +38,7 @@ def readme_commands(text: str) -> set[str]:
         for span in re.findall(r"`([^`]+)`", cell):
             words = []
             for word in span.removeprefix("scratch-stage ").split():
-                if not re.fullmatch(r"[a-z]+", word):
+                if not re.fullmatch(r"[a-z]+(-[a-z]+)*", word):
                     break
                 words.append(word)
             names.add(" ".join(words))

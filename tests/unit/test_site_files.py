@@ -19,10 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from scratch_stage.agent.site_files import install_site_files
+
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "slurm" / "systemd"
-SERVICES = sorted(UNITS.glob("*.service"))
-INSTALLED_CLI = "/opt/scratch-stage/venv/bin/scratch-stage"
+# The units that mount; scratch-stage-demand.service (the publisher) mounts nothing.
+SERVICES = sorted(p for p in UNITS.glob("*.service") if "demand" not in p.name)
+# The files are templates (agent/site_files.py fills them in): ExecStart= and the wrappers
+# start with these two.
+INSTALLED_CLI = "@SCRATCH_STAGE@"
+CONFIG_ARGS = ["--config", "@CONFIG@"]
 
 # systemd.exec(5), and systemd's exec_needs_mount_namespace(): each of these sets up a
 # mount namespace for the service (mounts then propagate host -> service only).
@@ -117,7 +123,17 @@ def test_unit_keeps_the_hardening_that_needs_no_namespace(unit: Path) -> None:
     for key in ("NoNewPrivileges", "RestrictSUIDSGID", "LockPersonality", "RestrictRealtime"):
         assert service.get(key) == "yes", key
     assert service["SystemCallArchitectures"] == "native"
-    assert service["ExecStart"].split()[0] == INSTALLED_CLI
+    assert service["ExecStart"].split()[:3] == [INSTALLED_CLI, *CONFIG_ARGS]
+
+
+def test_the_publisher_unit_runs_the_publisher() -> None:
+    unit = parse_unit((UNITS / "scratch-stage-demand.service").read_text())
+    assert unit["Service"][:2] == [
+        ("Type", "oneshot"),
+        ("ExecStart", f"{INSTALLED_CLI} --config @CONFIG@ demand --publish-configured"),
+    ]
+    timer = dict(parse_unit((UNITS / "scratch-stage-demand.timer").read_text())["Timer"])
+    assert timer["OnUnitActiveSec"] == "30s"
 
 
 @pytest.mark.parametrize(
@@ -160,11 +176,10 @@ def verify(directory: Path) -> subprocess.CompletedProcess[str]:
 
 
 def installed_units(tmp_path: Path, cli: Path) -> Path:
-    """The units with ExecStart pointing at CLI (verify checks that it is executable)."""
+    """The units as install-site-files writes them for CLI (verify checks it is executable)."""
     out = tmp_path / "units"
-    out.mkdir()
-    for unit in UNITS.iterdir():
-        (out / unit.name).write_text(unit.read_text().replace(INSTALLED_CLI, str(cli)))
+    install_site_files(tmp_path / "site", executable=str(cli), config="/etc/ss/config.yaml")
+    (tmp_path / "site" / "systemd").rename(out)
     return out
 
 
@@ -212,7 +227,7 @@ def test_plugstack_names_the_plugin_without_a_path() -> None:
 @pytest.mark.parametrize("hook", ["prolog", "epilog"])
 def test_wrappers_use_absolute_paths(hook: str) -> None:
     lines = active_lines(REPO / "slurm" / f"{hook}.sh")
-    assert lines == [f"exec {INSTALLED_CLI} {hook}"]
+    assert lines == [f"exec {INSTALLED_CLI} --config @CONFIG@ {hook}"]
 
 
 def test_license_is_mit_as_the_package_metadata_says() -> None:

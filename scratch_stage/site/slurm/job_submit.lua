@@ -1,0 +1,1 @@
+../../../slurm/job_submit.lua

@@ -1,0 +1,1 @@
+../../../spank_config/scratch_stage_spank.c
