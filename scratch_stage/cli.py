@@ -353,6 +353,7 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
     """
     from scratch_stage.slurm.demand import node_demand, summarize
     from scratch_stage.slurm.demand_sources import (
+        check_publishable,
         demand_file,
         publish_snapshot,
         query_slurm,
@@ -365,6 +366,8 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
         raise click.UsageError("give --publish PATH or --publish-configured, not both")
     if publish_configured:
         publish = str(demand_file(node.config))
+    if publish:
+        check_publishable(Path(publish))
     snapshot = query_slurm(node.config, now) if publish else read_snapshot(node.config, now)
     if snapshot is None:
         raise ScratchStageError("no demand available (see the warning above)")

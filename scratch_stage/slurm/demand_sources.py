@@ -89,6 +89,21 @@ def query_slurm(config: Config, now: float, run: Run = runner.run) -> Snapshot |
     return snapshot_from_cli(squeue, sinfo, now, marker)
 
 
+def check_publishable(path: Path) -> None:
+    """A one-line ScratchStageError unless PATH's directory takes a new file (before the
+    publisher asks slurmctld anything)."""
+    import errno
+    import os
+
+    if not path.parent.is_dir():
+        code = errno.ENOENT
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        code = errno.EACCES
+    else:
+        return
+    raise ScratchStageError(f"cannot publish the demand to {path}: {os.strerror(code)}")
+
+
 def publish_snapshot(snapshot: Snapshot, path: Path) -> None:
     """Write SNAPSHOT where nodes with `demand: {source: file}` read it, atomically.
 

@@ -183,8 +183,8 @@ def test_publish_configured_writes_where_the_nodes_read(
 ) -> None:
     from scratch_stage.cli import run_cli
 
-    squeue = script(tmp_path / "squeue", f"cat {RECORDED / 'squeue-pd-o.txt'}")[0]
-    sinfo = script(tmp_path / "sinfo", f"cat {RECORDED / 'sinfo-o.txt'}")[0]
+    fake = config(tmp_path)
+    squeue, sinfo = fake.squeue_command[0], fake.sinfo_command[0]
     conf = tmp_path / "config.yaml"
     conf.write_text(
         f"datadir: {tmp_path}\ncachedir: {tmp_path}\nstatedir: {tmp_path}/state\n"
@@ -200,3 +200,8 @@ def test_publish_configured_writes_where_the_nodes_read(
     assert snapshot is not None and len(snapshot.jobs) == 2
     code = run_cli(["--config", str(conf), "demand", "--publish", "/x", "--publish-configured"])
     assert code == 2
+    # where it cannot write, it says so before asking slurmctld anything
+    (tmp_path / "squeue.args").unlink()
+    code = run_cli(["--config", str(conf), "demand", "--publish", f"{tmp_path}/no/demand.json"])
+    assert code == 1 and not (tmp_path / "squeue.args").exists()
+    assert "cannot publish the demand to" in capsys.readouterr().err
