@@ -12,9 +12,10 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
-    import logging
     from collections.abc import Mapping
     from typing import NoReturn
+
+    from scratch_stage.host.logger import Logger
 
 HOOKS = ("prolog", "epilog")
 
@@ -42,9 +43,6 @@ def hook_process(kind: str, config_path: str | None, environ: Mapping[str, str])
     if kind == "prolog" and not asks_for_datasets(environ):
         os._exit(0)  # most jobs: nothing to mount, nothing to import
     code = run_hook(kind, config_path, environ)
-    import logging
-
-    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     # Every job start pays for this process: skip tearing down ~200 modules.
@@ -53,13 +51,11 @@ def hook_process(kind: str, config_path: str | None, environ: Mapping[str, str])
 
 def run_hook(kind: str, config_path: str | None, environ: Mapping[str, str]) -> int:
     """Run the prolog or epilog (KIND); 0 unless the node itself is at fault."""
-    import logging
-
     from scratch_stage.core.errors import EXIT_BUG, ScratchStageError
-    from scratch_stage.host.logs import setup_hook_logging
+    from scratch_stage.host.logger import get_logger, setup_hook_logging
 
     setup_hook_logging(kind)
-    log = logging.getLogger("scratch_stage")
+    log = get_logger("scratch_stage")
     job_id = environ.get("SLURM_JOB_ID", "?")
     try:
         return _run(kind, config_path, environ, log)
@@ -71,9 +67,7 @@ def run_hook(kind: str, config_path: str | None, environ: Mapping[str, str]) -> 
         return EXIT_BUG
 
 
-def _run(
-    kind: str, config_path: str | None, environ: Mapping[str, str], log: logging.Logger
-) -> int:
+def _run(kind: str, config_path: str | None, environ: Mapping[str, str], log: Logger) -> int:
     from scratch_stage.agent.hooks import Job, run_epilog, run_prolog
 
     job = Job.from_environ(environ)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import DatasetError, ScratchStageError
 from scratch_stage.core.requests import is_valid_name, shorten
 from scratch_stage.host.catalog import Catalog, Image, lookup_image, scan_catalog
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import Layer, read_all_stacks
 from scratch_stage.host.state import NodeState, Pin
 from scratch_stage.policy.report import read_last_report
@@ -20,7 +20,7 @@ from scratch_stage.policy.report import read_last_report
 if TYPE_CHECKING:
     from scratch_stage.agent.mounts import UnmountStep
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def dataset_state(node: Node, state: NodeState, image: Image | None, layers: list[Layer]) -> str:

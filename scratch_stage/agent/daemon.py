@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -10,8 +9,9 @@ from typing import Callable
 
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import Interrupted, ScratchStageError
+from scratch_stage.host.logger import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def sd_notify(message: str) -> None:

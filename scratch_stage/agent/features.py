@@ -8,13 +8,13 @@ slurmctld restart until the next pass publishes them again.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 
 from scratch_stage.agent.node import Node
 from scratch_stage.host import runner
+from scratch_stage.host.logger import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PREFIX = "ds_"
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scratch_stage.core.errors import DatasetError, NodeFault, ScratchStageError
+from scratch_stage.core.records import record
 from scratch_stage.core.requests import Request, parse_request, shorten
+from scratch_stage.host.logger import get_logger
 
 if TYPE_CHECKING:  # lazy: a prolog for a job without datasets never loads the node's modules
     from scratch_stage.agent.mounts import MountStep
@@ -16,13 +16,13 @@ if TYPE_CHECKING:  # lazy: a prolog for a job without datasets never loads the n
     from scratch_stage.host.catalog import Image
     from scratch_stage.host.state import NodeState
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # A hostile comment may hold thousands of bad entries: log a few, count the rest.
 _MAX_LOGGED_REJECTIONS = 5
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Job:
     """What Slurm tells a prolog or epilog about the job, from the environment only."""
 

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import CommandError, DatasetError, NodeFault
 from scratch_stage.core.layout import ACCESS_DIR, restricted_mount
+from scratch_stage.core.records import record
 from scratch_stage.host import faults
 from scratch_stage.host.catalog import Fingerprint, Image, opened_image
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import Layer, read_stack
 from scratch_stage.host.state import Intent, IntentKind, NodeState
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def stack(node: Node, name: str) -> list[Layer]:
@@ -73,7 +73,7 @@ def serves(layers: list[Layer], source: Path) -> bool:
 # --- prepared steps: values decided under the lock, performed outside it ---
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountStep:
     """Make NAME's stack serve SOURCE; first unmount the REPLACE stale layers nobody reads."""
 
@@ -87,7 +87,7 @@ class MountStep:
     inode: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnmountStep:
     """Remove layers of NAME: those reading PATH (an eviction), or all of them (PATH None).
 

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 from scratch_stage.core.layout import PARTIAL_DIR, cached_name, restricted_mount
+from scratch_stage.core.records import field, record
 from scratch_stage.host.catalog import Trust
 from scratch_stage.host.config import Config
 from scratch_stage.host.events import EventLog
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import StateStore
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
-@dataclass
+@record(slots=False)
 class Node:
     """One node's scratch-stage context; ROOT is where /proc and /sys are read (tests)."""
 

@@ -18,13 +18,13 @@ enumerate. The expansion is as fresh as the file: publish again after changing a
 from __future__ import annotations
 
 import grp
-import logging
 import pwd
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from scratch_stage.host.catalog import Catalog
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import write_atomically
 
 HEADER = "# scratch-stage catalog v2"
@@ -33,7 +33,7 @@ EXPLANATION = (
     " publish time)"
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from scratch_stage.host.heat import (
     read_loop_backings,
     update_heat,
 )
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import read_all_stacks
 from scratch_stage.host.state import Failure, NodeState
 from scratch_stage.policy.plan_input import plan_input
@@ -30,7 +30,7 @@ from scratch_stage.slurm.demand_sources import read_demand
 if TYPE_CHECKING:
     from scratch_stage.agent.mounts import MountStep, UnmountStep
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 REBALANCE_LOCK = "rebalance.lock"
 

@@ -11,24 +11,24 @@ state lock; it never runs an external command.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
 
 from scratch_stage.core.layout import dataset_of_cached, partial_name
+from scratch_stage.core.records import field, record
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import NodeState
 
 if TYPE_CHECKING:
     from scratch_stage.agent.node import Node
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Alive = Callable[[int, str], bool]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FileId:
     """A file's identity: inode and size."""
 
@@ -36,7 +36,7 @@ class FileId:
     size: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class World:
     """What the kernel and the disk show: mounted datasets, cached files, partial files."""
 
@@ -45,7 +45,7 @@ class World:
     partials: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cleanup:
     """A file to delete: a cached copy nobody may trust, or a dead copy's partial file."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
 
@@ -11,10 +10,11 @@ from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import ScratchStageError
 from scratch_stage.core.layout import dataset_of_cached
 from scratch_stage.host.catalog import Fingerprint, lookup_image
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import read_all_stacks
 from scratch_stage.host.state import RECOVERED, CachedCopy, Hold, NodeState, temp_owner
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def process_start(root: Path, pid: int) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Iterator
@@ -24,9 +23,10 @@ from scratch_stage.host.catalog import (
     lookup_image,
     read_header,
 )
+from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import CachedCopy, Copy, Failure, NodeState
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Progress = Callable[[int, int], None]
 # Dirty pages are written back and dropped every window, so a copy never floods the cache.

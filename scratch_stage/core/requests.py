@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from scratch_stage.core.records import record
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _TOKEN_PREFIX = "datasets:"
@@ -11,7 +12,7 @@ _TOKEN_PREFIX = "datasets:"
 MAX_DATASETS_PER_JOB = 32
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rejection:
     """One requested entry that cannot be served, and why."""
 
@@ -19,7 +20,7 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     """The valid dataset names a job asked for, in order, and what was rejected."""
 

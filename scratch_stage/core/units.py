@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+
+from scratch_stage.core.records import field, record
 
 _SIZE_UNITS = {
     "": 1,
@@ -56,7 +57,7 @@ def parse_capacity(text: str | int) -> tuple[str, float]:
     return ("bytes", float(parse_size(text)))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Capacity:
     """A cache budget: AMOUNT bytes, or AMOUNT percent of the cachedir filesystem.
 

@@ -16,11 +16,11 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from scratch_stage.core.errors import DatasetError, NodeFault
+from scratch_stage.core.records import field, record
 from scratch_stage.core.requests import is_valid_name, shorten
 
 SUFFIXES = (".sqfs", ".squashfs")
@@ -45,7 +45,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 _ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Fingerprint:
     """What identifies one version of an image file: size, mtime, inode and ctime.
 
@@ -74,7 +74,7 @@ class Fingerprint:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     """A dataset image on slow storage.
 
@@ -101,7 +101,7 @@ class Image:
         return (self.name,) if self.target is None else (self.name, self.target)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OpenImage:
     """An image and a read-only descriptor of exactly the file that was checked."""
 
@@ -114,7 +114,7 @@ def _default_uids() -> frozenset[int]:
     return frozenset({0, os.geteuid()})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Trust:
     """Who may decide the bytes that root mounts: owners and groups allowed to write images.
 
@@ -370,7 +370,7 @@ def _link_target(link: str, refuse: _Refuse) -> str:
     return link
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Catalog:
     """Every image in datadir by name, and the files that could not be used."""
 

@@ -1,21 +1,21 @@
 """Configuration: one declarative table of options, lookup, environment overrides,
 validation with every error at once, and the cache of the last validated configuration.
 
-The table is the `Config` dataclass itself: each field carries an `Option` in its metadata
-(parser, documentation, whether SCRATCH_STAGE_<KEY> may override it, how `config show`
-prints it). Validation, environment overrides, `config show`, the README table and the
-checks against the example file all iterate `dataclasses.fields(Config)`.
+The table is the `Config` record itself (core/records.py): each field carries an `Option`
+in its metadata (parser, documentation, whether SCRATCH_STAGE_<KEY> may override it, how
+`config show` prints it). Validation, environment overrides, `config show`, the README table and the
+checks against the example file all iterate `records.fields(Config)`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
 from scratch_stage.core.errors import ConfigError
+from scratch_stage.core.records import MISSING, field, fields, record
 from scratch_stage.core.requests import is_valid_name
 from scratch_stage.core.units import Capacity, parse_duration, parse_size
 
@@ -35,7 +35,7 @@ VERIFY_MODES: tuple[Verify, ...] = get_args(Verify)
 DEMAND_SOURCES: tuple[DemandSource, ...] = get_args(DemandSource)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Option:
     """One row of the configuration table (the metadata of a Config field)."""
 
@@ -140,7 +140,7 @@ def _access(value: Any) -> dict[str, tuple[str, ...]]:
     return result
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TrustedOwners:
     """Who besides root may own (and group-write) the images root mounts."""
 
@@ -168,7 +168,7 @@ def _show_trusted(value: TrustedOwners) -> dict[str, list[str]]:
     return {"users": list(value.users), "groups": list(value.groups)}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DemandConfig:
     """Where queued-job demand comes from: squeue, pyslurm, a published file, or nowhere."""
 
@@ -273,7 +273,7 @@ def _short_hostname() -> str:
 _DURATION = _positive(parse_duration)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """The effective, validated configuration; each field is one option (see module doc)."""
 

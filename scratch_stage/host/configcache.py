@@ -14,21 +14,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import stat
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from scratch_stage.core.records import record
+from scratch_stage.host.logger import get_logger
+
+log = get_logger(__name__)
 
 FORMAT = 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     """One cached configuration: the file identity it was validated for, and its values."""
 

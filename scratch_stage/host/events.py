@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections import deque
@@ -11,7 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
-log = logging.getLogger(__name__)
+from scratch_stage.host.logger import get_logger
+
+log = get_logger(__name__)
 
 EVENTS_FILE = "events.log"
 KINDS = frozenset(

@@ -8,10 +8,10 @@ field started from multiplied by hw_sector_size and over-counted 8x on 4 KiB loo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from scratch_stage.core.records import field, record
 from scratch_stage.host.catalog import SUFFIXES
 from scratch_stage.host.mountinfo import DELETED_SUFFIX
 
@@ -57,7 +57,7 @@ def dataset_of_path(datadir: str, cachedir: str) -> Callable[[str], str | None]:
     return dataset_of
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HeatMemory:
     """Last counter per loop device, and cumulative bytes samples per dataset."""
 

@@ -1,20 +1,19 @@
-"""Logging setup: syslog for prolog and epilog (Slurm drops their output), stderr otherwise.
+"""The CLI's logging setup: warnings (or more with -v) to stderr through `logging`.
 
-Both setups are idempotent and replace each other: the handlers they install carry a name
-of their own, and each call first removes every handler of that name. A prolog run through
-click (`scratch-stage --config PATH prolog`) sets up the CLI's logging, then the hook's:
-each line still appears once.
+Prolog and epilog do not use `logging` at all (host/logger.py: a direct sink to stderr
+and syslog). The setup is idempotent: its handler carries a name of its own, each call
+first removes every handler of that name, and it removes a hook sink set up earlier in
+the process, so each line appears once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from scratch_stage.core.text import printable
+from scratch_stage.host.logger import use_logging
 
-SYSLOG_SOCKET = "/dev/log"
 HANDLER_NAME = "scratch-stage"
 
 
@@ -31,54 +30,15 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-class SyslogHandler(logging.Handler):
-    """Records to syslog(3) through the C module: cheaper than logging.handlers' socket."""
-
-    _PRIORITIES = ((logging.ERROR, "LOG_ERR"), (logging.WARNING, "LOG_WARNING"))
-
-    def __init__(self, ident: str) -> None:
-        super().__init__()
-        import syslog
-
-        self.syslog = syslog
-        syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        name = next((p for level, p in self._PRIORITIES if record.levelno >= level), "LOG_INFO")
-        try:
-            self.syslog.syslog(getattr(self.syslog, name), self.format(record))
-        except Exception:
-            self.handleError(record)
-
-
-def _install(level: int, handlers: list[logging.Handler]) -> None:
-    """Make HANDLERS the root logger's scratch-stage handlers (replacing earlier ones)."""
+def setup_cli_logging(verbosity: int) -> None:
+    """Warnings to stderr; -v adds progress and actions, -vv debugging."""
+    use_logging()
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("scratch-stage: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)
     root.setLevel(level)
-    for handler in handlers:
-        handler.set_name(HANDLER_NAME)
-        root.addHandler(handler)
-
-
-def setup_hook_logging(kind: str) -> None:
-    """Log to syslog (the journal) when it is there, and to stderr for Slurm's own log."""
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(
-        SafeFormatter(f"scratch-stage {kind}[{os.getpid()}]: %(levelname)s %(message)s")
-    )
-    handlers: list[logging.Handler] = [stderr]
-    if os.path.exists(SYSLOG_SOCKET):
-        handler = SyslogHandler(f"scratch-stage-{kind}")
-        handler.setFormatter(SafeFormatter("%(levelname)s %(message)s"))
-        handlers.append(handler)
-    _install(logging.INFO, handlers)
-
-
-def setup_cli_logging(verbosity: int) -> None:
-    """Warnings to stderr; -v adds progress and actions, -vv debugging."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("scratch-stage: %(levelname)s: %(message)s"))
-    _install(level, [handler])
+    handler.set_name(HANDLER_NAME)
+    root.addHandler(handler)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from scratch_stage.core.records import record
 
 _ESCAPE_RE = re.compile(r"\\([0-7]{3})")
 DELETED_SUFFIX = " (deleted)"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountEntry:
     """One line of mountinfo (proc(5))."""
 
@@ -25,7 +26,7 @@ class MountEntry:
     source: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layer:
     """One mount in the stack at a mountpoint, bottom first; BACKING is the loop's file."""
 

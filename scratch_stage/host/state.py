@@ -9,21 +9,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from scratch_stage.core.errors import NodeFault
+from scratch_stage.core.records import field, record
 from scratch_stage.host import faults
 from scratch_stage.host.catalog import Fingerprint
 from scratch_stage.host.heat import HeatMemory
+from scratch_stage.host.logger import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
@@ -35,7 +35,7 @@ RECOVERED = "recovered"
 MAX_STATE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hold:
     """A running job's claim on datasets of this node."""
 
@@ -44,7 +44,7 @@ class Hold:
     since: float
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Pin:
     """An administrator's order to keep a dataset cached, until EXPIRES if set."""
 
@@ -55,7 +55,7 @@ class Pin:
         return self.expires is None or now < self.expires
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CachedCopy:
     """A verified copy in cachedir of the image version FINGERPRINT."""
 
@@ -73,7 +73,7 @@ class CachedCopy:
 IntentKind = Literal["mount", "unmount", "evict"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Intent:
     """An irreversible action on one dataset's mount stack or cached copy, about to happen.
 
@@ -93,7 +93,7 @@ class Intent:
     force: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Failure:
     """Failed copies of a dataset in a row: no new copy before RETRY_AT (wall clock)."""
 
@@ -102,7 +102,7 @@ class Failure:
     reason: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Copy:
     """A copy in flight: its process (pid and start time, against pid reuse) and its bytes."""
 
@@ -116,7 +116,7 @@ class Copy:
         return self.fingerprint.size
 
 
-@dataclass
+@record
 class NodeState:
     """Everything scratch-stage knows about this node, keyed by job id or dataset name."""
 

@@ -7,15 +7,15 @@ holds (with the time of the pass under `at`).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratch_stage.host.logger import get_logger
 from scratch_stage.policy.planner import Plan
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 LAST_REPORT = "last-rebalance.json"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import secrets
 import time
@@ -19,8 +18,9 @@ from typing import Any
 
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
+from scratch_stage.host.logger import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEMAND_VERSION = 1
 # squeue's pending-job fields, comment last: a comment may contain the separator (and

@@ -9,7 +9,6 @@ run through RUN (`runner.run`; tests pass a recorder).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +16,7 @@ from typing import Protocol
 from scratch_stage.core.errors import ScratchStageError
 from scratch_stage.host import runner
 from scratch_stage.host.config import Config
+from scratch_stage.host.logger import get_logger
 from scratch_stage.slurm.demand import (
     SINFO_FORMAT,
     SQUEUE_FORMAT,
@@ -27,7 +27,7 @@ from scratch_stage.slurm.demand import (
     squeue_marker,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Next to the images, where the publisher and every node already look (hidden: no image).
 DEMAND_FILE = ".scratch-stage-demand.json"

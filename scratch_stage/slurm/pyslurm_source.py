@@ -8,13 +8,13 @@ reads pyslurm's job and partition objects (`pyslurm.Jobs.load()`,
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
+from scratch_stage.host.logger import get_logger
 from scratch_stage.slurm.demand import PendingJob, Snapshot, comment_datasets, expand_hosts
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 

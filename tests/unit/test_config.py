@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 from pathlib import Path
 
 import pytest
 
 from scratch_stage.core.errors import EXIT_CONFIG, ConfigError
+from scratch_stage.core.records import fields, replace
 from scratch_stage.core.units import Capacity
 from scratch_stage.host import config as config_module
 from scratch_stage.host.config import (
@@ -262,7 +262,7 @@ def test_shipped_example_loads_and_validates() -> None:
     assert config.access["imagenet"] == ("ml-users", "vision")
     # The example documents every key the product reads (node is commented out on purpose).
     text = example.read_text()
-    for f in dataclasses.fields(Config):
+    for f in fields(Config):
         if f.name != "source":
             assert f"{f.name}:" in text, f.name
 
@@ -282,7 +282,7 @@ def test_config_as_dict_round_trips(tmp_path: Path) -> None:
     }
     config = validate_config(raw, "first")
     again = validate_config(config_as_dict(config), "second")
-    assert again == dataclasses.replace(config, source="second")
+    assert again == replace(config, source="second")
 
 
 @pytest.mark.parametrize("capacity", ["80%", "12.5%", "100%", "500GB", "3TiB", 1])

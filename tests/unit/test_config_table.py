@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import re
 import shlex
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from scratch_stage.core.records import fields, replace
 from scratch_stage.host import config as config_module
 from scratch_stage.host.config import (
     ENV_PREFIX,
@@ -89,7 +89,7 @@ def test_readme_table_is_generated_from_the_options() -> None:
 
 def test_generated_table_covers_every_option_once() -> None:
     keys = table_keys(markdown_table().splitlines())
-    assert keys == [f.name for f in dataclasses.fields(Config) if f.name in OPTIONS]
+    assert keys == [f.name for f in fields(Config) if f.name in OPTIONS]
     assert len(keys) == len(set(keys)) == len(OPTIONS)
     assert "source" not in OPTIONS  # where a config was read is no option
 
@@ -164,7 +164,7 @@ def test_config_as_dict_has_every_option_and_round_trips() -> None:
     sample = validate_config(SAMPLE, "sample")
     shown = config_as_dict(sample)
     assert list(shown) == list(OPTIONS)
-    assert validate_config(shown, "again") == dataclasses.replace(sample, source="again")
+    assert validate_config(shown, "again") == replace(sample, source="again")
 
 
 def test_defaults_of_paths_follow_the_module_constants(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from scratch_stage.core.errors import ScratchStageError
+from scratch_stage.core.records import replace
 from scratch_stage.host.config import Config, DemandConfig
 from scratch_stage.slurm.demand import (
     SINFO_FORMAT,
@@ -82,7 +83,7 @@ def test_squeue_source_runs_squeue_and_sinfo_and_weighs_this_node(tmp_path: Path
     assert args_of(tmp_path, "sinfo") == [f"-h -o {SINFO_FORMAT}"]
     demand = read_demand(cfg, START)
     assert demand["imagenet"] > demand["coco"] > 0
-    elsewhere = Config(**{**cfg.__dict__, "node": "othernode"})
+    elsewhere = replace(cfg, node="othernode")
     assert read_demand(elsewhere, START) == {}
 
 

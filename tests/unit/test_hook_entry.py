@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from scratch_stage.hookmain import hook_arguments
-from scratch_stage.host.logs import HANDLER_NAME, setup_cli_logging, setup_hook_logging
+from scratch_stage.host.logger import hook_sink, setup_hook_logging, use_logging
+from scratch_stage.host.logs import HANDLER_NAME, setup_cli_logging
 
 CONSOLE_SCRIPT = Path(sys.prefix) / "bin" / "scratch-stage"
 CLI = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "scratch_stage"]
@@ -122,6 +123,7 @@ def root_handlers() -> Iterator[logging.Logger]:
     try:
         yield root
     finally:
+        use_logging()
         root.handlers[:] = saved
         root.setLevel(level)
 
@@ -136,9 +138,10 @@ def test_logging_setup_is_idempotent(root_handlers: logging.Logger) -> None:
     setup_cli_logging(0)
     setup_cli_logging(1)
     assert len(ours()) == 1 and root_handlers.level == logging.INFO
+    assert hook_sink() is None
     setup_hook_logging("prolog")
-    setup_hook_logging("prolog")
-    hook_handlers = ours()
-    assert 1 <= len(hook_handlers) <= 2  # stderr, and syslog where /dev/log exists
-    assert len([h for h in hook_handlers if isinstance(h, logging.StreamHandler)]) == 1
+    sink = setup_hook_logging("prolog")
+    assert hook_sink() is sink  # one sink: the second setup replaced the first
     assert foreign in root_handlers.handlers
+    setup_cli_logging(0)  # and the CLI's setup takes the records back
+    assert hook_sink() is None and len(ours()) == 1
