@@ -1,10 +1,17 @@
-"""Shared pieces of the end-to-end tier: when it can run, and the Slurm plugins it loads.
+"""Shared pieces of the end-to-end tier: when it can run, which Slurm, the plugins it loads.
 
 Every test in this directory is skipped, with the reason, when the machine cannot run a
-local Slurm cluster (not root, Slurm or the build tools missing). The SPANK plugin is built
-once per session into a world-readable directory under /tmp: the test user's sbatch/srun
-must read plugstack.conf and load the plugin from there (pytest's tmp_path is private to
-root).
+local Slurm cluster (not root, Slurm or the build tools missing). Every test that uses a
+cluster runs twice, once per Slurm (the `slurm_install` fixture):
+
+- `slurm22.05`: Debian 12's packages;
+- `slurm25.11`: Slurm 25.11 installed under a prefix by `slurm/build-slurm`, from
+  $SCRATCH_STAGE_SLURM_PREFIX (an installed prefix) or $SCRATCH_STAGE_SLURM_TARBALL (built
+  once into /var/cache/scratch-stage, reused afterwards); neither set: skipped, saying so.
+
+The SPANK plugin is built once per session and Slurm, against that Slurm's headers, into a
+world-readable directory under /tmp: the test user's sbatch/srun must read plugstack.conf
+and load the plugin from there (pytest's tmp_path is private to root).
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ if str(HERE) not in sys.path:  # the test modules import slurmclient from here
 TESTCLUSTER = REPO / "slurm" / "testcluster"
 JOB_SUBMIT_LUA = REPO / "slurm" / "job_submit.lua"
 SPANK_DIR = REPO / "spank_config"
-LUA_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/slurm-wlm/job_submit_lua.so")
+DEBIAN_PLUGIN_DIR = Path("/usr/lib/x86_64-linux-gnu/slurm-wlm")
+LUA_PLUGIN = DEBIAN_PLUGIN_DIR / "job_submit_lua.so"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "make", "cc")
+BUILD_SLURM = REPO / "slurm" / "build-slurm"
+PREFIX_ENV, TARBALL_ENV = "SCRATCH_STAGE_SLURM_PREFIX", "SCRATCH_STAGE_SLURM_TARBALL"
 
 
 def missing_requirement() -> str | None:
@@ -60,11 +70,75 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @dataclass(frozen=True)
+class SlurmInstall:
+    """One Slurm: Debian's packages (PREFIX None) or an installed prefix."""
+
+    version: str  # major.minor, "22.05" or "25.11"
+    prefix: Path | None
+
+    @property
+    def bin(self) -> Path:
+        return self.prefix / "bin" if self.prefix else Path("/usr/bin")
+
+    @property
+    def include(self) -> Path:
+        return self.prefix / "include" if self.prefix else Path("/usr/include")
+
+    @property
+    def plugin_dir(self) -> Path:
+        return self.prefix / "lib" / "slurm" if self.prefix else DEBIAN_PLUGIN_DIR
+
+    def wheel(self) -> Path | None:
+        """The pyslurm wheel slurm/build-slurm built against this prefix, if any."""
+        wheels = sorted((self.prefix / "wheels").glob("pyslurm-*.whl")) if self.prefix else []
+        return wheels[-1] if wheels else None
+
+
+def installed_version(prefix: Path) -> str:
+    """'25.11' from the prefix's `slurmctld -V` ('slurm 25.11.7')."""
+    out = subprocess.run([str(prefix / "sbin" / "slurmctld"), "-V"], capture_output=True,
+                         text=True, timeout=30, check=False).stdout  # fmt: skip
+    return ".".join(out.split()[-1].split(".")[:2]) if out.split() else "?"
+
+
+def slurm_25_11() -> SlurmInstall:
+    """The Slurm 25.11 prefix from the environment (built now if need be), or a skip."""
+    prefix_text = os.environ.get(PREFIX_ENV, "")
+    tarball = os.environ.get(TARBALL_ENV, "")
+    if not prefix_text and not tarball:
+        pytest.skip(
+            f"the Slurm 25.11 tier needs {TARBALL_ENV}=<slurm-25.11.x.tar.gz> (built once by "
+            f"slurm/build-slurm into /var/cache/scratch-stage) or {PREFIX_ENV}=<installed prefix>"
+        )
+    if not prefix_text:
+        built = subprocess.run([str(BUILD_SLURM), tarball], capture_output=True, text=True,
+                               timeout=3600, check=False)  # fmt: skip
+        assert built.returncode == 0, f"slurm/build-slurm {tarball} failed:\n{built.stderr}"
+        prefix_text = built.stdout.strip().splitlines()[-1]
+    prefix = Path(prefix_text)
+    if not (prefix / "sbin" / "slurmctld").exists():
+        pytest.fail(f"{PREFIX_ENV}={prefix}: no sbin/slurmctld there")
+    version = installed_version(prefix)
+    assert version == "25.11", f"{prefix} holds Slurm {version}, not 25.11"
+    lua = prefix / "lib" / "slurm" / "job_submit_lua.so"
+    assert lua.exists(), f"{lua} missing: run slurm/build-slurm on the tarball to add it"
+    return SlurmInstall(version, prefix)
+
+
+@pytest.fixture(scope="session", params=["22.05", "25.11"], ids=["slurm22.05", "slurm25.11"])
+def slurm_install(request: pytest.FixtureRequest) -> SlurmInstall:
+    if request.param == "22.05":
+        return SlurmInstall("22.05", None)
+    return slurm_25_11()
+
+
+@dataclass(frozen=True)
 class SlurmKit:
-    """The built SPANK plugin (with its plugstack.conf) and `slurm/testcluster` up/down."""
+    """The SPANK plugin built for one Slurm (with its plugstack.conf), `testcluster` up/down."""
 
     dir: Path  # world-readable: the test user's sbatch/srun load the plugin from here
     plugstack: Path
+    install: SlurmInstall
 
     def job_submit_lua(self, dest: Path, catalog: Path) -> Path:
         """job_submit.lua as shipped, reading CATALOG and rechecking it every second."""
@@ -83,6 +157,9 @@ class SlurmKit:
         """`slurm/testcluster up CLUSTER_DIR` with TESTCLUSTER_<KEY>=value for each setting."""
         env = {**os.environ, **{f"TESTCLUSTER_{k.upper()}": v for k, v in settings.items()}}
         env.pop("SLURM_CONF", None)
+        env.pop("TESTCLUSTER_SLURM_PREFIX", None)
+        if self.install.prefix:
+            env["TESTCLUSTER_SLURM_PREFIX"] = str(self.install.prefix)
         up = subprocess.run(
             [str(TESTCLUSTER), "up", str(cluster_dir)],
             env=env,
@@ -101,12 +178,13 @@ class SlurmKit:
 
 
 @pytest.fixture(scope="session")
-def slurm_kit() -> Iterator[SlurmKit]:
+def slurm_kit(slurm_install: SlurmInstall) -> Iterator[SlurmKit]:
     base = Path(tempfile.mkdtemp(prefix="ss-e2e-plugin-", dir="/tmp"))
     try:
         base.chmod(0o755)
+        make = ["make", "-s", "-C", str(SPANK_DIR), f"BUILDDIR={base}"]
         subprocess.run(
-            ["make", "-s", "-C", str(SPANK_DIR), f"BUILDDIR={base}"],
+            [*make, f"SLURM_INCLUDE={slurm_install.include}"],
             check=True,
             capture_output=True,
             timeout=120,
@@ -117,6 +195,6 @@ def slurm_kit() -> Iterator[SlurmKit]:
         # required here (optional in production): a plugin that fails to load must fail loudly
         plugstack.write_text(f"required {so}\n")
         plugstack.chmod(0o644)
-        yield SlurmKit(base, plugstack)
+        yield SlurmKit(base, plugstack, slurm_install)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -24,12 +24,31 @@ class SlurmClient:
     def work(self) -> Path:
         return self.cluster_dir / "work"  # owned by the test user; jobs run from here
 
+    @property
+    def path(self) -> str:
+        """PATH with the cluster's Slurm first (slurm/testcluster records its prefix)."""
+        recorded = self.cluster_dir / "slurm-prefix"
+        default = os.environ.get("PATH", "/usr/bin:/bin")
+        if not recorded.exists():
+            return default
+        prefix = recorded.read_text().strip()
+        return f"{prefix}/bin:{prefix}/sbin:{default}"
+
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": self.path}
 
     def run_as_user(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.conf}", *args],
+            [
+                "runuser",
+                "-u",
+                USER,
+                "--",
+                "env",
+                f"SLURM_CONF={self.conf}",
+                f"PATH={self.path}",
+                *args,
+            ],
             cwd=self.work,
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""End to end, on a real single-node Slurm 22.05 cluster: jobs reading their datasets.
+"""End to end, on a real single-node Slurm cluster (22.05 and 25.11): jobs reading datasets.
 
 The cluster's Prolog/Epilog exec wrappers that run this checkout's `scratch-stage prolog` /
 `epilog` with a configuration whose datadir, cachedir, mountdir and statedir all live under
@@ -187,9 +187,9 @@ def build_site(base: Path, name: str, images: dict[str, Path], lua: bool, kit: S
         "".join(f"{key}: {path}\n" for key, path in dirs.items()) + "capacity: 256MiB\n"
         "node: localhost\n"
         "demand: {source: squeue}\n"
-        "squeue_command: /usr/bin/squeue\n"
-        "sinfo_command: /usr/bin/sinfo\n"
-        "scontrol_command: /usr/bin/scontrol\n"
+        f"squeue_command: {kit.install.bin / 'squeue'}\n"
+        f"sinfo_command: {kit.install.bin / 'sinfo'}\n"
+        f"scontrol_command: {kit.install.bin / 'scontrol'}\n"
         "node_features: true\n"
     )
     wrappers = {}
@@ -246,15 +246,18 @@ def base() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def site(base: Path, slurm_kit: SlurmKit) -> Site:
+def site(base: Path, slurm_kit: SlurmKit) -> Iterator[Site]:
     images = {name: base / "src" / name for name in DATASETS}
-    return build_site(base, "main", images, lua=True, kit=slurm_kit)
+    built = build_site(base, f"main{slurm_kit.install.version}", images, lua=True, kit=slurm_kit)
+    yield built
+    slurm_kit.down(built.cluster_dir)
 
 
 @pytest.fixture()
 def site_without_lua(base: Path, slurm_kit: SlurmKit) -> Iterator[Site]:
     images = {name: base / "src" / name for name in DATASETS}
-    built = build_site(base, "nolua", images, lua=False, kit=slurm_kit)
+    name = f"nolua{slurm_kit.install.version}"
+    built = build_site(base, name, images, lua=False, kit=slurm_kit)
     yield built
     slurm_kit.down(built.cluster_dir)
 
@@ -285,7 +288,8 @@ def test_job_reads_its_dataset_and_releases_it(site: Site, how: str) -> None:
     else:
         with open(out, "w") as stdout:
             srun = subprocess.Popen(
-                ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={site.conf}", "srun",
+                ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={site.conf}",
+                 f"PATH={site.path}", "srun",
                  "--datasets=a", "sh", str(site.script("plain.sh")), tag, "a"],
                 cwd=site.work, stdout=stdout, stderr=subprocess.STDOUT,
             )  # fmt: skip

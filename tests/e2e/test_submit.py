@@ -1,4 +1,4 @@
-"""End to end, on a real single-node Slurm 22.05 cluster: the submit-side pieces.
+"""End to end, on a real single-node Slurm cluster (22.05 and 25.11): the submit side.
 
 The SPANK plugin (spank_config/) adds `--datasets=` to sbatch/srun/salloc and passes it to
 the prolog as SPANK_DATASETS; job_submit.lua (slurm/) refuses unknown, malformed and
