@@ -258,7 +258,13 @@ def _purge_one(node: Node, step: UnmountStep, holders: list[str]) -> str:
 
 
 def _remount_slow(node: Node, name: str) -> None:
-    from scratch_stage.agent.mounts import claim, perform_mount, prepare_mount, release_claim
+    from scratch_stage.agent.mounts import (
+        claim,
+        perform_mount,
+        prepare_mount,
+        record_attach,
+        release_claim,
+    )
 
     try:
         image = lookup_image(node.config.datadir, name, trust=node.trust)
@@ -266,11 +272,13 @@ def _remount_slow(node: Node, name: str) -> None:
             step = prepare_mount(node, state, image)
             if step is None or not claim(node, state, name, "mount", str(step.source)):
                 return
+        attach = None
         try:
-            perform_mount(node, step)
+            attach = perform_mount(node, step)
         finally:
             with node.store.transaction() as state:
                 release_claim(state, name)
+                record_attach(state, attach)
     except ScratchStageError as e:
         log.error(
             "%s: holders keep their open files, but the slow image cannot be mounted: %s", name, e

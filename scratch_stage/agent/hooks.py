@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # lazy: a prolog for a job without datasets never loads the n
     from scratch_stage.agent.mounts import MountStep
     from scratch_stage.agent.node import Node
     from scratch_stage.host.catalog import Image
+    from scratch_stage.host.heat import Attach
     from scratch_stage.host.state import NodeState
 
 log = get_logger(__name__)
@@ -114,10 +115,11 @@ def _mount_round(
         for name in pending:
             node.events.emit("request", name, job=job.job_id, user=job.user, lock_wait_ms=waited)
     failed: dict[str, str] = {}
+    attaches: list[Attach | None] = []
     try:
         for step in steps:
             try:
-                perform_mount(node, step)
+                attaches.append(perform_mount(node, step))
             except CommandError as e:
                 if e.missing:
                     raise
@@ -130,23 +132,29 @@ def _mount_round(
             node.events.emit("mount", step.name, job=job.job_id, detail=describe(step))
     except NodeFault:
         # The node cannot mount at all: the prolog fails (drain), and this job holds nothing.
-        _finish(node, job, steps, {name: "node fault" for name in pending})
+        _finish(node, job, steps, {name: "node fault" for name in pending}, attaches)
         raise
-    _finish(node, job, steps, failed)
+    _finish(node, job, steps, failed, attaches)
     for name, why in failed.items():
         _refuse(node, job, name, f"cannot be mounted: {why}")
     return busy
 
 
-def _finish(node: Node, job: Job, steps: list[MountStep], failed: dict[str, str]) -> None:
-    """Drop this process's intents; a dataset that failed to mount is no longer held."""
-    from scratch_stage.agent.mounts import release_claim
+def _finish(
+    node: Node, job: Job, steps: list[MountStep], failed: dict[str, str],
+    attaches: list[Attach | None],
+) -> None:  # fmt: skip
+    """Drop this process's intents and record the loop devices attached; a dataset that
+    failed to mount is no longer held."""
+    from scratch_stage.agent.mounts import record_attach, release_claim
 
     if not steps:
         return
     with node.store.transaction() as state:
         for step in steps:
             release_claim(state, step.name)
+        for attach in attaches:
+            record_attach(state, attach)
         _unhold(state, job, list(failed))
 
 

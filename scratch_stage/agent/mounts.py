@@ -22,6 +22,7 @@ from scratch_stage.core.layout import ACCESS_DIR, restricted_mount
 from scratch_stage.core.records import record
 from scratch_stage.host import faults
 from scratch_stage.host.catalog import Fingerprint, Image, opened_image
+from scratch_stage.host.heat import Attach, read_attach
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import Layer, read_stack
 from scratch_stage.host.state import Intent, IntentKind, NodeState
@@ -145,8 +146,9 @@ def describe(step: MountStep) -> str:
     )
 
 
-def perform_mount(node: Node, step: MountStep) -> None:
-    """Carry out STEP (outside the lock), mounting exactly the file that was checked.
+def perform_mount(node: Node, step: MountStep) -> Attach | None:
+    """Carry out STEP (outside the lock), mounting exactly the file that was checked; the
+    loop device's attach record, for `record_attach` when the intent is dropped.
 
     DatasetError if the image or copy is no longer the one decided on (swapped, rewritten),
     CommandError or NodeFault if the mount fails.
@@ -154,7 +156,13 @@ def perform_mount(node: Node, step: MountStep) -> None:
     with _opened_source(node, step) as fd:
         for _ in range(step.replace):
             unmount_top(node, step.name)  # nobody reads the old version: start clean
-        mount(node, fd, prepare_mountpoint(node, step.name))
+        return mount(node, fd, prepare_mountpoint(node, step.name))
+
+
+def record_attach(state: NodeState, attach: Attach | None) -> None:
+    """Remember when a loop device was attached (the next heat sample counts it from then)."""
+    if attach is not None:
+        state.heat = state.heat.with_attach(attach)
 
 
 def prepare_mountpoint(node: Node, name: str) -> Path:
@@ -287,9 +295,10 @@ def perform_unmount(node: Node, step: UnmountStep) -> int:
     return count
 
 
-def mount(node: Node, fd: int, target: Path) -> None:
+def mount(node: Node, fd: int, target: Path) -> Attach | None:
     """Mount the squashfs open as FD at the existing TARGET, through a loop device
-    attached to that very descriptor; NodeFault if impossible."""
+    attached to that very descriptor; NodeFault if impossible. The device's attach record
+    is read once mounted (the mount's own superblock reads are not a job's)."""
     from scratch_stage.host import runner  # lazy: the hot-path prolog runs no command
     from scratch_stage.host.loopdev import attached
 
@@ -301,7 +310,9 @@ def mount(node: Node, fd: int, target: Path) -> None:
             timeout=config.command_timeout,
         )
         faults.point("after-mount")
+        attach = read_attach(node.root, device, node.clock())
     log.info("mounted %s (%s) at %s", device, os.readlink(f"/proc/self/fd/{fd}"), target)
+    return attach
 
 
 def unmount_top(node: Node, name: str, *, lazy: bool = False) -> None:

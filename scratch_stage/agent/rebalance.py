@@ -205,11 +205,12 @@ def _claim_remounts(
 
 def _remount(node: Node, steps: list[MountStep], report: PassReport) -> None:
     """Mount what held datasets lack, outside the lock."""
-    from scratch_stage.agent.mounts import describe, perform_mount, release_claim
+    from scratch_stage.agent.mounts import describe, perform_mount, record_attach, release_claim
 
     for step in steps:
+        attach = None
         try:
-            perform_mount(node, step)
+            attach = perform_mount(node, step)
         except ScratchStageError as e:
             report.failed.append(f"remount {step.name}: {e}")
         else:
@@ -218,6 +219,7 @@ def _remount(node: Node, steps: list[MountStep], report: PassReport) -> None:
         finally:
             with node.store.transaction() as state:
                 release_claim(state, step.name)
+                record_attach(state, attach)
 
 
 # Finished steps are recorded together, every this many steps or seconds: hundreds of

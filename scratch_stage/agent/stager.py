@@ -189,6 +189,7 @@ def _commit(node: Node, image: Image, *, copied: bool) -> str:
         describe,
         perform_mount,
         prepare_mount,
+        record_attach,
         release_claim,
     )
 
@@ -203,12 +204,14 @@ def _commit(node: Node, image: Image, *, copied: bool) -> str:
             step = None  # another process is acting on the stack; the next pass mounts it
     action = None
     if step is not None:
+        attach = None
         try:
-            perform_mount(node, step)
+            attach = perform_mount(node, step)
             action = describe(step)
         finally:
             with node.store.transaction() as state:
                 release_claim(state, image.name)
+                record_attach(state, attach)
                 if not state.holders(image.name):
                     state.last_used.setdefault(image.name, node.clock())
     if action:

@@ -58,16 +58,45 @@ def dataset_of_path(datadir: str, cachedir: str) -> Callable[[str], str | None]:
 
 
 @record(frozen=True)
+class Attach:
+    """A loop device scratch-stage attached and mounted: its backing file as the kernel
+    reports it, when, and its sectors-read counter then (loop counters survive a detach,
+    so the count since attach is the difference)."""
+
+    loop: str
+    backing: str
+    at: float
+    sectors: int
+
+
+def read_attach(root: Path, device: str, now: float) -> Attach | None:
+    """DEVICE's (/dev/loopN) backing file and read counter from ROOT/sys; None if unreadable."""
+    loop = Path(device).name
+    block = root / "sys/block" / loop
+    try:
+        backing = (block / "loop/backing_file").read_text().rstrip("\n")
+        fields = (block / "stat").read_text().split()
+    except OSError:
+        return None
+    if len(fields) < 3 or not fields[2].isdigit():
+        return None
+    return Attach(loop, backing, now, int(fields[2]))  # field 3: sectors read
+
+
+@record(frozen=True)
 class HeatMemory:
-    """Last counter per loop device, and cumulative bytes samples per dataset."""
+    """Last counter per loop device, cumulative bytes samples per dataset, and the loop
+    devices attached since the last sample (loop -> backing, attach time, counter then)."""
 
     counters: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     samples: Mapping[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    attached: Mapping[str, tuple[str, float, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "counters": {k: [b, s] for k, (b, s) in self.counters.items()},
             "samples": {n: [list(x) for x in s] for n, s in self.samples.items()},
+            "attached": {k: [b, t, s] for k, (b, t, s) in self.attached.items()},
         }
 
     @classmethod
@@ -78,7 +107,15 @@ class HeatMemory:
         samples = {
             str(n): tuple((float(t), int(c)) for t, c in s) for n, s in data["samples"].items()
         }
-        return cls(counters, samples)
+        attached = {  # absent in files written before attach records
+            str(k): (str(b), float(t), int(s)) for k, (b, t, s) in data.get("attached", {}).items()
+        }
+        return cls(counters, samples, attached)
+
+    def with_attach(self, attach: Attach) -> HeatMemory:
+        """This memory with ATTACH recorded (the next sample counts the device from it)."""
+        attached = {**self.attached, attach.loop: (attach.backing, attach.at, attach.sectors)}
+        return HeatMemory(self.counters, self.samples, attached)
 
 
 def update_heat(
@@ -90,8 +127,16 @@ def update_heat(
     now: float,
     period: float,
 ) -> tuple[HeatMemory, dict[str, float]]:
-    """New memory after a sample at NOW, and each dataset's read rate (bytes/s) over PERIOD."""
+    """New memory after a sample at NOW, and each dataset's read rate (bytes/s) over PERIOD.
+
+    A loop device seen for the first time counts from its attach record, if scratch-stage
+    attached it (same backing file, attached before NOW): the bytes read since are spread
+    evenly from the attach time to NOW, so the very first sample after reads has heat. One
+    scratch-stage did not attach counts from this sample on. Every attach record is
+    consumed by the sample (the memory returned has none).
+    """
     read: dict[str, int] = {}
+    since_attach: dict[str, list[tuple[float, int]]] = {}
     counters: dict[str, tuple[str, int]] = {}
     for loop, backing in backings.items():
         name = dataset_of(backing)
@@ -101,7 +146,12 @@ def update_heat(
         read.setdefault(name, 0)
         last = memory.counters.get(loop)
         if last is None or last[0] != backing:
-            continue  # a new or reused loop device: its count so far is not ours to attribute
+            mark = memory.attached.get(loop)
+            if mark is not None and mark[0] == backing and mark[1] <= now:
+                count = sectors[loop] - mark[2]
+                if count > 0:
+                    since_attach.setdefault(name, []).append((mark[1], count * SECTOR_BYTES))
+            continue  # a new or reused loop device: nothing more of its count is ours
         delta = sectors[loop] - last[1]
         if delta < 0:
             delta = sectors[loop]  # counter reset (the device was recreated)
@@ -112,11 +162,29 @@ def update_heat(
         # A sample from the future (the clock stepped back) would make any rate absurd.
         history = tuple(x for x in memory.samples.get(name, ()) if x[0] < now)
         total = (history[-1][1] if history else 0) + read.get(name, 0)
+        for attached_at, amount in since_attach.get(name, ()):
+            history = _spread(history, attached_at, now, amount)
+            total += amount
         kept = _window((*history, (now, total)), now, period)
         rates[name] = _rate(kept)
         if name in read or rates[name] > 0:
             samples[name] = kept  # forget datasets no longer mounted once their heat is gone
     return HeatMemory(counters, samples), rates
+
+
+def _spread(
+    history: tuple[tuple[float, int], ...], start: float, end: float, amount: int
+) -> tuple[tuple[float, int], ...]:
+    """HISTORY (cumulative samples before END) with AMOUNT read evenly over START..END:
+    a sample at START is added if none is at or before it."""
+    if start >= end:
+        return history
+    rows = [
+        (t, c + round(amount * (t - start) / (end - start)) if t > start else c) for t, c in history
+    ]
+    if not history or history[0][0] > start:
+        rows.insert(0, (start, history[0][1] if history else 0))
+    return tuple(rows)
 
 
 def _window(

@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
+import pytest
 from nodetree import NodeEnv, blob_of, wait_for
 
 IMAGE_BYTES = 400_000  # each test image is ~260 kB: the capacity holds one, not two
@@ -87,6 +89,54 @@ def test_heat_caches_the_read_dataset_live_then_follows_the_heat(node_env: NodeE
     # Planning again on the result proposes nothing.
     again = rebalance(node_env, "--dry-run")
     assert again["evict"] == [] and again["stage"] == []
+
+
+def explained_heat(text: str, name: str) -> float:
+    """The heat (B/s) `rebalance --explain` gives NAME."""
+    line = next(x for x in text.splitlines() if x.strip().startswith(f"{name}: "))
+    return float(re.search(r"heat ([0-9.e+-]+) B/s", line).group(1))  # type: ignore[union-attr]
+
+
+def test_the_first_pass_after_reads_sees_their_heat_and_a_dry_run_the_same(
+    node_env: NodeEnv,
+) -> None:
+    node_env.configure(capacity=IMAGE_BYTES, period=600, demand={"source": "none"})
+    node_env.add_image("a")
+    node_env.add_image("b")
+    mounted_idle(node_env, "a", "b")  # the prolog attaches both loop devices, records it
+    heat = node_env.state()["heat"]
+    assert heat["samples"] == {} and heat["counters"] == {}  # no rebalance sample yet
+    assert sorted(b for b, _, _ in heat["attached"].values()) == [
+        str(node_env.datadir / "a.sqfs"), str(node_env.datadir / "b.sqfs"),
+    ]  # fmt: skip
+    drop_caches()
+    for _ in range(3):
+        read_all(node_env.mountdir / "b")
+        drop_caches()
+
+    state_before = (node_env.statedir / "state.json").read_bytes()
+    stacks_before = node_env.snapshot()
+    heats = []
+    for _ in range(2):  # a dry run keeps no sample: it shows the same heat every time
+        dry = node_env.cli("rebalance", "--dry-run", "--explain")
+        assert dry.returncode == 0, dry.stderr
+        assert "would stage b" in dry.stdout, dry.stdout
+        heats.append(explained_heat(dry.stdout, "b"))
+        assert explained_heat(dry.stdout, "a") == 0.0
+    assert heats[0] > 0 and heats[1] > 0
+    assert heats[1] == pytest.approx(heats[0], rel=0.5)  # only the elapsed time moves it
+    assert (node_env.statedir / "state.json").read_bytes() == state_before  # nothing written
+    assert node_env.snapshot() == stacks_before
+    assert not (node_env.cachedir / "b.sqfs").exists()
+
+    report = rebalance(node_env, "--explain")  # the first real pass: no earlier sample
+    assert report["stage"] == ["b"] and report["failed"] == [], report
+    assert report["decisions"]["b"]["heat"] > 0
+    assert node_env.backings("b")[-1] == str(node_env.cachedir / "b.sqfs")
+    heat = node_env.state()["heat"]
+    # The cached copy's own loop device was recorded when the stager mounted it over; the
+    # pass's sample consumed the two prolog records.
+    assert [b for b, _, _ in heat["attached"].values()] == [str(node_env.cachedir / "b.sqfs")]
 
 
 def test_a_pinned_dataset_survives_a_hotter_one(node_env: NodeEnv) -> None:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from scratch_stage.host.heat import (
     SECTOR_BYTES,
+    Attach,
     HeatMemory,
     dataset_of_path,
     parse_diskstats,
+    read_attach,
     read_loop_backings,
     update_heat,
 )
@@ -104,3 +106,69 @@ def test_samples_from_the_future_are_dropped_after_a_clock_step_back() -> None:
     memory, rates = sample(memory, {"loop0": 4000}, backings, now=100, period=600)  # stepped
     assert all(t <= 100 for t, _ in memory.samples["a"])
     assert rates["a"] < 1e6
+
+
+def attached(memory: HeatMemory, loop: str, backing: str, at: float, sectors: int) -> HeatMemory:
+    return memory.with_attach(Attach(loop, backing, at, sectors))
+
+
+def test_first_sample_counts_from_the_attach_record() -> None:
+    # loop0's counter was 5000 when scratch-stage attached it at t=100 (loop counters
+    # survive a detach); 2000 sectors were read by t=160: heat from the first sample.
+    backings = {"loop0": "/slow/a.sqfs", "loop1": "/slow/b.sqfs"}
+    memory = attached(HeatMemory(), "loop0", "/slow/a.sqfs", 100, 5000)
+    memory = attached(memory, "loop1", "/slow/other.sqfs", 100, 0)  # loop1 reused since
+    memory, rates = sample(memory, {"loop0": 7000, "loop1": 900}, backings, now=160)
+    assert rates["a"] == 2000 * SECTOR_BYTES / 60
+    assert rates["b"] == 0  # its record names another file: nothing attributed
+    assert memory.attached == {}  # consumed
+    # The next sample goes on from the counters; the window reaches back to the attach.
+    memory, rates = sample(memory, {"loop0": 7600, "loop1": 900}, backings, now=220, period=600)
+    assert rates["a"] == 2600 * SECTOR_BYTES / 120
+
+
+def test_attach_record_of_a_long_mounted_device_averages_since_attach() -> None:
+    backings = {"loop0": "/slow/a.sqfs"}
+    memory = attached(HeatMemory(), "loop0", "/slow/a.sqfs", 0, 0)
+    _, rates = sample(memory, {"loop0": 36_000}, backings, now=3600, period=600)
+    assert rates["a"] == 10 * SECTOR_BYTES
+
+
+def test_a_second_layer_attached_later_spreads_over_existing_samples() -> None:
+    # a's slow image has been sampled; its cached copy is mounted over at t=50.
+    backings = {"loop0": "/slow/a.sqfs"}
+    memory, _ = sample(HeatMemory(), {"loop0": 0}, backings, now=0, period=600)
+    memory, _ = sample(memory, {"loop0": 100}, backings, now=40, period=600)
+    memory = attached(memory, "loop1", "/fast/a.sqfs", 50, 10)
+    both = {**backings, "loop1": "/fast/a.sqfs"}
+    memory, rates = sample(memory, {"loop0": 100, "loop1": 310}, both, now=100, period=600)
+    assert rates["a"] == (100 + 300) * SECTOR_BYTES / 100
+    totals = [c for _, c in memory.samples["a"]]
+    assert totals == sorted(totals)
+
+
+def test_attach_records_from_the_future_or_counters_known_are_not_counted_twice() -> None:
+    backings = {"loop0": "/slow/a.sqfs"}
+    memory, _ = sample(HeatMemory(), {"loop0": 100}, backings, now=0)
+    memory = attached(memory, "loop0", "/slow/a.sqfs", 5, 0)  # already counted from 100
+    memory, rates = sample(memory, {"loop0": 150}, backings, now=10)
+    assert rates["a"] == 50 * SECTOR_BYTES / 10
+    memory = attached(HeatMemory(), "loop0", "/slow/a.sqfs", 99, 0)
+    _, rates = sample(memory, {"loop0": 150}, backings, now=10)  # clock stepped back
+    assert rates == {"a": 0.0}
+
+
+def test_attach_records_round_trip_and_old_files_read_without_them() -> None:
+    memory = attached(HeatMemory(), "loop3", "/fast/a.sqfs", 12.5, 77)
+    assert HeatMemory.from_json(memory.to_json()) == memory
+    old = {"counters": {"loop0": ["/slow/a.sqfs", 4]}, "samples": {"a": [[1.0, 2]]}}
+    assert HeatMemory.from_json(old).attached == {}
+
+
+def test_read_attach_from_a_fake_sysfs(tmp_path: Path) -> None:
+    block = tmp_path / "sys/block/loop7"
+    (block / "loop").mkdir(parents=True)
+    (block / "loop/backing_file").write_text("/slow/a.sqfs\n")
+    (block / "stat").write_text("     25        0     5904        8        0        0        0\n")
+    assert read_attach(tmp_path, "/dev/loop7", 3.0) == Attach("loop7", "/slow/a.sqfs", 3.0, 5904)
+    assert read_attach(tmp_path, "/dev/loop8", 3.0) is None
