@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
 from scratch_stage.core.errors import DatasetError, NodeFault, ScratchStageError
 from scratch_stage.core.records import record
 from scratch_stage.core.requests import Request, parse_request, shorten
 from scratch_stage.host.logger import get_logger
 
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:  # lazy: a prolog for a job without datasets never loads the node's modules
+    from collections.abc import Mapping
+
     from scratch_stage.agent.mounts import MountStep
     from scratch_stage.agent.node import Node
     from scratch_stage.host.catalog import Image

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 from scratch_stage.agent.node import Node
@@ -25,7 +24,13 @@ from scratch_stage.host.catalog import Fingerprint, Image, opened_image
 from scratch_stage.host.heat import Attach, read_attach
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import Layer, read_stack
-from scratch_stage.host.state import Intent, IntentKind, NodeState
+from scratch_stage.host.state import Intent, NodeState
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from scratch_stage.host.state import IntentKind
 
 log = get_logger(__name__)
 

@@ -6,7 +6,6 @@ import os
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 from scratch_stage.core.layout import PARTIAL_DIR, cached_name, restricted_mount
 from scratch_stage.core.records import field, record
@@ -15,6 +14,10 @@ from scratch_stage.host.config import Config
 from scratch_stage.host.events import EventLog
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import StateStore
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from typing import Callable
 
 log = get_logger(__name__)
 

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable, Literal
 
 from scratch_stage.core.layout import dataset_of_cached, partial_name
 from scratch_stage.core.records import field, record
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import NodeState
 
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Callable, Literal
+
     from scratch_stage.agent.node import Node
 
 log = get_logger(__name__)
 
-Alive = Callable[[int, str], bool]
+if TYPE_CHECKING:
+    Alive = Callable[[int, str], bool]
 
 
 @record(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from scratch_stage.core.records import record
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+# A name is [A-Za-z0-9][A-Za-z0-9._+-]{0,127}, checked without `re` (a prolog imports this).
+_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_LATER = _FIRST | frozenset("._+-")
 _TOKEN_PREFIX = "datasets:"
 # A job asking for more than this is a mistake, not a workload: refuse the excess.
 MAX_DATASETS_PER_JOB = 32
@@ -30,7 +30,12 @@ class Request:
 
 def is_valid_name(name: str) -> bool:
     """True when NAME is a legal dataset name (docs/design.md)."""
-    return NAME_RE.fullmatch(name) is not None and name not in (".", "..")
+    return (
+        0 < len(name) <= 128
+        and name[0] in _FIRST
+        and all(c in _LATER for c in name)
+        and name not in (".", "..")
+    )
 
 
 def describe_bad_name(entry: str) -> str:

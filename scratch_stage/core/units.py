@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 from scratch_stage.core.records import field, record
 
@@ -21,9 +20,34 @@ _SIZE_UNITS = {
     "TIB": 1024**4,
     "PIB": 1024**5,
 }
-_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*")
+_DIGITS = frozenset("0123456789")
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _number_and_unit(text: str) -> tuple[str, str] | None:
+    """('2.5', 'GiB') from ' 2.5 GiB ': digits, an optional fraction, then the rest.
+
+    The pattern \\s*([0-9]+(?:\\.[0-9]+)?)\\s*(\\S*)\\s*, written out: the prolog parses
+    sizes and durations of its configuration and must not pay for importing `re`.
+    """
+    text = text.strip()
+    i = 0
+    while i < len(text) and text[i] in _DIGITS:
+        i += 1
+    if i == 0:
+        return None
+    if i < len(text) and text[i] == ".":
+        j = i + 1
+        while j < len(text) and text[j] in _DIGITS:
+            j += 1
+        if j == i + 1:
+            return None
+        i = j
+    unit = text[i:].lstrip()
+    if any(c.isspace() for c in unit):
+        return None
+    return text[:i], unit
 
 
 def parse_size(text: str | int) -> int:
@@ -34,12 +58,12 @@ def parse_size(text: str | int) -> int:
         if text < 0:
             raise ValueError(f"negative size: {text}")
         return text
-    match = _SIZE_RE.fullmatch(str(text))
-    unit = match.group(2).upper() if match else ""
-    if match is None or unit not in _SIZE_UNITS:
+    match = _number_and_unit(str(text))
+    unit = match[1].upper() if match else ""
+    if match is None or not all(c in _LETTERS for c in match[1]) or unit not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
     # Exact decimal arithmetic: float would make '2.01MB' 2009999 bytes.
-    whole, _, fraction = str(match.group(1)).partition(".")
+    whole, _, fraction = match[0].partition(".")
     scale = _SIZE_UNITS[unit]
     return int(whole) * scale + (int(fraction or "0") * scale) // int(10 ** len(fraction))
 
@@ -103,10 +127,10 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, (int, float)):
         seconds = float(text)
     else:
-        match = _DURATION_RE.fullmatch(text)
-        if match is None:
+        match = _number_and_unit(text)
+        if match is None or match[1] not in _DURATION_UNITS:
             raise ValueError(f"not a duration: {text!r} (use s, m, h, d, w)")
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = float(match[0]) * _DURATION_UNITS[match[1]]
     if not math.isfinite(seconds):
         raise ValueError(f"not a duration: {text!r}")
     if seconds < 0:

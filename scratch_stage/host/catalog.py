@@ -15,13 +15,16 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable
 
 from scratch_stage.core.errors import DatasetError, NodeFault
 from scratch_stage.core.records import field, record
 from scratch_stage.core.requests import is_valid_name, shorten
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import Callable
 
 SUFFIXES = (".sqfs", ".squashfs")
 SQUASHFS_MAGIC = b"hsqs"
@@ -300,7 +303,8 @@ def _open_entry(
     return OpenImage(image, fd)
 
 
-_Refuse = Callable[[str], DatasetError]
+if TYPE_CHECKING:
+    _Refuse = Callable[[str], DatasetError]
 _KINDS = (
     (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
     (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -10,14 +10,17 @@ checks against the example file all iterate `records.fields(Config)`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args
 
 from scratch_stage.core.errors import ConfigError
 from scratch_stage.core.records import MISSING, field, fields, record
 from scratch_stage.core.requests import is_valid_name
 from scratch_stage.core.units import Capacity, parse_duration, parse_size
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Callable, Literal
 
 DEFAULT_PATH = Path("/etc/scratch-stage/config.yaml")
 # The defaults of mountdir and statedir, read when a Config is built (tests move them).
@@ -29,10 +32,11 @@ ENV_PATH = "SCRATCH_STAGE_CONFIG"
 ENV_RUNDIR = "SCRATCH_STAGE_RUNDIR"  # another RUNDIR (tests); not a configuration key
 ENV_PREFIX = "SCRATCH_STAGE_"
 
-Verify = Literal["size", "sha256"]
-DemandSource = Literal["squeue", "pyslurm", "file", "none"]
-VERIFY_MODES: tuple[Verify, ...] = get_args(Verify)
-DEMAND_SOURCES: tuple[DemandSource, ...] = get_args(DemandSource)
+if TYPE_CHECKING:
+    Verify = Literal["size", "sha256"]
+    DemandSource = Literal["squeue", "pyslurm", "file", "none"]
+VERIFY_MODES: tuple[Verify, ...] = ("size", "sha256")  # Verify's values, in its order
+DEMAND_SOURCES: tuple[DemandSource, ...] = ("squeue", "pyslurm", "file", "none")
 
 
 @record(frozen=True)

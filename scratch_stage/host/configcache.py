@@ -19,10 +19,13 @@ import stat
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 from scratch_stage.core.records import record
 from scratch_stage.host.logger import get_logger
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 log = get_logger(__name__)
 

@@ -6,11 +6,14 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable
 
 from scratch_stage.host.logger import get_logger
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any, Callable
 
 log = get_logger(__name__)
 

@@ -7,13 +7,16 @@ field started from multiplied by hw_sector_size and over-counted 8x on 4 KiB loo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
 
 from scratch_stage.core.records import field, record
 from scratch_stage.host.catalog import SUFFIXES
 from scratch_stage.host.mountinfo import DELETED_SUFFIX
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Callable
 
 SECTOR_BYTES = 512
 

@@ -11,10 +11,13 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from scratch_stage.core.errors import LockTimeout, NodeFault
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 _FIRST_WAIT = 0.001
 _MAX_WAIT = 0.02

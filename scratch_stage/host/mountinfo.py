@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from pathlib import Path
 
 from scratch_stage.core.records import record
 
-_ESCAPE_RE = re.compile(r"\\([0-7]{3})")
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+_OCTAL = frozenset("01234567")
 DELETED_SUFFIX = " (deleted)"
 
 
@@ -48,7 +50,19 @@ class Layer:
 
 def unescape(field: str) -> str:
     """Undo the kernel's octal escapes (\\040 for a space) in a mountinfo field."""
-    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
+    if "\\" not in field:
+        return field  # nearly always: one C-level scan (and no `re` for the prolog)
+    out: list[str] = []
+    i, end = 0, len(field)
+    while i < end:
+        digits = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(digits) == 3 and all(d in _OCTAL for d in digits):
+            out.append(chr(int(digits, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
 
 
 def parse_mountinfo_line(line: str) -> MountEntry | None:

@@ -12,9 +12,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Literal
 
 from scratch_stage.core.errors import NodeFault
 from scratch_stage.core.records import field, record
@@ -22,6 +20,11 @@ from scratch_stage.host import faults
 from scratch_stage.host.catalog import Fingerprint
 from scratch_stage.host.heat import HeatMemory
 from scratch_stage.host.logger import get_logger
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Callable, Literal
 
 log = get_logger(__name__)
 
@@ -70,7 +73,8 @@ class CachedCopy:
         return self.fingerprint.size
 
 
-IntentKind = Literal["mount", "unmount", "evict"]
+if TYPE_CHECKING:
+    IntentKind = Literal["mount", "unmount", "evict"]
 
 
 @record(frozen=True)
