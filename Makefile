@@ -4,9 +4,12 @@
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3
+# dpkg-dev, lintian, python3-click and python3-yaml: `make deb` and tests/privileged/test_deb.py
+# (the package is installed for Debian's python3); rpm: `make rpm` (rpmbuild, rpmlint-less).
+APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3 \
+	dpkg-dev lintian rpm python3-click python3-yaml
 
-.PHONY: demo test lint typecheck unit bench setup system-deps slurm-deps clean
+.PHONY: demo test lint typecheck unit bench setup system-deps slurm-deps clean deb
 
 demo: setup
 	bash demo/demo.sh
@@ -41,7 +44,8 @@ system-deps:
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -50,5 +54,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev,plot]' --config-settings editable_mode=compat
 	touch $@
 
+# dist/scratch-stage_<version>-1_all.deb (packaging/deb/build-deb), then lintian on it.
+deb: setup
+	packaging/deb/build-deb dist $(BIN)/python
+	lintian --fail-on warning dist/scratch-stage_*_all.deb
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist
