@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
 from pathlib import Path
 
 from scratch_stage.host.logger import get_logger
@@ -58,6 +57,8 @@ class EventLog:
 
     def tail(self, limit: int, dataset: str | None = None) -> list[dict[str, Any]]:
         """The last LIMIT events, only those of DATASET if given."""
+        from collections import deque  # lazy: not for the prolog
+
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 return list(deque(_matching(f, dataset), maxlen=limit))
