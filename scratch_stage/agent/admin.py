@@ -250,6 +250,7 @@ def _purge_one(node: Node, step: UnmountStep, holders: list[str]) -> str:
         raise
     with node.store.transaction() as state:
         state.cached.pop(name, None)
+        state.counters.add(name, "evictions")
         release_claim(state, name)
     node.events.emit("evict", name, reason="purge", forced=bool(holders))
     if holders:

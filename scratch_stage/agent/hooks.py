@@ -63,20 +63,22 @@ def run_prolog(node: Node, job: Job) -> int:
     """
     import time
 
-    _log_rejections(node, job)
-    permitted = (_permitted(node, job, name) for name in job.request.names)
+    tally: list[str] = []  # refusal reasons, counted with the next state write
+    _log_rejections(node, job, tally)
+    permitted = (_permitted(node, job, name, tally) for name in job.request.names)
     pending = {image.name: image for image in permitted if image is not None}
     if not pending:
+        _count_refusals(node, tally)
         return 0
     deadline = time.monotonic() + node.config.lock_timeout
     mounted: list[str] = []
     first = True
     while pending:
-        busy = _mount_round(node, job, pending, mounted, announce=first)
+        busy = _mount_round(node, job, pending, mounted, tally, announce=first)
         first = False
         pending = {name: pending[name] for name in busy}
         if pending and time.monotonic() >= deadline:
-            _drop_holds(node, job, list(pending))
+            _drop_holds(node, job, list(pending), refused_as="busy")
             for name in pending:
                 _refuse(node, job, name, "another scratch-stage process kept it busy")
             break
@@ -87,17 +89,50 @@ def run_prolog(node: Node, job: Job) -> int:
     return 0
 
 
+def _count_refusals(node: Node, tally: list[str]) -> None:
+    """Count refusals no state write of this prolog counted (all its datasets refused).
+
+    Only on a node that has a state already: a user's mistake never creates one (a rebuild).
+    """
+    import os
+
+    from scratch_stage.host.state import STATE_FILE
+
+    if tally and os.path.exists(node.config.statedir / STATE_FILE):
+        with node.store.transaction() as state:
+            _flush(state, tally)
+
+
+def _flush(state: NodeState, tally: list[str]) -> None:
+    for reason in tally:
+        state.counters.refused(reason)
+    tally.clear()
+
+
 def _mount_round(
-    node: Node, job: Job, pending: dict[str, Image], mounted: list[str], *, announce: bool
+    node: Node,
+    job: Job,
+    pending: dict[str, Image],
+    mounted: list[str],
+    tally: list[str],
+    *,
+    announce: bool,
 ) -> list[str]:
     """One decide-act-finish round; the names another process is acting on (to retry)."""
-    from scratch_stage.agent.mounts import claim, describe, perform_mount, prepare_mount
+    from scratch_stage.agent.mounts import (
+        claim,
+        describe,
+        fresh_copy,
+        perform_mount,
+        prepare_mount,
+    )
     from scratch_stage.core.errors import CommandError
     from scratch_stage.host.state import Hold
 
     busy: list[str] = []
     steps = []
     with node.store.transaction() as state:
+        _flush(state, tally)
         held = state.jobs.get(job.job_id)
         names = tuple(dict.fromkeys((*(held.datasets if held else ()), *pending)))
         state.jobs[job.job_id] = Hold(names, job.user, held.since if held else node.clock())
@@ -106,8 +141,10 @@ def _mount_round(
                 busy.append(name)
                 continue
             step = prepare_mount(node, state, image)
-            if step is None:
+            if step is None:  # served already: this job starts on what is mounted
                 mounted.append(name)
+                cached = fresh_copy(node, state, image)
+                state.counters.add(name, "jobs_cached" if cached else "jobs_slow")
             elif claim(node, state, name, "mount", str(step.source)):
                 steps.append(step)
     if announce:
@@ -115,11 +152,11 @@ def _mount_round(
         for name in pending:
             node.events.emit("request", name, job=job.job_id, user=job.user, lock_wait_ms=waited)
     failed: dict[str, str] = {}
-    attaches: list[Attach | None] = []
+    attached: dict[str, Attach | None] = {}
     try:
         for step in steps:
             try:
-                attaches.append(perform_mount(node, step))
+                attached[step.name] = perform_mount(node, step)
             except CommandError as e:
                 if e.missing:
                     raise
@@ -132,20 +169,25 @@ def _mount_round(
             node.events.emit("mount", step.name, job=job.job_id, detail=describe(step))
     except NodeFault:
         # The node cannot mount at all: the prolog fails (drain), and this job holds nothing.
-        _finish(node, job, steps, {name: "node fault" for name in pending}, attaches)
+        _finish(node, job, steps, {name: "node fault" for name in pending}, {}, refused=False)
         raise
-    _finish(node, job, steps, failed, attaches)
+    _finish(node, job, steps, failed, attached, refused=True)
     for name, why in failed.items():
         _refuse(node, job, name, f"cannot be mounted: {why}")
     return busy
 
 
 def _finish(
-    node: Node, job: Job, steps: list[MountStep], failed: dict[str, str],
-    attaches: list[Attach | None],
-) -> None:  # fmt: skip
-    """Drop this process's intents and record the loop devices attached; a dataset that
-    failed to mount is no longer held."""
+    node: Node,
+    job: Job,
+    steps: list[MountStep],
+    failed: dict[str, str],
+    attached: dict[str, Attach | None],
+    *,
+    refused: bool,
+) -> None:
+    """Drop this process's intents; a dataset that failed to mount is no longer held (and,
+    when REFUSED, counted as refused); a mounted one counts as a job start on its layer."""
     from scratch_stage.agent.mounts import record_attach, release_claim
 
     if not steps:
@@ -153,14 +195,20 @@ def _finish(
     with node.store.transaction() as state:
         for step in steps:
             release_claim(state, step.name)
-        for attach in attaches:
-            record_attach(state, attach)
+            if step.name in failed:
+                if refused:
+                    state.counters.refused("mount_failed")
+            elif step.name in attached:
+                state.counters.add(step.name, "jobs_cached" if step.cached else "jobs_slow")
+                record_attach(state, attached[step.name])
         _unhold(state, job, list(failed))
 
 
-def _drop_holds(node: Node, job: Job, names: list[str]) -> None:
+def _drop_holds(node: Node, job: Job, names: list[str], *, refused_as: str) -> None:
     with node.store.transaction() as state:
         _unhold(state, job, names)
+        for _ in names:
+            state.counters.refused(refused_as)
 
 
 def _unhold(state: NodeState, job: Job, names: list[str]) -> None:
@@ -176,7 +224,7 @@ def _unhold(state: NodeState, job: Job, names: list[str]) -> None:
         del state.jobs[job.job_id]
 
 
-def _permitted(node: Node, job: Job, name: str) -> Image | None:
+def _permitted(node: Node, job: Job, name: str, tally: list[str]) -> Image | None:
     """The image for NAME if JOB may have it; a refusal is logged, a node fault raised."""
     from scratch_stage.host.catalog import image_access_problem, lookup_image, user_gids
 
@@ -184,11 +232,13 @@ def _permitted(node: Node, job: Job, name: str) -> Image | None:
         image = lookup_image(node.config.datadir, name, trust=node.trust)
     except DatasetError as e:
         _refuse(node, job, name, str(e))
+        tally.append("unavailable")
         return None
     gids = user_gids(job.user, job.gid) if job.user else frozenset([job.gid])
     problem = image_access_problem(image, job.uid, gids, node.config.access)  # name and target
     if problem:
         _refuse(node, job, name, problem)
+        tally.append("forbidden")
         return None
     return image
 
@@ -198,8 +248,9 @@ def _refuse(node: Node, job: Job, entry: str, reason: str) -> None:
     node.events.emit("refused", entry[:128], job=job.job_id, user=job.user, reason=reason)
 
 
-def _log_rejections(node: Node, job: Job) -> None:
+def _log_rejections(node: Node, job: Job, tally: list[str]) -> None:
     rejected = job.request.rejected
+    tally.extend("invalid_name" for _ in rejected)
     for rejection in rejected[:_MAX_LOGGED_REJECTIONS]:
         _refuse(node, job, rejection.entry, rejection.reason)
     if len(rejected) > _MAX_LOGGED_REJECTIONS:

@@ -21,6 +21,7 @@ from scratch_stage.core.layout import ACCESS_DIR, restricted_mount
 from scratch_stage.core.records import record
 from scratch_stage.host import faults
 from scratch_stage.host.catalog import Fingerprint, Image, opened_image
+from scratch_stage.host.counters import Mark
 from scratch_stage.host.heat import Attach, read_attach
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import Layer, read_stack
@@ -165,9 +166,11 @@ def perform_mount(node: Node, step: MountStep) -> Attach | None:
 
 
 def record_attach(state: NodeState, attach: Attach | None) -> None:
-    """Remember when a loop device was attached (the next heat sample counts it from then)."""
+    """Remember when a loop device was attached: the next heat sample counts it from then,
+    and so do the read counters (a mark of this attachment, docs/design.md §9)."""
     if attach is not None:
         state.heat = state.heat.with_attach(attach)
+        state.counters.attached(attach.loop, Mark(attach.diskseq, attach.backing, attach.sectors))
 
 
 def prepare_mountpoint(node: Node, name: str) -> Path:

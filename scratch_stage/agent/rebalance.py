@@ -12,6 +12,7 @@ from scratch_stage.agent.mounts import perform_unmount
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import ConfigError, Interrupted, ScratchStageError
 from scratch_stage.host.catalog import Catalog, scan_catalog
+from scratch_stage.host.counters import count_reads, layer_of_path, read_diskseqs
 from scratch_stage.host.heat import (
     dataset_of_path,
     parse_diskstats,
@@ -49,15 +50,26 @@ def load_value_function(spec: str) -> ValueFunction:
     return func  # type: ignore[no-any-return]
 
 
-def measure_heat(node: Node, state: NodeState, now: float) -> dict[str, float]:
-    """Sample /proc/diskstats into STATE's heat memory; bytes/s per dataset over `period`."""
+def measure_heat(
+    node: Node, state: NodeState, now: float, *, count: bool = True
+) -> dict[str, float]:
+    """Sample /proc/diskstats into STATE's heat memory; bytes/s per dataset over `period`.
+
+    With COUNT the bytes read since the last sample are added to the per-layer counters.
+    """
     text = (node.root / "proc/diskstats").read_text()
-    dataset_of = dataset_of_path(str(node.config.datadir), str(node.config.cachedir))
+    datadir, cachedir = str(node.config.datadir), str(node.config.cachedir)
+    dataset_of = dataset_of_path(datadir, cachedir)
+    sectors, backings = parse_diskstats(text), read_loop_backings(node.root)
     memory, rates = update_heat(
-        state.heat, parse_diskstats(text), read_loop_backings(node.root), dataset_of,
-        now=now, period=node.config.period,
+        state.heat, sectors, backings, dataset_of, now=now, period=node.config.period,
     )  # fmt: skip
     state.heat = memory
+    if count:
+        seqs = read_diskseqs(str(node.root), list(backings))
+        count_reads(
+            state.counters, sectors, backings, seqs, dataset_of, layer_of_path(datadir, cachedir)
+        )
     for name, rate in rates.items():
         if rate > 0:
             state.last_used[name] = now
@@ -80,10 +92,33 @@ def single_rebalance(node: Node) -> Iterator[bool]:
 
 def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> PassReport:
     """One pass; with DRY_RUN nothing is changed, not even the heat samples."""
+    import time
+
     with single_rebalance(node) as alone:
         if not alone:
             return _skipped(node)
-        return _rebalance(node, dry_run=dry_run, progress=progress)
+        if dry_run:
+            return _rebalance(node, dry_run=True, progress=progress)
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            report = _rebalance(node, dry_run=False, progress=progress)
+            outcome = "failed" if report.failed else "ok"
+            return report
+        except Interrupted:
+            outcome = "interrupted"
+            raise
+        finally:
+            _record_pass(node, time.monotonic() - started, outcome)
+
+
+def _record_pass(node: Node, duration: float, outcome: str) -> None:
+    """The pass's time, duration and outcome in the counters; never fails the pass."""
+    try:
+        with node.store.transaction() as state:
+            state.counters.record_rebalance(end=node.clock(), duration=duration, outcome=outcome)
+    except ScratchStageError as e:
+        log.warning("rebalance outcome not recorded: %s", e)
 
 
 def _skipped(node: Node) -> PassReport:
@@ -100,7 +135,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
     fingerprints = {n: i.fingerprint for n, i in catalog.images.items()}
     if dry_run:
         state = node.store.read()
-        heat = measure_heat(node, state, now)
+        heat = measure_heat(node, state, now, count=False)
         the_plan = plan(
             plan_input(state, fingerprints, now), heat, demand, capacity,
             params=params, value=value,
@@ -273,6 +308,7 @@ def _finish(
             release_claim(state, step.name)
             if not error and step.delete:
                 state.cached.pop(step.name, None)
+                state.counters.add(step.name, "evictions")
             if not error and not step.delete:
                 state.last_used.pop(step.name, None)
         for step in abandoned:

@@ -74,7 +74,7 @@ def stage(
         raise
     elapsed = time.monotonic() - started
     node.events.emit("stage-done", name, bytes=image.size, seconds=round(elapsed, 3))
-    return _commit(node, image, copied=True)
+    return _commit(node, image, copied=True, seconds=elapsed)
 
 
 def _with_progress_events(node: Node, name: str, progress: Progress | None) -> Progress:
@@ -108,6 +108,7 @@ def _reserve(node: Node, image: Image) -> Reservation:
         pid = os.getpid()
         start = process_start(node.root, pid) or "?"
         state.staging[image.name] = Copy(pid, start, image.fingerprint, node.clock())
+        state.counters.add(image.name, "copies_started")
     node.events.emit("stage-start", image.name, bytes=image.size, pid=os.getpid())
     return "reserved"
 
@@ -166,12 +167,14 @@ def _abandon(node: Node, name: str, partial: Path, error: BaseException) -> None
             del state.staging[name]
         if not interrupted:
             state.failures[name] = next_failure(state.failures.get(name), reason, node.clock())
+            state.counters.add(name, "copies_failed")
     node.events.emit("stage-failed", name, reason=reason)
 
 
 def _record_failure(node: Node, name: str, reason: str) -> None:
     with node.store.transaction() as state:
         state.failures[name] = next_failure(state.failures.get(name), reason, node.clock())
+        state.counters.add(name, "copies_failed")
     node.events.emit("stage-failed", name, reason=reason)
 
 
@@ -182,7 +185,7 @@ def next_failure(previous: Failure | None, reason: str, now: float) -> Failure:
     return Failure(count, now + delay, reason[:200])
 
 
-def _commit(node: Node, image: Image, *, copied: bool) -> str:
+def _commit(node: Node, image: Image, *, copied: bool, seconds: float = 0.0) -> str:
     """Record the verified copy, then mount it over (outside the lock); what was done."""
     from scratch_stage.agent.mounts import (
         claim,
@@ -199,6 +202,9 @@ def _commit(node: Node, image: Image, *, copied: bool) -> str:
             inode = os.stat(node.cached_path(image.name)).st_ino
             state.cached[image.name] = CachedCopy(image.fingerprint, node.clock(), inode)
             state.failures.pop(image.name, None)
+            state.counters.add(image.name, "copies_finished")
+            state.counters.add(image.name, "copied_bytes", image.size)
+            state.counters.add(image.name, "copy_seconds", round(seconds, 3))
         step = prepare_mount(node, state, image)
         if step is not None and not claim(node, state, image.name, "mount", str(step.source)):
             step = None  # another process is acting on the stack; the next pass mounts it

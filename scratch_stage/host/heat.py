@@ -70,6 +70,7 @@ class Attach:
     backing: str
     at: float
     sectors: int
+    diskseq: str = ""  # /sys/block/<loop>/diskseq: changes at every attach (Linux 5.15+)
 
 
 def read_attach(root: Path, device: str, now: float) -> Attach | None:
@@ -83,7 +84,11 @@ def read_attach(root: Path, device: str, now: float) -> Attach | None:
         return None
     if len(fields) < 3 or not fields[2].isdigit():
         return None
-    return Attach(loop, backing, now, int(fields[2]))  # field 3: sectors read
+    try:
+        diskseq = (block / "diskseq").read_text().strip()
+    except OSError:
+        diskseq = ""
+    return Attach(loop, backing, now, int(fields[2]), diskseq)  # field 3: sectors read
 
 
 @record(frozen=True)

@@ -18,6 +18,7 @@ from scratch_stage.core.errors import NodeFault
 from scratch_stage.core.records import field, record
 from scratch_stage.host import faults
 from scratch_stage.host.catalog import Fingerprint
+from scratch_stage.host.counters import Counters
 from scratch_stage.host.heat import HeatMemory
 from scratch_stage.host.logger import get_logger
 
@@ -133,6 +134,7 @@ class NodeState:
     last_used: dict[str, float] = field(default_factory=dict)
     intents: dict[str, Intent] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
 
     def holders(self, name: str) -> list[str]:
         """Job ids holding NAME, sorted."""
@@ -163,6 +165,7 @@ class NodeState:
                 for n, i in self.intents.items()
             },
             "failures": {n: [f.count, f.retry_at, f.reason] for n, f in self.failures.items()},
+            "counters": self.counters.to_json(),
         }
 
     @classmethod
@@ -189,6 +192,7 @@ class NodeState:
                 intents={n: _intent(v) for n, v in data.get("intents", {}).items()},
                 failures={n: Failure(int(c), float(r), str(w))
                           for n, (c, r, w) in data.get("failures", {}).items()},
+                counters=Counters.from_json(data.get("counters")),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise ValueError(f"malformed state: {e}") from None
