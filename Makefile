@@ -6,8 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # dpkg-dev, lintian, python3-click and python3-yaml: `make deb` and tests/privileged/test_deb.py
 # (the package is installed for Debian's python3); rpm: `make rpm` (rpmbuild, rpmlint-less).
+# prometheus, prometheus-node-exporter: the metrics tests (tests/privileged/test_prometheus.py).
+# All are installed by slurm/testcluster install-packages: service starts forbidden.
 APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3 \
-	dpkg-dev lintian rpm python3-click python3-yaml
+	dpkg-dev lintian rpm python3-click python3-yaml \
+	prometheus prometheus-node-exporter
 
 .PHONY: demo test lint typecheck unit bench setup system-deps slurm-deps clean deb
 
@@ -44,8 +47,7 @@ system-deps:
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing; \
+	  bash slurm/testcluster install-packages $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml Makefile

@@ -328,6 +328,22 @@ def _report_lines(data: dict[str, Any], *, explain: bool, dry_run: bool) -> list
 
 
 @cli.command()
+@click.option(
+    "--write", is_flag=True, help="Replace <metrics_dir>/scratch_stage.prom instead of printing."
+)
+@pass_ctx
+def metrics(ctx: Context, write: bool) -> int:
+    """This node's Prometheus metrics (node_exporter textfile format)."""
+    from scratch_stage.agent.metrics import metrics_text, write_node_metrics
+
+    if write:
+        _say(f"wrote {write_node_metrics(ctx.node)}")
+    else:
+        click.echo(metrics_text(ctx.node), nl=False)
+    return 0
+
+
+@cli.command()
 @pass_ctx
 def daemon(ctx: Context) -> int:
     """Rebalance every `interval` seconds until SIGTERM (systemd Type=notify aware)."""

@@ -110,6 +110,19 @@ def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> Pas
             raise
         finally:
             _record_pass(node, time.monotonic() - started, outcome)
+            _write_metrics(node)
+
+
+def _write_metrics(node: Node) -> None:
+    """The node's metrics file after each pass, if configured; never fails the pass."""
+    if node.config.metrics_dir is None:
+        return
+    from scratch_stage.agent.metrics import write_node_metrics
+
+    try:
+        write_node_metrics(node)
+    except ScratchStageError as e:
+        log.warning("metrics not written: %s", e)
 
 
 def _record_pass(node: Node, duration: float, outcome: str) -> None:

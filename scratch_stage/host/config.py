@@ -68,6 +68,14 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _optional_path(value: Any) -> Path | None:
+    return None if value is None or value == "" else _path(value)
+
+
+def _show_optional_path(value: Path | None) -> str:
+    return "" if value is None else str(value)
+
+
 def _positive(parse: Callable[[Any], float]) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         number = parse(value)
@@ -417,6 +425,14 @@ class Config:
         default=False,
         metadata=_meta("publish cached datasets as Slurm node features `ds_<name>`", _boolean),
     )
+    metrics_dir: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "node_exporter's textfile directory: each rebalance writes `scratch_stage.prom` "
+            "there (Debian: `/var/lib/prometheus/node-exporter`); empty: none",
+            _optional_path, show=_show_optional_path, default_doc="none",
+        ),
+    )  # fmt: skip
     source: str = "<defaults>"  # where it was read: not an option
 
 

@@ -60,6 +60,7 @@ SAMPLE: dict[str, Any] = {
     "hysteresis": 0.5,
     "value_function": "mysite.planning:value",
     "idle_unmount": 0,
+    "metrics_dir": "/var/lib/prometheus/node-exporter",
     "bandwidth": "500MB",
     "node_features": True,
 }
