@@ -17,8 +17,11 @@ Plain classes and dicts only: the prolog imports this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Callable
 
 SECTOR_BYTES = 512
 
