@@ -125,7 +125,7 @@ def _pyslurm_snapshot(config: Config, now: float, run: Run) -> Snapshot | None:
         version = run([*config.scontrol_command, "--version"], timeout=config.command_timeout)
     except ScratchStageError as e:
         version = f"unknown ({e})"
-    pyslurm, why = usable_pyslurm(version)
+    pyslurm, why = usable_pyslurm(version, run, config.command_timeout)
     if pyslurm is None:
         log.info("demand through squeue, not pyslurm: %s", why)
         return None

@@ -3,20 +3,29 @@
 pyslurm tracks Slurm's major version (its 23.2 speaks to Slurm 23.02 only); a mismatch
 or an import failure means the CLI backend, with one log line saying why. The adapter
 reads pyslurm's job and partition objects (`pyslurm.Jobs.load()`,
-`pyslurm.Partitions.load()`, pyslurm >= 23.2) into the same Snapshot the CLI parsers make.
+`pyslurm.Partitions.load()`, pyslurm >= 23.2) into the same Snapshot the CLI parsers make;
+tests/e2e/test_pyslurm.py compares the two on a real Slurm 25.11 queue.
+
+Importing the real pyslurm runs libslurm's slurm_init(), which ends the whole process
+(`fatal: Could not establish a configuration source`, exit 1) when it finds no Slurm
+configuration: the first import is therefore tried in a child process (IMPORT_PROBE).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import sys
+from typing import Any, Callable
 
+from scratch_stage.core.errors import ScratchStageError
+from scratch_stage.host import runner
 from scratch_stage.host.logger import get_logger
 from scratch_stage.slurm.demand import PendingJob, Snapshot, comment_datasets, expand_hosts
 
 log = get_logger(__name__)
 
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)")
+IMPORT_PROBE = "import sys, pyslurm; sys.stdout.write(pyslurm.__version__)"
 
 
 def major_minor(text: str) -> tuple[int, int] | None:
@@ -25,8 +34,19 @@ def major_minor(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def usable_pyslurm(scontrol_version: str) -> tuple[Any, str]:
-    """(the pyslurm module, '') when it fits this Slurm, else (None, why not)."""
+def usable_pyslurm(
+    scontrol_version: str, run: Callable[..., str] = runner.run, timeout: float = 30.0
+) -> tuple[Any, str]:
+    """(the pyslurm module, '') when it fits this Slurm, else (None, why not).
+
+    Until this process has imported pyslurm, a child (through RUN) imports it first: a
+    libslurm that exits on import ends that child, not this process.
+    """
+    if "pyslurm" not in sys.modules:
+        try:
+            run([sys.executable, "-c", IMPORT_PROBE], timeout=timeout)
+        except ScratchStageError as e:
+            return None, f"pyslurm does not import in a child process ({str(e).split(': ')[-1]})"
     try:
         import pyslurm  # type: ignore[import-not-found]
     except Exception as e:  # an ImportError, or a broken build failing on load

@@ -1,14 +1,16 @@
 """pyslurm demand source: version gating and the adapter, on a stand-in module.
 
-pyslurm cannot be built against this machine's Slurm 22.05 (it tracks Slurm's major
-version), so the adapter is exercised with a stand-in exposing pyslurm's documented
-attributes; the real fallback (no pyslurm here) is exercised for real.
+pyslurm cannot be built against Debian's Slurm 22.05 (it tracks Slurm's major version), so
+here the adapter is exercised with a stand-in exposing pyslurm's attributes; the real
+fallback (no pyslurm in this venv) is exercised for real. tests/e2e/test_pyslurm.py runs the
+adapter with the real pyslurm 25.11 against a real Slurm 25.11 controller.
 """
 
 from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,3 +65,25 @@ def test_adapter_keeps_pending_jobs_with_datasets() -> None:
     ]
     assert snap.jobs[0].start == 1_800_000_000.0
     assert snap.partitions == {"debug": ("n1", "n2", "n3", "n4")}
+
+
+def test_a_pyslurm_that_ends_the_process_on_import_costs_only_a_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real pyslurm's import runs slurm_init(), which exits the process when it finds no
+    # Slurm configuration; this stand-in does the same, on the path a child inherits.
+    package = tmp_path / "pyslurm"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import os, sys\n"
+        "sys.stderr.write('python: fatal: Could not establish a configuration source\\n')\n"
+        "os._exit(1)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pyslurm", raising=False)
+    module, why = usable_pyslurm("slurm 25.11.7")
+    assert module is None
+    assert why == (
+        "pyslurm does not import in a child process (Could not establish a configuration source)"
+    )
+    assert "pyslurm" not in sys.modules  # this process never imported it
