@@ -44,6 +44,7 @@ HOT_MODULES = {
     "scratch_stage.core.units",
     "scratch_stage.host",
     "scratch_stage.host.catalog",
+    "scratch_stage.host.counters",
     "scratch_stage.host.events",
     "scratch_stage.host.faults",
     "scratch_stage.host.heat",
