@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import ConfigError
@@ -41,7 +42,12 @@ def families(node: Node) -> list[Family]:
 
     data = status(node)
     counters = node.store.read().counters
-    rows = data["datasets"]
+    return all_families(data, counters, node.config.interval)
+
+
+def all_families(status: dict[str, Any], counters: Counters, interval: float) -> list[Family]:
+    """The metric families of a node's STATUS and COUNTERS (pure)."""
+    rows = status["datasets"]
     names = sorted({r["name"] for r in rows} | set(counters.datasets))
     out = _counter_families(counters, names)
     size = Family("scratch_stage_dataset_size_bytes", "gauge", "Size of the dataset's image.")
@@ -57,15 +63,14 @@ def families(node: Node) -> list[Family]:
         cached.add(1 if row["cached"] else 0, dataset=row["name"])
     out += [size, mounted, cached]
     capacity = Family("scratch_stage_cache_capacity_bytes", "gauge", "The cache budget (capacity).")
-    capacity.add(data["capacity_bytes"])
+    capacity.add(status["capacity_bytes"])
     used = Family(
         "scratch_stage_cache_used_bytes", "gauge",
         "Bytes of the cache budget used by cached copies, copies in flight and deleted copies "
         "still mounted.",
     )  # fmt: skip
-    used.add(data["used_bytes"])
-    out += [capacity, used, *_rebalance_families(node, counters)]
-    return out
+    used.add(status["used_bytes"])
+    return [*out, capacity, used, *_rebalance_families(interval, counters)]
 
 
 def _counter_families(counters: Counters, names: list[str]) -> list[Family]:
@@ -94,7 +99,7 @@ def _counter_families(counters: Counters, names: list[str]) -> list[Family]:
     return [reads, starts, *per.values(), refusals]
 
 
-def _rebalance_families(node: Node, counters: Counters) -> list[Family]:
+def _rebalance_families(interval: float, counters: Counters) -> list[Family]:
     last = counters.rebalance
     passes = Family(
         "scratch_stage_rebalance_passes_total", "counter", "Rebalance passes run (not dry runs)."
@@ -115,12 +120,12 @@ def _rebalance_families(node: Node, counters: Counters) -> list[Family]:
         "1 if the last rebalance pass did all it planned, 0 if a step failed or it never ran.",
     )  # fmt: skip
     success.add(1 if last.get("outcome") == "ok" else 0)
-    interval = Family(
+    every = Family(
         "scratch_stage_rebalance_interval_seconds", "gauge",
         "The configured rebalance interval (for 'not run lately' alerts).",
     )  # fmt: skip
-    interval.add(node.config.interval)
-    return [passes, when, duration, success, interval]
+    every.add(interval)
+    return [passes, when, duration, success, every]
 
 
 def metrics_text(node: Node) -> str:

@@ -61,3 +61,19 @@ def node_env(tmp_path: Path, image_store: ImageStore) -> Iterator[NodeEnv]:
         left = node.finalize()
         if left:
             pytest.fail("privileged test left mounts behind: " + "; ".join(left))
+
+
+@pytest.fixture
+def textfile_dir() -> Iterator[Path]:
+    """A node_exporter textfile directory other users can reach and read (as Debian's is):
+    under a per-run directory in /tmp (pytest's own are private to root)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="scratch-stage-metrics-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        (base / "textfile").mkdir(mode=0o755)
+        yield base / "textfile"
+    finally:
+        shutil.rmtree(base)

@@ -4,14 +4,10 @@ unprivileged user who tries to make it lie, or to learn private facts from it.""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nodetree import BLOB_SIZE, CLI, NodeEnv
 from prometheus_client.parser import text_string_to_metric_families
 from test_rebalance import drop_caches, read_all
@@ -20,18 +16,6 @@ from scratch_stage.host.metrics import METRICS_FILE
 
 NOBODY = 65534
 AS_NOBODY = ["/usr/bin/setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-
-
-@pytest.fixture
-def textfile_dir() -> Iterator[Path]:
-    """A textfile directory other users can reach (and read), as node_exporter's is."""
-    base = Path(tempfile.mkdtemp(prefix="scratch-stage-metrics-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
-        (base / "textfile").mkdir(mode=0o755)
-        yield base / "textfile"
-    finally:
-        shutil.rmtree(base)
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

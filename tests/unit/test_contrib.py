@@ -1,0 +1,99 @@
+"""contrib/: the Prometheus rules pass promtool (check and the rule unit tests), and the
+rules and the Grafana dashboard only name metrics scratch-stage writes or rules record."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scratch_stage.agent.metrics import all_families
+from scratch_stage.host.counters import Counters
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "contrib/prometheus/scratch_stage.rules.yml"
+RULE_TESTS = ROOT / "contrib/prometheus/scratch_stage.rules.test.yml"
+DASHBOARD = ROOT / "contrib/grafana/scratch-stage.json"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+STATUS = {
+    "datasets": [{"name": "a", "size": 1, "state": "cached", "cached": True}],
+    "capacity_bytes": 10,
+    "used_bytes": 1,
+}
+
+
+def exposed() -> set[str]:
+    """Every metric name a node's file holds."""
+    return {f.name for f in all_families(STATUS, Counters(), 60.0)}
+
+
+def recorded() -> set[str]:
+    rules = yaml.safe_load(RULES.read_text())
+    return {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Names in a PromQL expression that are ours (metrics or recorded series)."""
+    return set(re.findall(r"\b([a-z_]*:?scratch_stage_[a-z_]+(?::[a-z0-9_]+)?)", expr))
+
+
+def rule_exprs() -> list[str]:
+    rules = yaml.safe_load(RULES.read_text())
+    return [r["expr"] for g in rules["groups"] for r in g["rules"]]
+
+
+def test_rules_name_only_metrics_we_write() -> None:
+    known = exposed() | recorded()
+    for expr in rule_exprs():
+        names = metric_names(expr)
+        assert names, expr
+        assert names <= known, (expr, names - known)
+
+
+def test_rules_cover_hit_ratio_copy_failures_rebalance_and_full_cache() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert {"ScratchStageCopyFailures", "ScratchStageRebalanceNotRunning",
+            "ScratchStageCacheAlmostFull"} <= alerts  # fmt: skip
+    assert "dataset:scratch_stage_hit_ratio:rate5m" in recorded()
+
+
+def test_dashboard_is_json_and_every_expr_is_ours() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    known = exposed() | recorded()
+    targets = [t for p in dashboard["panels"] for t in p["targets"]]
+    assert len(targets) >= 8 and all(p["targets"] for p in dashboard["panels"])
+    for target in targets:
+        names = metric_names(target["expr"])
+        assert names and names <= known, (target["expr"], names - known)
+
+
+@pytest.mark.skipif(
+    not Path(PROMTOOL).exists(), reason="promtool missing (apt install prometheus; make setup)"
+)
+def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
+    check = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS" in check.stdout
+    tested = subprocess.run([PROMTOOL, "test", "rules", RULE_TESTS.name], capture_output=True,
+                            text=True, timeout=120, cwd=RULE_TESTS.parent)  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+@pytest.mark.skipif(
+    not Path(PROMTOOL).exists(), reason="promtool missing (apt install prometheus; make setup)"
+)
+def test_promtool_accepts_a_rendered_metrics_file() -> None:
+    from scratch_stage.host.metrics import render
+
+    text = render(all_families(STATUS, Counters(), 60.0))
+    linted = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert linted.returncode == 0, linted.stdout + linted.stderr
