@@ -12,7 +12,7 @@ APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3 \
 	dpkg-dev lintian rpm python3-click python3-yaml \
 	prometheus prometheus-node-exporter
 
-.PHONY: demo test lint typecheck unit bench setup system-deps slurm-deps clean deb
+.PHONY: demo test test-slurm25 lint typecheck unit bench setup system-deps slurm-deps slurm-build clean deb
 
 demo: setup
 	bash demo/demo.sh
@@ -35,7 +35,22 @@ bench: setup
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/simulate_policies.py tables
 
-setup: system-deps slurm-deps $(VENV)/.installed
+setup: system-deps slurm-deps slurm-build $(VENV)/.installed
+
+# The Slurm 25.11 tier (tests/e2e on a second Slurm, tests/e2e/test_pyslurm.py): with
+# SCRATCH_STAGE_SLURM_TARBALL=<slurm-25.11.x.tar.gz> set, Slurm and the pyslurm wheel are
+# built once into /var/cache/scratch-stage (slurm/build-slurm) and reused afterwards;
+# SCRATCH_STAGE_SLURM_PREFIX=<installed prefix> uses one as it is. Neither set: skipped.
+slurm-build:
+	@if [ -n "$$SCRATCH_STAGE_SLURM_TARBALL" ] && [ -z "$$SCRATCH_STAGE_SLURM_PREFIX" ]; then \
+	  bash slurm/build-slurm "$$SCRATCH_STAGE_SLURM_TARBALL" >/dev/null; fi
+
+# Only the end-to-end tests on Slurm 25.11 (needs one of the two variables above).
+test-slurm25: setup
+	@if [ -z "$$SCRATCH_STAGE_SLURM_TARBALL$$SCRATCH_STAGE_SLURM_PREFIX" ]; then \
+	  echo "make test-slurm25: set SCRATCH_STAGE_SLURM_TARBALL=<slurm-25.11.x.tar.gz> or SCRATCH_STAGE_SLURM_PREFIX=<prefix>" >&2; \
+	  exit 2; fi
+	$(BIN)/pytest -q tests/e2e -k slurm25.11
 
 # Slurm 22.05 and munge for the local test cluster (installed with service starts
 # forbidden: the tests and the demo start their own daemons and stop them by PID).
