@@ -1,4 +1,10 @@
-"""The click front end: parse options, call one library function, format its result."""
+"""The click front end: parse options, call one library function, format its result.
+
+This is the only module that turns results into text: the library returns typed values
+(`agent/views.py`, `policy/report.py`, `host/summary.py`), formatted here for a terminal
+and written as JSON for `--json`. Every line that carries a name from datadir, the state or
+the event log is escaped (scratch_stage.core.text).
+"""
 
 from __future__ import annotations
 
@@ -9,34 +15,105 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from scratch_stage import __version__
 from scratch_stage.core.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
 from scratch_stage.core.text import printable
-from scratch_stage.core.units import format_size, parse_duration
+from scratch_stage.core.units import (
+    format_duration,
+    format_jobs,
+    format_rate,
+    format_signed_size,
+    format_size,
+    parse_duration,
+)
 from scratch_stage.host.config import DEFAULT_PATH as DEFAULT_CONFIG_PATH
+
+if TYPE_CHECKING:
+    from scratch_stage.agent.node import Node
+    from scratch_stage.agent.stager import Progress
+    from scratch_stage.agent.views import InfoView, StatusView
+    from scratch_stage.host.catalog import Fingerprint
+    from scratch_stage.host.summary import PublicSummary
 
 log = logging.getLogger("scratch_stage")
 
+# The sections of `--help`, in order; a command not listed here shows under "Other".
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Look", ("status", "info", "catalog", "demand", "metrics", "cluster")),
+    ("Act on this node's cache", ("pin", "unpin", "prestage", "purge", "release", "rebalance")),
+    ("Set up", ("config", "image", "install-site-files")),
+    ("Run by Slurm and systemd", ("prolog", "epilog", "daemon")),
+    ("Offline tools", ("simulate",)),
+)
+HELP_EPILOG = """\b
+Configuration: --config PATH, else $SCRATCH_STAGE_CONFIG, else
+/etc/scratch-stage/config.yaml; keys can be overridden as SCRATCH_STAGE_<KEY>.
+
+\b
+Examples:
+  scratch-stage status                   what is cached, mounted and held here
+  scratch-stage info imagenet            one dataset in detail
+  scratch-stage pin imagenet --ttl 2d    keep it cached for two days
+  scratch-stage rebalance --dry-run --explain
+  scratch-stage config check             validate before pushing a configuration
+
+\b
+Exit codes: 0 ok, 1 error, 2 usage, 3 internal bug, 4 configuration,
+5 lock timeout. Every error is one line on stderr.
+"""
+LEGEND = (
+    "HEAT: bytes/s read over the last heat window. DEMAND: queued jobs expected to read it",
+    "here (later starts count less). VALUE: slow reads a cached copy saves over the horizon,",
+    "after paying for the copy (negative: not worth one); from the last rebalance.",
+)
+
 
 class Context:
-    """What every command needs: the config path and a lazily built Node."""
+    """What every command needs: the config path and a lazily built Node.
 
-    def __init__(self, config_path: str | None) -> None:
+    ROOT and CLOCK are passed to the Node (tests give a node tree and a fixed clock);
+    EUID decides whether the caller sees root's view or the public summary.
+    """
+
+    def __init__(
+        self,
+        config_path: str | None,
+        *,
+        root: Path | None = None,
+        clock: Callable[[], float] | None = None,
+        euid: int | None = None,
+    ) -> None:
         self.config_path = config_path
-        self._node: Any = None
+        self.root = root
+        self.clock = clock
+        self.euid = os.geteuid() if euid is None else euid
+        self._node: Node | None = None
 
     @property
-    def node(self) -> Any:
+    def node(self) -> Node:
         if self._node is None:
             from scratch_stage.agent.node import Node
             from scratch_stage.host.config import load_config
 
-            self._node = Node(load_config(self.config_path))
+            config = load_config(self.config_path)
+            extra: dict[str, Any] = {}
+            if self.root is not None:
+                extra["root"] = self.root
+            if self.clock is not None:
+                extra["clock"] = self.clock
+            self._node = Node(config, **extra)
         return self._node
+
+    @property
+    def is_root(self) -> bool:
+        return self.euid == 0
+
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else time.time()
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -52,8 +129,63 @@ def _say(line: object) -> None:
     click.echo(printable(line))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="PATH", help="Configuration file.")
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart; cells are escaped."""
+    shown = [[printable(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in shown) for i in range(len(shown[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in shown]
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+class SectionedGroup(click.Group):
+    """A group whose `--help` lists its commands by section, with their full summaries."""
+
+    sections: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = {
+            name: cmd
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        }
+        placed: set[str] = set()
+        groups: list[tuple[str, list[str]]] = []
+        for title, names in self.sections or (("Commands", tuple(commands)),):
+            present = [n for n in names if n in commands]
+            placed.update(present)
+            if present:
+                groups.append((title, present))
+        rest = [n for n in commands if n not in placed]
+        if rest:
+            groups.append(("Other commands", rest))
+        for title, shown in groups:
+            rows = [(n, commands[n].get_short_help_str(limit=200)) for n in shown]
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+class Sections(SectionedGroup):
+    sections = SECTIONS
+
+
+@click.group(
+    cls=Sections,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=HELP_EPILOG,
+    invoke_without_command=True,
+)
+@click.option(
+    "--config", "config_path", metavar="PATH",
+    help="Configuration file (default: $SCRATCH_STAGE_CONFIG, else "
+    "/etc/scratch-stage/config.yaml).",
+)  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.version_option(__version__, prog_name="scratch-stage")
 @click.pass_context
@@ -62,7 +194,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     from scratch_stage.host.logs import setup_cli_logging
 
     setup_cli_logging(verbose)
-    ctx.obj = Context(config_path)
+    injected = ctx.obj if isinstance(ctx.obj, dict) else {}  # run_cli(..., root=, clock=)
+    ctx.obj = Context(config_path, **injected)
+    _needs_a_command(ctx)
 
 
 @cli.command()
@@ -87,73 +221,71 @@ def epilog(ctx: Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> int:
-    """Every dataset on this node and the cache budget."""
-    if os.geteuid() != 0:
-        return _public_status(ctx, as_json)
+    """Every dataset on this node, its state, holders and value, and the cache budget."""
+    if not ctx.is_root:
+        summary = _public_summary(ctx)
+        if as_json:
+            _emit_json(summary.to_json())
+        else:
+            click.echo(format_public_status(summary))
+        return 0
     from scratch_stage.agent.admin import status as get_status
 
-    data = get_status(ctx.node)
+    view = get_status(ctx.node)
     if as_json:
-        _emit_json(data)
+        _emit_json(view.to_json())
     else:
-        click.echo(format_status(data))
+        click.echo(format_status(view))
     return 0
 
 
-def _public_status(ctx: Context, as_json: bool) -> int:
-    """`status` for a user who is not root: the public summary (no jobs, users, reasons)."""
+def _public_summary(ctx: Context) -> PublicSummary:
+    """For a user who is not root: the public summary (no jobs, users, reasons)."""
     from scratch_stage.host.summary import read_summary, summary_path
 
     mountdir = ctx.node.mountdir
-    data = read_summary(mountdir)
-    if data is None:
+    summary = read_summary(mountdir)
+    if summary is None:
         raise ScratchStageError(
             f"no public summary at {summary_path(mountdir)} yet (written by root's status and "
-            "each rebalance); the full status needs root"
+            "each rebalance); the full view needs root"
         )
-    if as_json:
-        _emit_json(data)
-        return 0
+    return summary
+
+
+def format_public_status(summary: PublicSummary) -> str:
+    """The public summary as a table, for a user who is not root."""
     rows = [("NAME", "SIZE", "STATE", "CACHED")] + [
-        (printable(d["name"]), format_size(d["size"]), d["state"], "yes" if d["cached"] else "no")
-        for d in data.get("datasets", [])
+        (r.name, format_size(r.size), r.state, _yes(r.cached)) for r in summary.datasets
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("at", 0)))
-    used, capacity = data.get("used_bytes", 0), data.get("capacity_bytes", 0)
-    click.echo(f"cache: {format_size(used)} of {format_size(capacity)} used (as of {when})")
-    return 0
-
-
-def _status_row(d: dict[str, Any]) -> tuple[str, ...]:
-    value = d.get("value")
-    return (
-        printable(d["name"]),
-        format_size(d["size"]),
-        d["state"],
-        "yes" if d["cached"] else "no",
-        printable(",".join(d["holders"])) or "-",
-        "yes" if d["pinned"] else "no",
-        format_size(d.get("heat", 0.0)) + "/s",
-        f"{d.get('demand', 0.0):.2f}",
-        "-" if value is None else format_size(value),
+    lines = _table(rows)
+    lines.append(
+        f"cache: {format_size(summary.used_bytes)} of {format_size(summary.capacity_bytes)} "
+        f"used (as of {_when(summary.at)})"
     )
+    return "\n".join(lines)
 
 
-def format_status(data: dict[str, Any]) -> str:
+def format_status(view: StatusView) -> str:
     """The status table for a terminal."""
     header = ("NAME", "SIZE", "STATE", "CACHED", "HOLDERS", "PINNED", "HEAT", "DEMAND", "VALUE")
-    rows = [header] + [_status_row(d) for d in data["datasets"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    used, capacity = data["used_bytes"], data["capacity_bytes"]
+    rows = [header] + [
+        (
+            d.name, format_size(d.size), d.state, _yes(d.cached), ",".join(d.holders) or "-",
+            _yes(d.pinned), format_rate(d.heat), format_jobs(d.demand),
+            "-" if d.value is None else format_signed_size(d.value),
+        )
+        for d in view.datasets
+    ]  # fmt: skip
+    lines = _table(rows)
+    used, capacity = view.used_bytes, view.capacity_bytes
     share = 100 * used / capacity if capacity else 0.0
     lines.append(f"cache: {format_size(used)} of {format_size(capacity)} used ({share:.1f}%)")
     lines += [
-        f"problem: {printable(f)}: {printable(why)}" for f, why in sorted(data["problems"].items())
+        f"problem: {printable(f)}: {printable(why)}" for f, why in sorted(view.problems.items())
     ]
+    if view.datasets:
+        lines += LEGEND
     return "\n".join(lines)
 
 
@@ -162,26 +294,102 @@ def format_status(data: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def info(ctx: Context, name: str, as_json: bool) -> int:
-    """One dataset in detail: paths, mount stack, holders, pin, recent events."""
+    """One dataset in detail: image, cached copy, mount stack, holders, pin, recent events."""
+    if not ctx.is_root:
+        return _public_info(ctx, name, as_json)
     from scratch_stage.agent.admin import info as get_info
 
-    data = get_info(ctx.node, name)
+    view = get_info(ctx.node, name)
     if as_json:
-        _emit_json(data)
-        return 0
-    for key, value in data.items():
-        if key == "events":
-            click.echo("events:")
-            for event in value:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.pop("ts", 0)))
-                click.echo(f"  {when} {json.dumps(event, sort_keys=True)}")
-        elif key == "mount_stack":
-            click.echo("mount_stack (bottom first):" + ("" if value else " none"))
-            for layer in value:
-                _say(f"  {layer['source']} <- {layer['backing']}")
-        else:
-            _say(f"{key}: {value}")
+        _emit_json(view.to_json())
+    else:
+        click.echo(format_info(view, now=ctx.node.clock()))
     return 0
+
+
+def _public_info(ctx: Context, name: str, as_json: bool) -> int:
+    """`info` for a user who is not root: the dataset's row of the public summary."""
+    summary = _public_summary(ctx)
+    row = next((r for r in summary.datasets if r.name == name), None)
+    if row is None:
+        raise ScratchStageError(
+            f"{name} is not in the public summary of this node (the full view needs root)"
+        )
+    if as_json:
+        _emit_json({"name": row.name, "size": row.size, "state": row.state, "cached": row.cached})
+        return 0
+    lines = [
+        ("name", row.name), ("size", format_size(row.size)), ("state", row.state),
+        ("cached", _yes(row.cached)), ("as of", _when(summary.at)),
+    ]  # fmt: skip
+    click.echo("\n".join(_fields(lines)))
+    return 0
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """'label:  value' lines, the values aligned; escaped."""
+    width = max(len(label) for label, _ in pairs) + 1
+    return [f"{label + ':':<{width}} {printable(value)}" for label, value in pairs]
+
+
+def _fingerprint(f: Fingerprint | None) -> str:
+    if f is None:
+        return "-"
+    return (
+        f"size {f.size} B, mtime {_when(f.mtime_ns / 1e9)}, inode {f.inode}, "
+        f"ctime {_when(f.ctime_ns / 1e9) if f.ctime_ns >= 0 else 'unknown'}"
+    )
+
+
+def _until(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    left = ts - now
+    if left <= 0:
+        return f"{_when(ts)} (past)"
+    step = 60 if left >= 3600 else 1  # minutes are enough an hour or more ahead
+    return f"{_when(ts)} (in {format_duration(max(step, round(left / step) * step))})"
+
+
+def format_info(view: InfoView, *, now: float) -> str:
+    """One dataset for a terminal: labelled fields, the mount stack, the recent events."""
+    failure = view.failure
+    pairs = [
+        ("name", view.name),
+        ("state", view.state),
+        ("image", view.image or "- (not in datadir)"),
+        ("image fingerprint", _fingerprint(view.fingerprint)),
+        ("cached copy", view.cached_path or "-"),
+        ("copy fingerprint", _fingerprint(view.cached_fingerprint)),
+        ("mountpoint", view.mountpoint),
+        ("holders", ", ".join(view.holders) or "-"),
+        ("pinned", _yes(view.pinned)),
+        ("pin expires", _until(view.pin_expires, now) if view.pinned else "-"),
+        ("copying", "-" if view.staging_pid is None else f"by pid {view.staging_pid}"),
+        ("in progress", "-" if view.intent is None
+         else f"{view.intent.kind} by pid {view.intent.pid}"),
+        ("failed copies", "-" if failure is None
+         else f"{failure.count}, next try {_until(failure.retry_at, now)}: {failure.reason}"),
+    ]  # fmt: skip
+    lines = _fields(pairs)
+    lines.append("mount stack (bottom first):" + ("" if view.mount_stack else " -"))
+    lines += [f"  {printable(m.source)} <- {printable(m.backing or '?')}" for m in view.mount_stack]
+    lines.append("recent events:" + ("" if view.events else " -"))
+    for event in view.events:
+        details = " ".join(f"{k}={_detail(k, v)}" for k, v in sorted(event.details.items()))
+        lines.append(printable(f"  {_when(event.at)} {event.kind} {details}".rstrip()))
+    return "\n".join(lines)
+
+
+_EVENT_TIMES = ("expires", "retry_at")  # event fields that hold an epoch time
+
+
+def _detail(key: str, value: object) -> str:
+    if key in _EVENT_TIMES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _when(value).replace(" ", "T")
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value)
+    return json.dumps(value)
 
 
 def _ttl(value: str | None) -> float | None:
@@ -190,7 +398,7 @@ def _ttl(value: str | None) -> float | None:
     try:
         return parse_duration(value)
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="'--ttl'") from None
 
 
 @cli.command()
@@ -202,7 +410,11 @@ def pin(ctx: Context, name: str, ttl: str | None) -> int:
     from scratch_stage.agent.admin import pin as do_pin
 
     seconds = _ttl(ttl)  # a bad --ttl is a usage error, whatever the configuration
-    _say(do_pin(ctx.node, name, seconds))
+    done = do_pin(ctx.node, name, seconds)
+    if done.ttl is None or done.expires is None:
+        _say(f"{done.name}: pinned until unpinned")
+    else:
+        _say(f"{done.name}: pinned for {format_duration(done.ttl)} (until {_when(done.expires)})")
     return 0
 
 
@@ -213,7 +425,8 @@ def unpin(ctx: Context, name: str) -> int:
     """Remove a dataset's pin."""
     from scratch_stage.agent.admin import unpin as do_unpin
 
-    _say(do_unpin(ctx.node, name))
+    do_unpin(ctx.node, name)
+    _say(f"{name}: unpinned")
     return 0
 
 
@@ -227,32 +440,76 @@ def prestage(ctx: Context, names: Sequence[str]) -> int:
 
     interrupts.install()  # SIGTERM abandons the copy at the next chunk, cleanly
     for name in names:
-        _say(stage(ctx.node, name, progress=_progress_reporter(name)))
+        _say(format_staged(stage(ctx.node, name, progress=_progress_reporter(name))))
     return 0
 
 
-def _progress_reporter(name: str) -> Callable[[int, int], None]:
-    """A progress bar on a terminal, a log line every 10% otherwise."""
-    last = {"done": 0, "tenth": -1}
-    bar: Any = None
+def format_staged(outcome: Any) -> str:
+    """One line for a stage() outcome."""
+    return str(outcome)
 
-    def report(done: int, total: int) -> None:
-        nonlocal bar
-        if sys.stderr.isatty():
-            if bar is None:
-                bar = click.progressbar(length=total, label=name, file=sys.stderr)
-                bar.__enter__()
-            bar.update(done - last["done"])
-            last["done"] = done
-            if done >= total:
-                bar.__exit__(None, None, None)
-            return
+
+def _progress_reporter(name: str) -> Progress:
+    """A progress bar on a terminal, a log line every 10% otherwise; both with the
+    throughput and the time left."""
+    if sys.stderr.isatty():
+        return _ProgressBar(name)
+    return ProgressLines(name, lambda line: click.echo(printable(line), err=True))
+
+
+class ProgressLines:
+    """A line at every tenth of a copy: share, size, throughput, time left (CLOCK: monotonic)."""
+
+    def __init__(
+        self, name: str, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name, self.say, self.clock = name, say, clock
+        self.started = clock()
+        self.tenth = -1
+
+    def __call__(self, done: int, total: int) -> None:
         tenth = 10 * done // max(total, 1)
-        if tenth != last["tenth"]:
-            last["tenth"] = tenth
-            click.echo(printable(f"{name}: {10 * tenth}% of {format_size(total)}"), err=True)
+        if tenth == self.tenth:
+            return
+        self.tenth = tenth
+        line = f"{self.name}: {10 * tenth}% of {format_size(total)}"
+        speed = _speed(done, total, self.clock() - self.started)
+        self.say(line + (f", {speed}" if speed else ""))
 
-    return report
+
+def _speed(done: int, total: int, elapsed: float) -> str:
+    """'120.0 MiB/s, 3s left' once something was copied, else ''."""
+    if done <= 0 or elapsed <= 0:
+        return ""
+    rate = done / elapsed
+    left = (
+        "done" if done >= total else f"{format_duration(max(1, round((total - done) / rate)))} left"
+    )
+    return f"{format_rate(rate)}, {left}"
+
+
+class _ProgressBar:
+    """click's progress bar (with its ETA) and the throughput beside it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bar: Any = None
+        self.done = 0
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=total, label=printable(self.name), file=sys.stderr,
+                item_show_func=lambda item: item,
+            )  # fmt: skip
+            self.bar.__enter__()
+        elapsed = time.monotonic() - self.started
+        rate = format_rate(done / elapsed) if elapsed > 0 else ""
+        self.bar.update(done - self.done, rate)
+        self.done = done
+        if done >= total:
+            self.bar.__exit__(None, None, None)
 
 
 @cli.command()
@@ -262,7 +519,8 @@ def release(ctx: Context, job_id: str) -> int:
     """Drop a job's holds, as its epilog would (for a job whose epilog never ran)."""
     from scratch_stage.agent.admin import release as do_release
 
-    _say(do_release(ctx.node, job_id))
+    done = do_release(ctx.node, job_id)
+    _say(f"job {done.job_id}: released {', '.join(done.datasets)}")
     return 0
 
 
@@ -277,8 +535,16 @@ def purge(ctx: Context, names: Sequence[str], purge_all: bool, force: bool) -> i
 
     if bool(names) == purge_all:
         raise click.UsageError("name datasets to purge, or give --all")
-    for line in do_purge(ctx.node, names, purge_all=purge_all, force=force):
-        _say(line)
+    for done in do_purge(ctx.node, names, purge_all=purge_all, force=force):
+        held = ", ".join(done.holders)
+        if done.outcome == "purged":
+            _say(f"{done.name}: purged" + (f" (held by {held})" if held else ""))
+        elif done.outcome == "kept":
+            _say(f"{done.name}: kept, held by job(s) {held}")
+        elif done.outcome == "busy":
+            _say(f"{done.name}: busy (another scratch-stage process acts on it); try again")
+        else:
+            _say(f"{done.name}: not cached")
     return 0
 
 
@@ -372,8 +638,8 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
         check_publishable,
         demand_file,
         publish_snapshot,
-        query_slurm,
-        read_snapshot,
+        require_query,
+        require_snapshot,
     )
 
     node = ctx.node
@@ -384,9 +650,8 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
         publish = str(demand_file(node.config))
     if publish:
         check_publishable(Path(publish))
-    snapshot = query_slurm(node.config, now) if publish else read_snapshot(node.config, now)
-    if snapshot is None:
-        raise ScratchStageError("no demand available (see the warning above)")
+    # NoDemand: one line why there is none
+    snapshot = require_query(node.config, now) if publish else require_snapshot(node.config, now)
     if publish:
         publish_snapshot(snapshot, Path(publish))
     here = node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
@@ -394,8 +659,14 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
     if as_json:
         _emit_json({"node": node.config.node, "node_demand": here, "pending_jobs": counts})
         return 0
-    for name in sorted(set(counts) | set(here)):
-        _say(f"{name}: {counts.get(name, 0)} pending job(s), weight here {here.get(name, 0):.3f}")
+    rows = [("DATASET", "PENDING JOBS", f"DEMAND ON {node.config.node}")] + [
+        (name, str(counts.get(name, 0)), format_jobs(here.get(name, 0.0)))
+        for name in sorted(set(counts) | set(here))
+    ]
+    if len(rows) > 1:
+        click.echo("\n".join(_table(rows)))
+    else:
+        _say("no pending job asks for a dataset")
     if publish:
         _say(f"published {len(snapshot.jobs)} pending job(s) to {publish}")
     return 0
@@ -409,6 +680,16 @@ def catalog_command(ctx: Context, as_json: bool, publish: str | None) -> int:
     """The datasets in datadir (and the files that could not be used)."""
     from scratch_stage.host.catalog import scan_catalog
 
+    if not ctx.is_root:
+        if publish:
+            raise ScratchStageError("catalog --publish needs root")
+        summary = _public_summary(ctx)
+        if as_json:
+            _emit_json({"datasets": {r.name: {"size": r.size} for r in summary.datasets}})
+            return 0
+        public = [("NAME", "SIZE")] + [(r.name, format_size(r.size)) for r in summary.datasets]
+        click.echo("\n".join(_table(public)))
+        return 0
     config = ctx.node.config
     catalog = scan_catalog(config.datadir, trust=ctx.node.trust)
     if publish:
@@ -424,18 +705,33 @@ def catalog_command(ctx: Context, as_json: bool, publish: str | None) -> int:
         }
         _emit_json({"datasets": images, "problems": dict(catalog.problems)})
         return 0
-    for name, image in sorted(catalog.images.items()):
-        alias = f"\t(link to {image.target})" if image.target else ""
-        fields = (name, format_size(image.size), str(image.path))
-        click.echo("\t".join(map(printable, fields)) + alias)
+    rows = [("NAME", "SIZE", "IMAGE")] + [
+        (name, format_size(image.size),
+         str(image.path) + (f" (link to {image.target})" if image.target else ""))
+        for name, image in sorted(catalog.images.items())
+    ]  # fmt: skip
+    click.echo("\n".join(_table(rows)))
     for filename, why in sorted(catalog.problems.items()):
         click.echo(f"problem: {printable(filename)}: {printable(why)}", err=True)
     return 0
 
 
-@cli.group()
-def config() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def config(ctx: click.Context) -> None:
     """Validate or print the effective configuration."""
+    _needs_a_command(ctx)
+
+
+def _needs_a_command(ctx: click.Context) -> None:
+    """A group called without a command: one usage line naming its commands."""
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
+        group = ctx.command
+        assert isinstance(group, click.Group)
+        if ctx.parent is None:
+            raise click.UsageError("give a command", ctx)
+        names = ", ".join(group.list_commands(ctx))
+        raise click.UsageError(f"'{ctx.command_path}' needs a command: {names}", ctx)
 
 
 @config.command("check")
@@ -443,29 +739,34 @@ def config() -> None:
 def config_check(ctx: Context) -> int:
     """Validate the configuration and what it names on this node; exit 4 on any error.
 
-    Every problem is one line on stderr, `error: ...` or `warning: ...`; the summary is
-    the one line on stdout. Warnings alone exit 0.
+    The check's report goes to stdout: one line per problem, `error: KEY: ...` or
+    `warning: KEY: ...`, then one summary line. Errors exit 4 (a configuration problem,
+    missing directories included); warnings alone exit 0.
     """
     from scratch_stage.agent.admin_config import check_config
-    from scratch_stage.host.config import InvalidConfig, load_config
+    from scratch_stage.core.errors import ConfigError
+    from scratch_stage.host.config import InvalidConfig, find_config_path, load_config
 
     try:
         config = load_config(ctx.config_path)
     except InvalidConfig as e:
         for problem in e.problems:
-            click.echo(f"error: {printable(problem)}", err=True)
-        click.echo(f"{e.source}: {len(e.problems)} error(s)")
+            click.echo(f"error: {printable(problem)}")
+        click.echo(f"{printable(e.source)}: {len(e.problems)} error(s)")
+        return EXIT_CONFIG
+    except ConfigError as e:
+        click.echo(f"error: {printable(e)}")
+        source = find_config_path(ctx.config_path, os.environ)
+        click.echo(f"{printable(source)}: 1 error(s)")
         return EXIT_CONFIG
     findings = check_config(config)
     errors = [f.message for f in findings if f.error]
     warnings = [f.message for f in findings if not f.error]
     for finding in findings:
-        click.echo(
-            f"{'error' if finding.error else 'warning'}: {printable(finding.message)}", err=True
-        )
+        click.echo(f"{'error' if finding.error else 'warning'}: {printable(finding.message)}")
     summary = [f"{len(errors)} error(s)"] if errors else ["ok"]
     summary += [f"{len(warnings)} warning(s)"] if warnings else []
-    click.echo(f"{config.source}: " + ", ".join(summary))
+    click.echo(f"{printable(config.source)}: " + ", ".join(summary))
     return EXIT_CONFIG if errors else 0
 
 
@@ -513,9 +814,11 @@ def install_site_files_command(
     return 0
 
 
-@cli.group()
-def image() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def image(ctx: click.Context) -> None:
     """Build dataset images."""
+    _needs_a_command(ctx)
 
 
 @image.command("build")
@@ -545,10 +848,21 @@ def _register_simulate() -> None:
 _register_simulate()
 
 
-def run_cli(args: Sequence[str]) -> int:
-    """Run the click group on ARGS; map every failure to its exit code (docs/design.md, 5)."""
+def run_cli(
+    args: Sequence[str],
+    *,
+    root: Path | None = None,
+    clock: Callable[[], float] | None = None,
+    euid: int | None = None,
+) -> int:
+    """Run the click group on ARGS; map every failure to its exit code (docs/design.md).
+
+    ROOT, CLOCK and EUID replace the real ones (tests: a node tree, a fixed clock, a user).
+    """
+    inject: dict[str, Any] = {"root": root, "clock": clock, "euid": euid}
+    inject = {k: v for k, v in inject.items() if v is not None}
     try:
-        result = cli.main(list(args), prog_name="scratch-stage", standalone_mode=False)
+        result = cli.main(list(args), prog_name="scratch-stage", standalone_mode=False, obj=inject)
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
         click.echo(f"scratch-stage: usage: {printable(e.format_message())}{hint}", err=True)

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scratch_stage.agent.mounts import fresh_copy, stack
 from scratch_stage.agent.node import Node
+from scratch_stage.agent.views import (
+    DatasetRow,
+    DatasetState,
+    EventView,
+    FailureView,
+    InfoView,
+    IntentView,
+    MountLayer,
+    PinResult,
+    PurgeResult,
+    ReleaseResult,
+    StatusView,
+)
 from scratch_stage.core.errors import DatasetError, ScratchStageError
 from scratch_stage.core.requests import is_valid_name, shorten
 from scratch_stage.host.catalog import Catalog, Image, lookup_image, scan_catalog
@@ -23,7 +36,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def dataset_state(node: Node, state: NodeState, image: Image | None, layers: list[Layer]) -> str:
+def dataset_state(
+    node: Node, state: NodeState, image: Image | None, layers: list[Layer]
+) -> DatasetState:
     """'staging', 'cached', 'mounted' or 'cold' (docs/design.md, glossary)."""
     if image is not None and image.name in state.staging:
         return "staging"
@@ -38,8 +53,8 @@ def settled_state(node: Node) -> NodeState:
         return state
 
 
-def status(node: Node) -> dict[str, Any]:
-    """Every dataset known to this node and the cache budget, as plain values."""
+def status(node: Node) -> StatusView:
+    """Every dataset known to this node and the cache budget (and rewrite the public summary)."""
     from scratch_stage.agent.space import used_bytes
 
     catalog = scan_catalog(node.config.datadir, trust=node.trust)
@@ -47,60 +62,93 @@ def status(node: Node) -> dict[str, Any]:
     stacks = read_all_stacks(node.root, str(node.mountdir))
     names = sorted(set(catalog.images) | set(state.cached) | set(state.pins) | set(stacks))
     now = node.clock()
-    figures = read_last_report(node.config.statedir).get("decisions", {})
-    rows = [_row(node, n, catalog, state, stacks.get(n, []), now) for n in names]
-    for row in rows:
-        last = figures.get(row["name"], {})
-        row.update(
-            heat=last.get("heat", 0.0), demand=last.get("demand", 0.0), value=last.get("value")
+    figures = last_figures(read_last_report(node.config.statedir))
+    view = StatusView(
+        node=node.config.node,
+        capacity_bytes=node.capacity_bytes(),
+        used_bytes=used_bytes(node, state),
+        datasets=tuple(
+            _row(node, n, catalog, state, stacks.get(n, []), now, figures.get(n)) for n in names
+        ),
+        problems=dict(catalog.problems),
+    )
+    publish_summary(node, view)
+    return view
+
+
+def last_figures(report: Mapping[str, Any]) -> dict[str, tuple[float, float, float | None]]:
+    """(heat, demand, value) per dataset from the last pass's saved report; bad ones dropped."""
+    figures: dict[str, tuple[float, float, float | None]] = {}
+    decisions = report.get("decisions")
+    if not isinstance(decisions, dict):
+        return figures
+    for name, d in decisions.items():
+        if not isinstance(d, dict):
+            continue
+        heat, demand, value = d.get("heat", 0.0), d.get("demand", 0.0), d.get("value")
+        if not all(isinstance(x, (int, float)) for x in (heat, demand)):
+            continue
+        figures[str(name)] = (
+            float(heat),
+            float(demand),
+            float(value) if isinstance(value, (int, float)) else None,
         )
-    data = {
-        "node": node.config.node,
-        "capacity_bytes": node.capacity_bytes(),
-        "used_bytes": used_bytes(node, state),
-        "datasets": rows,
-        "problems": dict(catalog.problems),
-    }
-    publish_summary(node, data)
-    return data
+    return figures
 
 
-def publish_summary(node: Node, data: dict[str, Any] | None = None) -> None:
-    """Rewrite the public summary a non-root `status` reads (from DATA, or a fresh status)."""
-    from scratch_stage.host.summary import public_summary, write_summary
+def publish_summary(node: Node, view: StatusView | None = None) -> None:
+    """Rewrite the public summary a non-root `status` reads (from VIEW, or a fresh status)."""
+    from scratch_stage.host.summary import PublicRow, PublicSummary, write_summary
 
-    if data is None:
-        data = status(node)  # writes it
+    if view is None:
+        status(node)  # writes it
         return
+    summary = PublicSummary(
+        at=node.clock(),
+        node=view.node,
+        capacity_bytes=view.capacity_bytes,
+        used_bytes=view.used_bytes,
+        datasets=tuple(PublicRow(r.name, r.size, r.state, r.cached) for r in view.datasets),
+    )
     try:
-        write_summary(node.mountdir, public_summary(data, node.clock()))
+        write_summary(node.mountdir, summary)
     except OSError as e:
         log.warning("cannot write the public summary: %s", e)
 
 
 def _row(
-    node: Node, name: str, catalog: Catalog, state: NodeState, layers: list[Layer], now: float
-) -> dict[str, Any]:
+    node: Node,
+    name: str,
+    catalog: Catalog,
+    state: NodeState,
+    layers: list[Layer],
+    now: float,
+    figures: tuple[float, float, float | None] | None,
+) -> DatasetRow:
     image = catalog.images.get(name)
     cached = state.cached.get(name)
     pin = state.pins.get(name)
     failure = state.failures.get(name)
-    return {
-        "name": name,
-        "size": image.size if image else (cached.size if cached else 0),
-        "state": dataset_state(node, state, image, layers),
-        "cached": image is not None and fresh_copy(node, state, image),
-        "retry_at": failure.retry_at if failure and failure.retry_at > now else None,
-        "failures": failure.count if failure else 0,
-        "holders": state.holders(name),
-        "pinned": pin is not None and pin.active(now),
-        "pin_expires": pin.expires if pin else None,
-        "layers": len(layers),
-        "in_datadir": image is not None,
-    }
+    heat, demand, value = figures or (0.0, 0.0, None)
+    return DatasetRow(
+        name=name,
+        size=image.size if image else (cached.size if cached else 0),
+        state=dataset_state(node, state, image, layers),
+        cached=image is not None and fresh_copy(node, state, image),
+        retry_at=failure.retry_at if failure and failure.retry_at > now else None,
+        failures=failure.count if failure else 0,
+        holders=tuple(state.holders(name)),
+        pinned=pin is not None and pin.active(now),
+        pin_expires=pin.expires if pin else None,
+        layers=len(layers),
+        in_datadir=image is not None,
+        heat=heat,
+        demand=demand,
+        value=value,
+    )
 
 
-def info(node: Node, name: str, events: int = 10) -> dict[str, Any]:
+def info(node: Node, name: str, events: int = 10) -> InfoView:
     """One dataset in detail: paths, mount stack, holders, pin, fingerprint, last events."""
     _check_name(name)
     try:
@@ -115,35 +163,27 @@ def info(node: Node, name: str, events: int = 10) -> dict[str, Any]:
         )  # raises the one-line "unknown dataset" error
     cached = state.cached.get(name)
     pin = state.pins.get(name)
-    return {
-        "name": name,
-        "state": dataset_state(node, state, image, layers),
-        "image": str(image.path) if image else None,
-        "fingerprint": image.fingerprint.to_json() if image else None,
-        "cached_path": str(node.cached_path(name)) if cached else None,
-        "cached_fingerprint": cached.fingerprint.to_json() if cached else None,
-        "mountpoint": str(node.mountpoint(name)),
-        "mount_stack": [{"source": la.source, "backing": la.backing} for la in layers],
-        "holders": state.holders(name),
-        "pinned": pin is not None and pin.active(node.clock()),
-        "pin_expires": pin.expires if pin else None,
-        "staging_pid": state.staging[name].pid if name in state.staging else None,
-        "intent": _intent_text(state, name),
-        "failure": _failure_text(state, name),
-        "events": node.events.tail(events, name),
-    }
-
-
-def _intent_text(state: NodeState, name: str) -> str | None:
     intent = state.intents.get(name)
-    return None if intent is None else f"{intent.kind} by pid {intent.pid}"
-
-
-def _failure_text(state: NodeState, name: str) -> str | None:
     failure = state.failures.get(name)
-    if failure is None:
-        return None
-    return f"{failure.count} failed copies, next try after {failure.retry_at:.0f}: {failure.reason}"
+    return InfoView(
+        name=name,
+        state=dataset_state(node, state, image, layers),
+        mountpoint=str(node.mountpoint(name)),
+        image=str(image.path) if image else None,
+        fingerprint=image.fingerprint if image else None,
+        cached_path=str(node.cached_path(name)) if cached else None,
+        cached_fingerprint=cached.fingerprint if cached else None,
+        mount_stack=tuple(MountLayer(la.source, la.backing) for la in layers),
+        holders=tuple(state.holders(name)),
+        pinned=pin is not None and pin.active(node.clock()),
+        pin_expires=pin.expires if pin else None,
+        staging_pid=state.staging[name].pid if name in state.staging else None,
+        intent=None if intent is None else IntentView(intent.kind, intent.pid),
+        failure=None
+        if failure is None
+        else FailureView(failure.count, failure.retry_at, failure.reason),
+        events=tuple(EventView.from_record(e) for e in node.events.tail(events, name)),
+    )
 
 
 def _check_name(name: str) -> None:
@@ -151,7 +191,7 @@ def _check_name(name: str) -> None:
         raise DatasetError(f"not a dataset name: {shorten(name)}")
 
 
-def pin(node: Node, name: str, ttl: float | None) -> str:
+def pin(node: Node, name: str, ttl: float | None) -> PinResult:
     """Pin NAME (until now+TTL if given); the image must exist."""
     _check_name(name)
     lookup_image(node.config.datadir, name, trust=node.trust)
@@ -160,20 +200,19 @@ def pin(node: Node, name: str, ttl: float | None) -> str:
     with node.store.transaction() as state:
         state.pins[name] = Pin(now, expires)
     node.events.emit("pin", name, expires=expires)
-    return f"{name}: pinned" + (f" for {ttl:g}s" if ttl is not None else "")
+    return PinResult(name, ttl, expires)
 
 
-def unpin(node: Node, name: str) -> str:
+def unpin(node: Node, name: str) -> None:
     """Remove NAME's pin; an error if it had none."""
     _check_name(name)
     with node.store.transaction() as state:
         if state.pins.pop(name, None) is None:
             raise DatasetError(f"{name} is not pinned")
     node.events.emit("unpin", name)
-    return f"{name}: unpinned"
 
 
-def release(node: Node, job_id: str) -> str:
+def release(node: Node, job_id: str) -> ReleaseResult:
     """Remove JOB_ID's holds (a job id, or 'recovered' after a state rebuild)."""
     with node.store.transaction() as state:
         hold = state.jobs.pop(job_id, None)
@@ -183,10 +222,10 @@ def release(node: Node, job_id: str) -> str:
             state.last_used[name] = node.clock()
     for name in hold.datasets:
         node.events.emit("release", name, job=job_id)
-    return f"job {job_id}: released {', '.join(hold.datasets)}"
+    return ReleaseResult(job_id, tuple(hold.datasets))
 
 
-def purge(node: Node, names: Iterable[str], *, purge_all: bool, force: bool) -> list[str]:
+def purge(node: Node, names: Iterable[str], *, purge_all: bool, force: bool) -> list[PurgeResult]:
     """Drop cached copies (of all if PURGE_ALL); held ones only with FORCE. What was done.
 
     Decided and claimed under the lock, unmounted and deleted outside it (docs/design.md).
@@ -196,12 +235,12 @@ def purge(node: Node, names: Iterable[str], *, purge_all: bool, force: bool) -> 
     names = list(names)
     for name in names:
         _check_name(name)
-    done: list[str] = []
-    steps: list[tuple[UnmountStep, list[str]]] = []
+    done: list[PurgeResult] = []
+    steps: list[tuple[UnmountStep, tuple[str, ...]]] = []
     with node.store.transaction() as state:
         targets = sorted(state.cached) if purge_all else names
         for name in targets:
-            holders = state.holders(name)
+            holders = tuple(state.holders(name))
             problem = _purge_problem(state, name, holders, force=force, explicit=not purge_all)
             if problem is not None:
                 done.append(problem)
@@ -210,28 +249,28 @@ def purge(node: Node, names: Iterable[str], *, purge_all: bool, force: bool) -> 
             if claim(node, state, name, "evict", str(path)):
                 steps.append((UnmountStep(name, path, delete=True, lazy=bool(holders)), holders))
             else:
-                done.append(f"{name}: busy (another scratch-stage process acts on it); try again")
+                done.append(PurgeResult(name, "busy"))
     for step, holders in steps:
         done.append(_purge_one(node, step, holders))
     return done
 
 
 def _purge_problem(
-    state: NodeState, name: str, holders: list[str], *, force: bool, explicit: bool
-) -> str | None:
-    """Why NAME is not purged (a line for the report), None to purge it; DatasetError if asked."""
+    state: NodeState, name: str, holders: tuple[str, ...], *, force: bool, explicit: bool
+) -> PurgeResult | None:
+    """Why NAME is not purged (a result), None to purge it; DatasetError if it was asked for."""
     if name not in state.cached:
         if explicit:
             raise DatasetError(f"{name} has no cached copy on this node")
-        return f"{name}: not cached"
+        return PurgeResult(name, "not cached")
     if holders and not force and not explicit:
-        return f"{name}: kept, held by job(s) {', '.join(holders)}"
+        return PurgeResult(name, "kept", holders)
     if holders and not force:
         raise DatasetError(f"{name} is held by job(s) {', '.join(holders)}; use --force")
     return None
 
 
-def _purge_one(node: Node, step: UnmountStep, holders: list[str]) -> str:
+def _purge_one(node: Node, step: UnmountStep, holders: tuple[str, ...]) -> PurgeResult:
     """Unmount and delete one claimed copy; a held one is replaced by the slow image."""
     from scratch_stage.agent.mounts import UnmountStep, perform_unmount, release_claim
 
@@ -255,7 +294,7 @@ def _purge_one(node: Node, step: UnmountStep, holders: list[str]) -> str:
     node.events.emit("evict", name, reason="purge", forced=bool(holders))
     if holders:
         _remount_slow(node, name)
-    return f"{name}: purged" + (f" (held by {', '.join(holders)})" if holders else "")
+    return PurgeResult(name, "purged", holders)
 
 
 def _remount_slow(node: Node, name: str) -> None:

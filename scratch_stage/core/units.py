@@ -58,7 +58,9 @@ def parse_size(text: str | int) -> int:
         if text < 0:
             raise ValueError(f"negative size: {text}")
         return text
-    match = _number_and_unit(str(text))
+    if not isinstance(text, str):
+        raise ValueError(f"not a size: {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    match = _number_and_unit(text)
     unit = match[1].upper() if match else ""
     if match is None or not all(c in _LETTERS for c in match[1]) or unit not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
@@ -126,6 +128,8 @@ def parse_duration(text: str | int | float) -> float:
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, (int, float)):
         seconds = float(text)
+    elif not isinstance(text, str):
+        raise ValueError(f"not a duration: {text!r} (use s, m, h, d, w)")
     else:
         match = _number_and_unit(text)
         if match is None or match[1] not in _DURATION_UNITS:
@@ -148,3 +152,33 @@ def format_size(n: float) -> str:
         if abs(value) < 1024:
             return f"{value:.1f} {unit}"
     return f"{value / 1024:.1f} TiB"
+
+
+def format_signed_size(n: float) -> str:
+    """A size that may be negative (a net saving), always signed: '+1.5 GiB', '-4.0 KiB'."""
+    return ("-" if n < 0 else "+") + format_size(abs(n))
+
+
+def format_rate(bytes_per_second: float) -> str:
+    """A read rate: '1.5 MiB/s'."""
+    return format_size(max(bytes_per_second, 0.0)) + "/s"
+
+
+def format_jobs(expected: float) -> str:
+    """Expected queued jobs (demand): '0.37 jobs'."""
+    return f"{max(expected, 0.0):.2f} jobs"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people, largest units first: '2d', '1h30m', '45s', '1.5s'."""
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {seconds!r}")
+    whole = int(seconds)
+    if whole != seconds or whole == 0:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)

@@ -199,8 +199,14 @@ def _demand(value: Any) -> DemandConfig:
     source = next((s for s in DEMAND_SOURCES if s == requested), None)
     if source is None:
         raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {requested!r}")
-    path = _path(value["path"]) if value.get("path") is not None else None
-    max_age = _positive(parse_duration)(value.get("max_age", 300))
+    try:
+        path = _path(value["path"]) if value.get("path") is not None else None
+    except ValueError as e:
+        raise _SubkeyErrors([f"path: {e}"]) from None
+    try:
+        max_age = _positive(parse_duration)(value.get("max_age", 300))
+    except ValueError as e:
+        raise _SubkeyErrors([f"max_age: {e}"]) from None
     return DemandConfig(source, path, max_age)
 
 
@@ -211,11 +217,12 @@ def _callable_name(value: Any) -> str:
 
 
 def _fraction(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
     if not 0 <= number <= 10:
-        raise ValueError(f"must be between 0 and 10, got {value!r}")
+        raise ValueError(f"must be a number between 0 and 10, got {value!r}")
     return number
 
 
@@ -499,7 +506,9 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
 
 def validate_config(raw: Mapping[str, Any], source: str) -> Config:
     """A Config from RAW; InvalidConfig naming every bad key at once."""
-    errors: list[str] = [f"{key}: unknown key" for key in raw if key not in OPTIONS]
+    errors: list[str] = [
+        f"{key}: unknown key{_did_you_mean(key)}" for key in raw if key not in OPTIONS
+    ]
     errors += [f"{key}: required" for key in REQUIRED if raw.get(key) is None]
     values: dict[str, Any] = {}
     for key, option in OPTIONS.items():
@@ -509,11 +518,21 @@ def validate_config(raw: Mapping[str, Any], source: str) -> Config:
             values[key] = option.parse(raw[key])
         except _SubkeyErrors as e:
             errors.extend(f"{key}.{problem}" for problem in e.problems)
-        except (ValueError, TypeError) as e:
+        except ValueError as e:
             errors.append(f"{key}: {e}")
+        except TypeError:  # a parser meeting a type it does not expect: say what was given
+            errors.append(f"{key}: not a valid value: {raw[key]!r} ({option.doc})")
     if errors:
         raise InvalidConfig(source, errors)
     return Config(**values, source=source)
+
+
+def _did_you_mean(key: object) -> str:
+    """' (did you mean capacity?)' for a misspelt KEY, '' when nothing is close."""
+    import difflib  # lazy: only an invalid configuration pays for it
+
+    close = difflib.get_close_matches(str(key), list(OPTIONS), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +19,89 @@ SUMMARY_FILE = ".status.json"
 PUBLIC_FIELDS = ("name", "size", "state", "cached")
 
 
+@dataclass(frozen=True)
+class PublicRow:
+    """What any user may know of one dataset: its name, size, state and whether cached."""
+
+    name: str
+    size: int
+    state: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class PublicSummary:
+    """The public summary: the node's datasets and cache use, as of AT (epoch seconds)."""
+
+    at: float
+    node: str
+    capacity_bytes: int
+    used_bytes: int
+    datasets: tuple[PublicRow, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "node": self.node,
+            "capacity_bytes": self.capacity_bytes,
+            "used_bytes": self.used_bytes,
+            "datasets": [
+                {"name": r.name, "size": r.size, "state": r.state, "cached": r.cached}
+                for r in self.datasets
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> PublicSummary:
+        """The summary in DATA; ValueError if any field is missing or of the wrong type."""
+        if not isinstance(data, dict) or not isinstance(data.get("datasets"), list):
+            raise ValueError("not a public summary")
+        rows = []
+        for row in data["datasets"]:
+            if not isinstance(row, dict):
+                raise ValueError("not a dataset row")
+            rows.append(
+                PublicRow(
+                    _typed(row, "name", str),
+                    _typed(row, "size", int),
+                    _typed(row, "state", str),
+                    _typed(row, "cached", bool),
+                )
+            )
+        at = data.get("at")
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            raise ValueError("bad 'at'")
+        return cls(
+            float(at),
+            _typed(data, "node", str),
+            _typed(data, "capacity_bytes", int),
+            _typed(data, "used_bytes", int),
+            tuple(rows),
+        )
+
+
+def _typed(data: dict[str, Any], key: str, kind: type[Any]) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"bad {key!r}")
+    return value
+
+
 def summary_path(mountdir: Path) -> Path:
     return mountdir / SUMMARY_FILE
 
 
-def public_summary(status: dict[str, Any], at: float) -> dict[str, Any]:
-    """The parts of a full status any user may see (pure): no holders, jobs or reasons."""
-    return {
-        "at": at,
-        "node": status["node"],
-        "capacity_bytes": status["capacity_bytes"],
-        "used_bytes": status["used_bytes"],
-        "datasets": [{k: row[k] for k in PUBLIC_FIELDS} for row in status["datasets"]],
-    }
-
-
-def write_summary(mountdir: Path, summary: dict[str, Any]) -> None:
+def write_summary(mountdir: Path, summary: PublicSummary) -> None:
     """Replace the public summary (0644); OSError if it cannot be written."""
     from scratch_stage.host.state import write_atomically
 
     os.makedirs(mountdir, mode=0o755, exist_ok=True)
-    write_atomically(summary_path(mountdir), json.dumps(summary).encode(), mode=0o644)
+    write_atomically(summary_path(mountdir), json.dumps(summary.to_json()).encode(), mode=0o644)
 
 
-def read_summary(mountdir: Path) -> dict[str, Any] | None:
-    """The public summary, or None if there is none (yet) or it is unreadable."""
+def read_summary(mountdir: Path) -> PublicSummary | None:
+    """The public summary, or None if there is none (yet) or it is unreadable or malformed."""
     try:
-        data = json.loads(summary_path(mountdir).read_bytes())
+        return PublicSummary.from_json(json.loads(summary_path(mountdir).read_bytes()))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None

@@ -106,9 +106,12 @@ class Decision(NamedTuple):
     def reason(self) -> str:
         if self.view is None:
             return self.cause
+        from scratch_stage.core.units import format_jobs, format_rate, format_signed_size
+
         v = self.view
         return (
-            f"{self.cause}: value {self.value:.3g} (heat {v.heat:.3g} B/s, demand {v.demand:.3g})"
+            f"{self.cause}: value {format_signed_size(self.value)} "
+            f"(heat {format_rate(v.heat)}, demand {format_jobs(v.demand)})"
         )
 
 

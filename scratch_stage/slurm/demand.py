@@ -217,16 +217,23 @@ def snapshot_from_cli(squeue_out: str, sinfo_out: str, now: float, marker: str =
 def read_demand_file(path: Path, *, now: float, max_age: float) -> Snapshot | None:
     """The published snapshot at PATH, None (with a warning) if missing, bad or stale."""
     try:
-        snapshot = Snapshot.from_json(json.loads(path.read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("demand file %s unusable (%s): no demand this pass", path, e)
+        return load_demand_file(path, now=now, max_age=max_age)
+    except ValueError as e:
+        log.warning("%s: no demand this pass", e)
         return None
+
+
+def load_demand_file(path: Path, *, now: float, max_age: float) -> Snapshot:
+    """The published snapshot at PATH; ValueError (one line why) if missing, bad or stale."""
+    try:
+        snapshot = Snapshot.from_json(json.loads(path.read_bytes()))
+    except OSError as e:
+        raise ValueError(f"demand file {path} unusable ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"demand file {path} unusable ({e})") from None
     age = now - snapshot.taken_at
     if age > max_age:
-        log.warning(
-            "demand file %s is %.0fs old (max %gs): no demand this pass", path, age, max_age
-        )
-        return None
+        raise ValueError(f"demand file {path} is {age:.0f}s old (max {max_age:g}s)")
     return snapshot
 
 

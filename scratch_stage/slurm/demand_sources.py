@@ -21,8 +21,8 @@ from scratch_stage.slurm.demand import (
     SINFO_FORMAT,
     SQUEUE_FORMAT,
     Snapshot,
+    load_demand_file,
     node_demand,
-    read_demand_file,
     snapshot_from_cli,
     squeue_marker,
 )
@@ -50,17 +50,37 @@ def read_demand(config: Config, now: float, run: Run = runner.run) -> Mapping[st
 def read_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot | None:
     """The cluster's pending jobs from the configured source; None when there are none to have.
 
-    `none` gives None; `file` the published snapshot (None when missing, stale or
-    malformed, with a warning); `pyslurm` reads through pyslurm when it matches this
-    Slurm, else falls back to `squeue`, which runs squeue and sinfo (None, with a
-    warning, when either fails).
+    `none` gives None; the others what `require_snapshot` gives, or None with one warning
+    why (a missing, stale or malformed file; squeue or sinfo failing).
+    """
+    if config.demand.source == "none":
+        return None
+    try:
+        return require_snapshot(config, now, run)
+    except NoDemand as e:
+        log.warning("no demand this pass: %s", e)
+        return None
+
+
+class NoDemand(ScratchStageError):
+    """The configured source has no demand to give; the message says why, in one line."""
+
+
+def require_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot:
+    """The cluster's pending jobs from the configured source; NoDemand (why) when none.
+
+    `file` reads the published snapshot (NoDemand when missing, stale or malformed);
+    `squeue` and `pyslurm` ask slurmctld (`require_query`); `none` has none.
     """
     source = config.demand.source
     if source == "none":
-        return None
+        raise NoDemand("no demand to show: the configuration sets demand: {source: none}")
     if source == "file":
-        return read_demand_file(demand_file(config), now=now, max_age=config.demand.max_age)
-    return query_slurm(config, now, run)
+        try:
+            return load_demand_file(demand_file(config), now=now, max_age=config.demand.max_age)
+        except ValueError as e:
+            raise NoDemand(str(e)) from None
+    return require_query(config, now, run)
 
 
 def demand_file(config: Config) -> Path:
@@ -69,7 +89,17 @@ def demand_file(config: Config) -> Path:
 
 
 def query_slurm(config: Config, now: float, run: Run = runner.run) -> Snapshot | None:
-    """The pending jobs asked of slurmctld: pyslurm when configured and usable, else squeue.
+    """The pending jobs asked of slurmctld, or None with one warning why."""
+    try:
+        return require_query(config, now, run)
+    except NoDemand as e:
+        log.warning("no demand this pass: %s", e)
+        return None
+
+
+def require_query(config: Config, now: float, run: Run = runner.run) -> Snapshot:
+    """The pending jobs asked of slurmctld: pyslurm when configured and usable, else squeue;
+    NoDemand (one line why) when squeue or sinfo fails.
 
     What the publisher runs, whatever source its own nodes read.
     """
@@ -84,8 +114,7 @@ def query_slurm(config: Config, now: float, run: Run = runner.run) -> Snapshot |
         sinfo = run([*config.sinfo_command, "-h", "-o", SINFO_FORMAT],
                     timeout=config.command_timeout)  # fmt: skip
     except ScratchStageError as e:
-        log.warning("no demand this pass: %s", e)
-        return None
+        raise NoDemand(f"Slurm's queue cannot be read: {e}") from None
     return snapshot_from_cli(squeue, sinfo, now, marker)
 
 

@@ -39,7 +39,7 @@ def test_typo_push_keeps_mounting_and_releasing_as_before(node_env: NodeEnv) -> 
     assert not elsewhere.exists()
     assert sorted(node_env.state()["jobs"]) == ["1", "2"]
     assert check.returncode == 4
-    assert "error: capcity: unknown key" in check.stderr.splitlines()
+    assert "error: capcity: unknown key (did you mean capacity?)" in check.stdout.splitlines()
 
     for job in (1, 2):
         epilog = node_env.epilog(job)

@@ -115,7 +115,7 @@ def assert_node_in_service(node_env: NodeEnv, kind: str) -> None:
 
     catalog = node_env.cli("catalog")
     assert catalog.returncode == 0, catalog.stderr
-    assert [line.split("\t")[0] for line in catalog.stdout.splitlines()] == ["good"]
+    assert [line.split()[0] for line in catalog.stdout.splitlines()] == ["NAME", "good"]
     assert problem_file in catalog.stderr
     assert len(catalog.stderr.splitlines()) == len(problem_files(kind))
     assert_no_raw_controls(
@@ -189,7 +189,7 @@ def test_hostile_file_names_never_reach_the_terminal_raw(
     assert_no_raw_controls(*outputs)
     catalog = node.cli("catalog")
     assert one_line(catalog.stderr).startswith(f"problem: {shown}: ")  # escaped, one line
-    assert [line.split("\t")[0] for line in catalog.stdout.splitlines()] == ["good"]
+    assert [line.split()[0] for line in catalog.stdout.splitlines()] == ["NAME", "good"]
     assert f"problem: {shown}: " in node.cli("status").stdout
     assert json.loads(node.cli("catalog", "--json").stdout)["problems"].keys() == {filename}
 

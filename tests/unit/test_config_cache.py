@@ -280,7 +280,7 @@ def test_typo_pushed_after_a_good_load_keeps_hooks_running(tmp_path: Path) -> No
     ]  # fmt: skip
     assert not (tmp_path / "other").exists()
     assert check.returncode == 4
-    assert "error: capcity: unknown key" in check.stderr.splitlines()
+    assert "error: capcity: unknown key (did you mean capacity?)" in check.stdout.splitlines()
 
 
 def test_typo_without_known_good_is_a_node_fault(tmp_path: Path) -> None:

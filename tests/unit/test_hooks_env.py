@@ -162,7 +162,8 @@ def test_admin_release_drops_a_recovered_hold_and_refuses_an_unknown_job(node: N
 
     with node.store.transaction() as state:
         state.jobs[RECOVERED] = Hold(("imagenet",), "?", 1.0)
-    assert release(node, RECOVERED) == "job recovered: released imagenet"
+    released = release(node, RECOVERED)
+    assert (released.job_id, released.datasets) == (RECOVERED, ("imagenet",))
     state = node.store.read()
     assert state.jobs == {} and state.last_used == {"imagenet": 1000.0}
     with pytest.raises(DatasetError, match="holds nothing"):

@@ -181,7 +181,9 @@ def test_cause_is_the_short_phrase_and_reason_adds_the_figures() -> None:
     result = run(catalog, NodeState(), {"hot": 1 * MB}, {}, 150 * MB)
     hot, cold = result.decisions["hot"], result.decisions["cold"]
     assert (hot.cause, cold.cause) == ("selected", "not worth a copy")
-    assert hot.reason.startswith("selected: value ") and "heat 1e+06 B/s" in hot.reason
+    assert hot.reason.startswith("selected: value +") and "heat 976.6 KiB/s" in hot.reason
+    assert "demand 0.00 jobs" in hot.reason and "e+" not in hot.reason
+    assert cold.reason.startswith("not worth a copy: value -")
     assert cold.value < 0 < hot.value
 
 

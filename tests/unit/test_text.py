@@ -68,13 +68,12 @@ def test_printable_never_confuses_two_names(one: str, other: str) -> None:
 
 
 def test_status_table_escapes_names_and_problems() -> None:
-    row = {
-        "name": HOSTILE, "size": 1, "state": "cold", "cached": False, "holders": [HOSTILE],
-        "pinned": False,
-    }  # fmt: skip
-    data = {"datasets": [row], "used_bytes": 0, "capacity_bytes": 1, "problems": {HOSTILE: HOSTILE}}
-    text = format_status(data)
-    assert len(text.splitlines()) == 4  # header, row, cache, problem
+    from scratch_stage.agent.views import DatasetRow, StatusView
+
+    row = DatasetRow(name=HOSTILE, size=1, state="cold", cached=False, holders=(HOSTILE,))
+    view = StatusView("n", 1, 0, (row,), {HOSTILE: HOSTILE})
+    text = format_status(view)
+    assert len(text.splitlines()) == 7  # header, row, cache, problem, 3 of legend
     assert all(line.isprintable() for line in text.splitlines())
     assert "\\x1b]0;owned\\x07" in text.splitlines()[1]
 
