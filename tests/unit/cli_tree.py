@@ -64,8 +64,10 @@ class CliTree:
         return Node(load_config(str(self.config)), root=self.root, clock=lambda: NOW)
 
     def run(self, *args: str, euid: int | None = None) -> tuple[int, str, str]:
-        """(exit code, stdout, stderr) of `scratch-stage --config ... ARGS`, normalized."""
+        """(exit code, stdout, stderr) of `scratch-stage --config ... ARGS` (`<root>` in
+        ARGS stands for the tree), normalized."""
         self.capsys.readouterr()
+        args = tuple(a.replace("<root>", str(self.root)) for a in args)
         code = run_cli(
             ["--config", str(self.config), *args], root=self.root, clock=lambda: NOW, euid=euid
         )

@@ -53,6 +53,14 @@ CASES: dict[str, tuple[list[str], int | None]] = {
     "config-check": (["config", "check"], None),
     "config-no-command": (["config"], None),
     "image-no-command": (["image"], None),
+    "install-site-files": (
+        ["install-site-files", "<root>/site", "--bin", "/usr/bin/scratch-stage"],
+        None,
+    ),
+    "install-site-files-both": (
+        ["install-site-files", "<root>/site", "--bin", "/x", "--prefix", "/y"],
+        None,
+    ),
 }
 
 
