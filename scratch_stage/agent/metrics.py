@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from scratch_stage.agent.node import Node
+from scratch_stage.agent.views import StatusView
 from scratch_stage.core.errors import ConfigError
 from scratch_stage.host.counters import DATASET_FIELDS, LAYERS, REFUSAL_REASONS, Counters
 from scratch_stage.host.metrics import Family, render, write_metrics
@@ -40,15 +40,15 @@ def families(node: Node) -> list[Family]:
     """Every metric of this node, from its status (settled state) and counters."""
     from scratch_stage.agent.admin import status
 
-    data = status(node)
+    view = status(node)
     counters = node.store.read().counters
-    return all_families(data, counters, node.config.interval)
+    return all_families(view, counters, node.config.interval)
 
 
-def all_families(status: dict[str, Any], counters: Counters, interval: float) -> list[Family]:
+def all_families(status: StatusView, counters: Counters, interval: float) -> list[Family]:
     """The metric families of a node's STATUS and COUNTERS (pure)."""
-    rows = status["datasets"]
-    names = sorted({r["name"] for r in rows} | set(counters.datasets))
+    rows = status.datasets
+    names = sorted({r.name for r in rows} | set(counters.datasets))
     out = _counter_families(counters, names)
     size = Family("scratch_stage_dataset_size_bytes", "gauge", "Size of the dataset's image.")
     mounted = Family(
@@ -58,18 +58,18 @@ def all_families(status: dict[str, Any], counters: Counters, interval: float) ->
         "scratch_stage_dataset_cached", "gauge", "1 if a verified cached copy serves the dataset."
     )
     for row in rows:
-        size.add(row["size"], dataset=row["name"])
-        mounted.add(1 if row["state"] in ("mounted", "cached") else 0, dataset=row["name"])
-        cached.add(1 if row["cached"] else 0, dataset=row["name"])
+        size.add(row.size, dataset=row.name)
+        mounted.add(1 if row.state in ("mounted", "cached") else 0, dataset=row.name)
+        cached.add(1 if row.cached else 0, dataset=row.name)
     out += [size, mounted, cached]
     capacity = Family("scratch_stage_cache_capacity_bytes", "gauge", "The cache budget (capacity).")
-    capacity.add(status["capacity_bytes"])
+    capacity.add(status.capacity_bytes)
     used = Family(
         "scratch_stage_cache_used_bytes", "gauge",
         "Bytes of the cache budget used by cached copies, copies in flight and deleted copies "
         "still mounted.",
     )  # fmt: skip
-    used.add(status["used_bytes"])
+    used.add(status.used_bytes)
     return [*out, capacity, used, *_rebalance_families(interval, counters)]
 
 

@@ -57,6 +57,8 @@ CASES: dict[str, tuple[list[str], int | None]] = {
         ["install-site-files", "<root>/site", "--bin", "/usr/bin/scratch-stage"],
         None,
     ),
+    "metrics": (["metrics"], None),
+    "metrics-write-unconfigured": (["metrics", "--write"], None),
     "install-site-files-both": (
         ["install-site-files", "<root>/site", "--bin", "/x", "--prefix", "/y"],
         None,

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from scratch_stage.agent.metrics import all_families
+from scratch_stage.agent.views import DatasetRow, StatusView
 from scratch_stage.host.counters import Counters
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,11 +21,7 @@ RULES = ROOT / "contrib/prometheus/scratch_stage.rules.yml"
 RULE_TESTS = ROOT / "contrib/prometheus/scratch_stage.rules.test.yml"
 DASHBOARD = ROOT / "contrib/grafana/scratch-stage.json"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-STATUS = {
-    "datasets": [{"name": "a", "size": 1, "state": "cached", "cached": True}],
-    "capacity_bytes": 10,
-    "used_bytes": 1,
-}
+STATUS = StatusView("n", 10, 1, (DatasetRow("a", 1, "cached", True),))
 
 
 def exposed() -> set[str]:
