@@ -49,7 +49,11 @@ class Node:
 
     @cached_property
     def events(self) -> EventLog:
-        return EventLog(self.config.statedir, clock=self.clock)
+        config = self.config
+        return EventLog(
+            config.statedir, clock=self.clock, node=config.node,
+            max_size=config.event_log_max_size, keep=config.event_log_keep,
+        )  # fmt: skip
 
     @property
     def partial_dir(self) -> Path:

@@ -68,6 +68,15 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _keep(value: Any) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit():
+        raise ValueError(f"must be a whole number from 1 to 1000, got {value!r}")
+    number = int(str(value).strip())
+    if not 1 <= number <= 1000:
+        raise ValueError(f"must be a whole number from 1 to 1000, got {value!r}")
+    return number
+
+
 def _optional_path(value: Any) -> Path | None:
     return None if value is None or value == "" else _path(value)
 
@@ -440,6 +449,17 @@ class Config:
             _optional_path, show=_show_optional_path, default_doc="none",
         ),
     )  # fmt: skip
+    event_log_max_size: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_meta(
+            "rotate `events.log` before it grows past this size (`100MB`); 0: never",
+            parse_size, default_doc="`64MiB`",
+        ),
+    )  # fmt: skip
+    event_log_keep: int = field(
+        default=5,
+        metadata=_meta("rotated event logs kept (`events.log.1` newest ... `.N`)", _keep),
+    )
     source: str = "<defaults>"  # where it was read: not an option
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 EVENTS_FILE = "events.log"
+ROTATE_LOCK = "events.lock"
 KINDS = frozenset(
     ["request", "mount", "unmount", "stage-start", "stage-progress", "stage-done",
      "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered", "reconcile"]
@@ -26,16 +27,38 @@ _MAX_FIELD = 200
 
 
 class EventLog:
-    """Appends events to STATEDIR/events.log; a failure to log never fails the caller."""
+    """Appends events to STATEDIR/events.log; a failure to log never fails the caller.
 
-    def __init__(self, statedir: Path, clock: Callable[[], float] = time.time) -> None:
+    Every event carries NODE and its time twice: `ts` (Unix epoch) and `time` (RFC 3339,
+    UTC). When an append would take the file past MAX_SIZE bytes (0: never), the file is
+    rotated first: events.log.1 ... .KEEP shift up, the oldest is dropped, events.log
+    starts anew. Writers never take a lock to append (one O_APPEND write per line); a
+    rotation is serialized by a flock on STATEDIR/events.lock, and a writer that had the
+    old file open appends to it after its rename: no line is lost or split.
+    """
+
+    def __init__(
+        self,
+        statedir: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        node: str = "",
+        max_size: int = 0,
+        keep: int = 5,
+    ) -> None:
         self.path = statedir / EVENTS_FILE
         self.clock = clock
+        self.node = node
+        self.max_size = max_size
+        self.keep = keep
 
     def emit(self, kind: str, dataset: str | None = None, **fields: Any) -> None:
         """Append one event of KIND (one of KINDS) with FIELDS."""
         assert kind in KINDS, kind
-        record: dict[str, Any] = {"ts": round(self.clock(), 3), "event": kind}
+        now = self.clock()
+        record: dict[str, Any] = {"ts": round(now, 3), "time": rfc3339(now), "event": kind}
+        if self.node:
+            record["node"] = self.node
         if dataset is not None:
             record["dataset"] = dataset
         for key, value in fields.items():
@@ -44,26 +67,79 @@ class EventLog:
             record[key] = value
         line = (json.dumps(record, ensure_ascii=True) + "\n").encode()
         try:
-            # Private: job ids, users and refusal reasons are not for other users.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = self._open()
             try:
-                if os.fstat(fd).st_mode & 0o077:
-                    os.fchmod(fd, 0o600)
+                st = os.fstat(fd)
+                if 0 < self.max_size < st.st_size + len(line) and st.st_size:
+                    os.close(fd)
+                    fd = -1
+                    try:
+                        self._rotate(st.st_ino)
+                    except OSError as e:  # not rotated, but the event is not lost
+                        log.warning("cannot rotate event log %s: %s", self.path, e.strerror)
+                    fd = self._open()
                 os.write(fd, line)
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         except OSError as e:
             log.warning("cannot append to event log %s: %s", self.path, e.strerror)
+
+    def _open(self) -> int:
+        # Private: job ids, users and refusal reasons are not for other users.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        return fd
+
+    def _rotate(self, inode: int) -> None:
+        """Rotate the file whose inode is INODE, unless another writer just did."""
+        import contextlib
+        import fcntl
+
+        lock = os.open(self.path.with_name(ROTATE_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                       0o600)  # fmt: skip
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if os.lstat(self.path).st_ino != inode:
+                    return  # rotated meanwhile: append to the new file
+            except FileNotFoundError:
+                return
+            oldest = rotated_path(self.path, self.keep)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(oldest)
+            for i in range(self.keep - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(rotated_path(self.path, i), rotated_path(self.path, i + 1))
+            os.rename(self.path, rotated_path(self.path, 1))
+        finally:
+            os.close(lock)  # releases the flock
 
     def tail(self, limit: int, dataset: str | None = None) -> list[dict[str, Any]]:
         """The last LIMIT events, only those of DATASET if given."""
         from collections import deque  # lazy: not for the prolog
 
-        try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                return list(deque(_matching(f, dataset), maxlen=limit))
-        except OSError:
-            return []
+        found: deque[dict[str, Any]] = deque(maxlen=limit)
+        for path in (rotated_path(self.path, 1), self.path):  # the newest rotated file too
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    found.extend(_matching(f, dataset))
+            except OSError:
+                continue
+        return list(found)
+
+
+def rotated_path(path: Path, number: int) -> Path:
+    """events.log.NUMBER."""
+    return path.with_name(f"{path.name}.{number}")
+
+
+def rfc3339(epoch: float) -> str:
+    """EPOCH as an RFC 3339 UTC timestamp with milliseconds: 2026-12-06T00:20:01.123Z."""
+    millis = round(epoch * 1000)
+    seconds, ms = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
 def _matching(lines: Iterable[str], dataset: str | None) -> Iterable[dict[str, Any]]:

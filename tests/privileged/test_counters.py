@@ -67,6 +67,9 @@ def test_workload_counts_reads_by_layer_copies_evictions_and_refusals(node_env: 
     # hostile and impossible requests: counted by reason, never by the user's text
     ok(node.prolog(3, comment="datasets:nope,../etc,a"))
     assert counters(node)["refusals"] == {"unavailable": 1, "invalid_name": 1}
+    refused = node.events("refused")[-1]  # fit for log shipping: node and RFC 3339 time
+    assert refused["node"] == os.uname().nodename.split(".")[0]
+    assert refused["time"].endswith("Z") and refused["time"][:2] == "20"
     assert set(counters(node)["datasets"]) == {"a"}
 
 
