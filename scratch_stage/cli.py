@@ -594,6 +594,56 @@ def _report_lines(data: dict[str, Any], *, explain: bool, dry_run: bool) -> list
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--window", default="1h", show_default=True, metavar="DURATION",
+    help="Span of the hit ratio and bytes copied (with prometheus_url).",
+)  # fmt: skip
+@pass_ctx
+def cluster(ctx: Context, as_json: bool, window: str) -> int:
+    """Where each dataset is cached, who waits for it, and how well the caches serve."""
+    from scratch_stage.agent.cluster import cluster_view
+
+    try:
+        seconds = parse_duration(window)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--window") from None
+    node = ctx.node
+    data = cluster_view(node.config, node.clock(), seconds)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(format_cluster(data, window))
+    for key in ("demand_error", "prometheus_error"):
+        if data[key]:
+            log.warning("%s", data[key])
+    return 0
+
+
+def format_cluster(data: dict[str, Any], window: str) -> str:
+    """The cluster view as a table (dataset names escaped)."""
+    header = ("DATASET", "CACHED ON", "PENDING JOBS", f"HIT RATIO ({window})", f"COPIED ({window})")
+    rows = [header]
+    for d in data["datasets"]:
+        ratio, copied = d["hit_ratio"], d["copied_bytes"]
+        rows.append((
+            printable(d["name"]),
+            f"{len(d['cached_on'])}: {','.join(d['cached_on'])}" if d["cached_on"] else "-",
+            "?" if d["pending_jobs"] is None else str(d["pending_jobs"]),
+            "-" if ratio is None else f"{100 * ratio:.1f}%",
+            "-" if copied is None else format_size(int(copied)),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    footer = f"{data['nodes']} node(s)"
+    if data["cluster_hit_ratio"] is not None:
+        footer += f"; cluster hit ratio {100 * data['cluster_hit_ratio']:.1f}% over {window}"
+    elif not data["prometheus_url"]:
+        footer += "; no prometheus_url configured: no hit ratios"
+    return "\n".join([*lines, footer])
+
+
+@cli.command()
 @click.option(
     "--write", is_flag=True, help="Replace <metrics_dir>/scratch_stage.prom instead of printing."
 )

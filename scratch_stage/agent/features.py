@@ -13,10 +13,11 @@ from collections.abc import Iterable, Sequence
 from scratch_stage.agent.node import Node
 from scratch_stage.host import runner
 from scratch_stage.host.logger import get_logger
+from scratch_stage.slurm.cluster import DS_PREFIX
 
 log = get_logger(__name__)
 
-PREFIX = "ds_"
+PREFIX = DS_PREFIX
 
 
 def parse_node_features(text: str) -> tuple[list[str], list[str]]:

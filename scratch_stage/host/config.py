@@ -68,6 +68,18 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _url(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if (
+        not isinstance(value, str)
+        or not value.startswith(("http://", "https://"))
+        or any(c.isspace() for c in value)
+    ):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
 def _keep(value: Any) -> int:
     if isinstance(value, bool) or not str(value).strip().isdigit():
         raise ValueError(f"must be a whole number from 1 to 1000, got {value!r}")
@@ -447,6 +459,13 @@ class Config:
             "node_exporter's textfile directory: each rebalance writes `scratch_stage.prom` "
             "there (Debian: `/var/lib/prometheus/node-exporter`); empty: none",
             _optional_path, show=_show_optional_path, default_doc="none",
+        ),
+    )  # fmt: skip
+    prometheus_url: str = field(
+        default="",
+        metadata=_meta(
+            "Prometheus server `scratch-stage cluster` asks for hit ratios and bytes copied "
+            "(`http://prometheus:9090`); empty: none", _url, default_doc="none",
         ),
     )  # fmt: skip
     event_log_max_size: int = field(

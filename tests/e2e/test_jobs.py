@@ -426,3 +426,86 @@ def test_a_newline_in_a_comment_cannot_forge_a_pending_job(site: Site) -> None:
         assert "p" not in {name for j in jobs.values() for name in j["datasets"]}, jobs
     finally:
         site.admin("scancel", job)
+
+
+# ---------------------------------------------------------------- the cluster view
+
+
+def _file_value(path: Path, name: str, **labels: str) -> float:
+    """One sample of the node's metrics file, read with Prometheus' own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not in {path}")
+
+
+def test_cluster_view_shows_cache_demand_and_prometheus_figures(
+    site: Site, tmp_path: Path
+) -> None:
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "privileged"))
+    import promstack
+
+    if promstack.missing():
+        pytest.skip(str(promstack.missing()))
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom_file = textfile / "scratch_stage.prom"
+    work = tmp_path / "prom"
+    work.mkdir()
+    original = site.config.read_text()
+    script = str(site.script("plain.sh"))
+    held = ""
+    with promstack.node_exporter(textfile, work) as exporter, promstack.prometheus(
+        [exporter.removeprefix("http://")], work
+    ) as server:
+        site.config.write_text(original + f"metrics_dir: {textfile}\nprometheus_url: {server}\n")
+        try:
+            site.scratch_stage("purge", "--all")
+            site.scratch_stage("metrics", "--write")  # the baseline Prometheus sees first
+            cached_a = 'scratch_stage_read_bytes_total{dataset="a",layer="cached"}'
+            promstack.wait_for_query(server, cached_a, bool)
+            before = _file_value(prom_file, "scratch_stage_read_bytes_total", dataset="a",
+                                 layer="cached")  # fmt: skip
+            site.scratch_stage("pin", "a")
+            site.scratch_stage("rebalance")  # copies a, publishes ds_a, writes the metrics
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            out = f"--output={site.work}/viewer.out"
+            job = site.submit(out, "--comment=datasets:a", script, "viewer", "a")
+            site.started("viewer")
+            site.release("viewer")
+            site.wait_completed(job)
+            site.scratch_stage("rebalance")  # counts the job's reads from the cached copy
+            after = _file_value(prom_file, "scratch_stage_read_bytes_total", dataset="a",
+                                layer="cached")  # fmt: skip
+            assert after - before >= 512 * 1024, (before, after)
+            held = site.submit("--hold", "--output=/dev/null", "--comment=datasets:p", script,
+                               "held", "p")  # fmt: skip
+            promstack.wait_for_query(server, f"{cached_a} == {after:.0f}", bool)
+
+            data = json.loads(site.scratch_stage("cluster", "--json", "--window", "5m"))
+            rows = {d["name"]: d for d in data["datasets"]}
+            assert data["nodes"] == 1 and data["prometheus_error"] is None, data
+            assert rows["a"]["cached_on"] == ["localhost"], rows
+            assert rows["p"]["cached_on"] == [] and rows["p"]["pending_jobs"] == 1, rows
+            assert rows["a"]["hit_ratio"] == pytest.approx(1.0, abs=0.01)  # all from the SSD
+            size = (site.base / "data" / "a.sqfs").stat().st_size
+            # increase() extrapolates a series that starts inside the window a little
+            assert size <= rows["a"]["copied_bytes"] <= 1.25 * size, (size, rows["a"])
+            assert data["cluster_hit_ratio"] == pytest.approx(1.0, abs=0.01)
+            table = site.scratch_stage("cluster", "--window", "5m").splitlines()
+            assert table[0].split()[:3] == ["DATASET", "CACHED", "ON"]
+            row_a = next(line.split() for line in table if line.startswith("a "))
+            assert row_a[:4] == ["a", "1:", "localhost", "0"] and row_a[4] == "100.0%", table
+            assert table[-1] == "1 node(s); cluster hit ratio 100.0% over 5m"
+        finally:
+            if held:
+                site.admin("scancel", held)
+            site.config.write_text(original)
+            site.scratch_stage("unpin", "a")
+    site.wait_idle()

@@ -61,6 +61,7 @@ SAMPLE: dict[str, Any] = {
     "value_function": "mysite.planning:value",
     "idle_unmount": 0,
     "metrics_dir": "/var/lib/prometheus/node-exporter",
+    "prometheus_url": "http://prometheus.example:9090",
     "event_log_max_size": "100MB",
     "event_log_keep": 10,
     "bandwidth": "500MB",
