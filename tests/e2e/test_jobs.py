@@ -442,9 +442,7 @@ def _file_value(path: Path, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{labels} not in {path}")
 
 
-def test_cluster_view_shows_cache_demand_and_prometheus_figures(
-    site: Site, tmp_path: Path
-) -> None:
+def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_path: Path) -> None:
     import sys
 
     sys.path.insert(0, str(REPO / "tests" / "privileged"))
@@ -460,9 +458,10 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(
     original = site.config.read_text()
     script = str(site.script("plain.sh"))
     held = ""
-    with promstack.node_exporter(textfile, work) as exporter, promstack.prometheus(
-        [exporter.removeprefix("http://")], work
-    ) as server:
+    with (
+        promstack.node_exporter(textfile, work) as exporter,
+        promstack.prometheus([exporter.removeprefix("http://")], work) as server,
+    ):
         site.config.write_text(original + f"metrics_dir: {textfile}\nprometheus_url: {server}\n")
         try:
             site.scratch_stage("purge", "--all")

@@ -58,6 +58,8 @@ CASES: dict[str, tuple[list[str], int | None]] = {
         None,
     ),
     "metrics": (["metrics"], None),
+    # the view itself needs Slurm: tests/e2e (test_cluster_view_...) and test_cluster_view.py
+    "cluster-bad-window": (["cluster", "--window", "soon"], None),
     "metrics-write-unconfigured": (["metrics", "--write"], None),
     "install-site-files-both": (
         ["install-site-files", "<root>/site", "--bin", "/x", "--prefix", "/y"],
