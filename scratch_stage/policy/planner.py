@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Literal, NamedTuple, get_args
 
@@ -61,6 +61,10 @@ class PlanParams:
     # Beyond this many candidates the DP runs on a core of this many items around the
     # greedy break (by value per byte); those before it are taken, those after left.
     core_items: int = 200
+    # Up to this many candidates, branch and bound on true sizes first (exact, usually
+    # far faster than the DP); it gives up after this many nodes and the DP decides.
+    search_items: int = 40
+    search_nodes: int = 20_000
 
 
 class View(NamedTuple):
@@ -142,9 +146,14 @@ def plan(
 ) -> Plan:
     """The best set of cached datasets under CAPACITY, and how to get there from NODE."""
     sizes, fresh, cached = node.sizes, node.fresh, node.cached
+    # The built-in value of a dataset without heat, demand or a fresh copy is -size: not
+    # worth a copy whatever else happens. Only the others get a view (the simulator plans
+    # a million times over a catalog where a pass sees a few); theirs are made on demand.
+    lazy = value is default_value
+    names = _active(node, heat, demand) if lazy else sizes
     views = {
-        name: View(name, size, heat.get(name, 0.0), demand.get(name, 0.0), name in fresh)
-        for name, size in sizes.items()
+        name: View(name, sizes[name], heat.get(name, 0.0), demand.get(name, 0.0), name in fresh)
+        for name in names
     }
     values = {name: value(v, params) for name, v in views.items()}
     decisions: dict[str, Decision] = {}
@@ -174,7 +183,78 @@ def plan(
         + sum(cached[n] for n in keep if n not in sizes and n in cached)
         + sum(cached[n] for n in node.blocked if n in cached and n not in keep)
     )
+    if lazy:
+        return Plan(evict, stage, _Decisions(decisions, sizes, params), unfit, used, method)
     return Plan(evict, stage, decisions, unfit, used, method)
+
+
+def plan_holds(node: PlanInput, bounds: Mapping[str, tuple[float, float]], capacity: int) -> bool:
+    """True if `plan` evicts and stages the same, in the same order, for every value of
+    each dataset within BOUNDS[name] = (low, high), the others' values staying <= 0.
+
+    A sufficient condition, for callers that can bound values over a stretch of time (the
+    simulator skips the passes it proves would repeat the last one): no dataset that could
+    be selected has a value range straddling 0, everything surely selected fits (no
+    knapsack whose answer could move), and the ranges of the datasets to stage are
+    disjoint (their order by value cannot change). False when in doubt.
+    """
+    sizes = node.sizes
+    decisions: dict[str, Decision] = {}
+    _, budget, _ = _forced(node, capacity, {}, decisions)
+    pinned = [n for n, d in decisions.items() if d.action == "stage"]
+    if len(pinned) > 1:
+        return False  # staged in value order: would need their ranges too
+    if budget <= 0:
+        return True  # nothing is chosen beyond the forced ones, whatever the values
+    selected: list[str] = []
+    for name, (low, high) in bounds.items():
+        if name in decisions or name not in sizes or sizes[name] > budget:
+            continue
+        if low > 0:
+            selected.append(name)
+        elif high > 0:
+            return False
+    if sum(sizes[n] for n in selected) > budget:
+        return False
+    ranges = sorted(bounds[n] for n in selected if n not in node.fresh)
+    return all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+def _active(node: PlanInput, heat: Mapping[str, float], demand: Mapping[str, float]) -> list[str]:
+    """Catalog names with heat, demand, a copy (cached or in flight), a pin, a hold or a block."""
+    active = {n for n, h in heat.items() if h} | {n for n, d in demand.items() if d}
+    active.update(node.cached, node.inflight, node.pins, node.held, node.blocked)
+    sizes = node.sizes
+    return sorted(n for n in active if n in sizes)
+
+
+class _Decisions(Mapping[str, Decision]):
+    """The decisions made, and "not worth a copy" for every other catalog dataset (made
+    when read: the same record the full pass makes for a dataset without heat or demand)."""
+
+    def __init__(
+        self, made: dict[str, Decision], sizes: Mapping[str, int], params: PlanParams
+    ) -> None:
+        self._made = made
+        self._sizes = sizes
+        self._params = params
+
+    def __getitem__(self, name: str) -> Decision:
+        made = self._made.get(name)
+        if made is not None:
+            return made
+        view = View(name, self._sizes[name], 0.0, 0.0, False)  # KeyError if not in the catalog
+        return Decision("none", default_value(view, self._params), "not worth a copy", view)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._made
+        yield from (n for n in self._sizes if n not in self._made)
+
+    def __len__(self) -> int:
+        return len(self._made) + sum(1 for n in self._sizes if n not in self._made)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 def _forced(
@@ -287,6 +367,10 @@ def choose_exact(
 ) -> set[str]:
     """0/1 knapsack: DP over all items, or over the core around the greedy break."""
     order = sorted(items, key=lambda v: (-values[v.name] / max(v.size, 1), v.name))
+    if len(items) <= params.search_items:
+        found = choose_search(order, values, budget, params.search_nodes)
+        if found is not None:
+            return found
     if len(items) <= params.core_items:
         return _fill(order, choose_dp(items, values, budget, params), budget)
     free, brk = budget, 0
@@ -298,6 +382,53 @@ def choose_exact(
     fixed = order[:low]
     rest = budget - sum(v.size for v in fixed)
     return _fill(order, {v.name for v in fixed} | choose_dp(core, values, rest, params), budget)
+
+
+def choose_search(
+    order: list[View], values: Mapping[str, float], budget: int, max_nodes: int
+) -> set[str] | None:
+    """0/1 knapsack on true sizes by depth-first branch and bound (ORDER: best value per
+    byte first; bound: the fractional relaxation). None after MAX_NODES nodes."""
+    sizes = [v.size for v in order]
+    gains = [values[v.name] for v in order]
+    count = len(order)
+    best_total = -1.0
+    best: list[int] = []
+    taken: list[int] = []
+    nodes = 0
+
+    def bound(i: int, free: int, total: float) -> float:
+        for j in range(i, count):
+            if sizes[j] <= free:
+                free -= sizes[j]
+                total += gains[j]
+            else:
+                return total + gains[j] * free / sizes[j]
+        return total
+
+    def visit(i: int, free: int, total: float) -> bool:
+        nonlocal best_total, best, nodes
+        nodes += 1
+        if nodes > max_nodes:
+            return False
+        if total > best_total:
+            best_total, best = total, list(taken)
+        if i == count:
+            return True
+        # Explore only if the relaxation could beat the best (ties explored: rounding).
+        if bound(i, free, total) < best_total - 1e-12 * abs(best_total):
+            return True
+        if sizes[i] <= free:
+            taken.append(i)
+            done = visit(i + 1, free - sizes[i], total + gains[i])
+            taken.pop()
+            if not done:
+                return False
+        return visit(i + 1, free, total)
+
+    if not visit(0, budget, 0.0):
+        return None
+    return {order[i].name for i in best}
 
 
 def _fill(order: list[View], chosen: set[str], budget: int) -> set[str]:

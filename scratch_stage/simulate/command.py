@@ -59,6 +59,13 @@ def _duration(text: str) -> float:
     help="Skip a pass whose heat and demand moved less than this share (0: exact).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the estimate noise.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Processes replaying nodes in parallel (same results).",
+)
 @click.option("--no-bound", is_flag=True, help="Skip the offline lower bound.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
@@ -69,14 +76,14 @@ def _duration(text: str) -> float:
 def simulate(
     trace: Path, capacity: str, policies: tuple[str, ...], interval: str, period: str,
     horizon: str, bandwidth: str, backfill_window: str, estimate_noise: str, tolerance: float,
-    seed: int, no_bound: bool, as_json: bool, plot: Path | None,
+    seed: int, workers: int, no_bound: bool, as_json: bool, plot: Path | None,
 ) -> int:  # fmt: skip
     """Replay TRACE through the real planner and baseline policies, against a lower bound."""
     from scratch_stage.simulate.report import run_simulation
 
     return run_simulation(
         trace, capacity=capacity, policies=policies or POLICY_NAMES, as_json=as_json, plot=plot,
-        bound=not no_bound, interval=_duration(interval), period=_duration(period),
+        bound=not no_bound, workers=workers, interval=_duration(interval), period=_duration(period),
         horizon=_duration(horizon), bandwidth=bandwidth, backfill_window=_duration(backfill_window),
         estimate_noise=_duration(estimate_noise), tolerance=tolerance, seed=seed,
     )  # fmt: skip

@@ -6,7 +6,7 @@ import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from scratch_stage.simulate.inputs import NodeJob, SimConfig, grid_ceil
 from scratch_stage.simulate.node import Action, Costs, SimNode
@@ -25,13 +25,23 @@ class Inputs:
 
 
 class Policy(Protocol):
-    """A caching policy for one node; `triggers` says when it is asked (see TRIGGERS)."""
+    """A caching policy for one node; `triggers` says when it is asked (see TRIGGERS).
+
+    A policy planning at ticks may also have `repeats(node, heat, demand) -> bool`: True
+    if its answer is the same at every tick whose heat and demand lie within the given
+    (low, high) ranges per dataset, the node unchanged; the replay then skips those ticks.
+    """
 
     triggers: frozenset[str]
 
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None: ...
+
+
+Ranges = Mapping[str, tuple[float, float]]
+# How far ahead (in ticks) a pass's answer is proven to repeat, longest first.
+PROOF_TICKS = (240, 16, 2)
 
 
 def replay_node(node: SimNode, policy: Policy) -> Costs:
@@ -46,6 +56,9 @@ class _Replay:
         self.config: SimConfig = node.config
         self.ticks = "tick" in policy.triggers
         self.memo: tuple[int, Inputs] | None = None
+        self.repeats: Callable[[SimNode, Ranges, Ranges], bool] | None = getattr(
+            policy, "repeats", None
+        )
 
     def run(self) -> Costs:
         node, jobs = self.node, self.node.work.jobs
@@ -98,10 +111,24 @@ class _Replay:
             self.memo = (node.version, inputs)
             if node.version != before:
                 return now + self.config.interval
-        if now - node.last_boundary < self.config.period or not node.demand_settled(now):
-            return now + self.config.interval  # heat or a placed job's discount still moving
         upcoming = min(node.unplaced.next_change(now), node.next_placement())
+        if now - node.last_boundary < self.config.period or not node.demand_settled(now):
+            return self._proven(now, upcoming)  # heat or a placed job's discount still moving
         return grid_ceil(upcoming, self.config.interval) if upcoming < math.inf else math.inf
+
+    def _proven(self, now: float, upcoming: float) -> float:
+        """The next tick whose pass could differ from this one's (no event in between)."""
+        step = self.config.interval
+        if self.repeats is None:
+            return now + step
+        limit = grid_ceil(upcoming, step) if upcoming < math.inf else math.inf
+        for ticks in PROOF_TICKS:
+            last = min(now + ticks * step, limit - step)
+            if last < now + step:
+                break
+            if self.repeats(self.node, *self.node.input_bounds(now, last)):
+                return last + step
+        return now + step
 
 
 def _same(old: tuple[int, Inputs], new: tuple[int, Inputs], config: SimConfig) -> bool:

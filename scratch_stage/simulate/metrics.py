@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 from scratch_stage.simulate.bound import Bound
@@ -11,27 +11,11 @@ from scratch_stage.simulate.node import Costs
 
 
 @dataclass
-class PolicyResult:
-    """One policy over the whole trace."""
+class PolicyResult(Costs):
+    """One policy over the whole trace: its nodes' costs summed (peak: the largest)."""
 
-    policy: str
-    read_bytes: int = 0
-    slow_read_bytes: float = 0.0
-    copied_bytes: int = 0
-    copies: int = 0
-    evictions: int = 0
-    refused_copies: int = 0
-    slow_read_seconds: float = 0.0
-    waited_seconds: float = 0.0
-    peak_used: int = 0
-    decisions: int = 0
+    policy: str = ""
     seconds: float = 0.0
-    series: list[tuple[float, float]] = field(default_factory=list, repr=False)
-
-    @property
-    def slow_bytes(self) -> float:
-        """Bytes read from slow storage: job reads that missed the SSD, plus copies."""
-        return self.slow_read_bytes + self.copied_bytes
 
     @property
     def ssd_share(self) -> float:
@@ -41,17 +25,14 @@ class PolicyResult:
         return max(0.0, 1.0 - self.slow_read_bytes / self.read_bytes)  # float rounding
 
     def add(self, costs: Costs) -> None:
-        self.read_bytes += costs.read_bytes
-        self.slow_read_bytes += costs.slow_read_bytes
-        self.copied_bytes += costs.copied_bytes
-        self.copies += costs.copies
-        self.evictions += costs.evictions
-        self.refused_copies += costs.refused_copies
-        self.slow_read_seconds += costs.slow_read_seconds
-        self.waited_seconds += costs.waited_seconds
-        self.peak_used = max(self.peak_used, costs.peak_used)
-        self.decisions += costs.decisions
-        self.series.extend(costs.series)
+        for f in fields(Costs):
+            mine, theirs = getattr(self, f.name), getattr(costs, f.name)
+            if f.name == "series":
+                mine.extend(theirs)
+            elif f.name == "peak_used":
+                self.peak_used = max(mine, theirs)
+            else:
+                setattr(self, f.name, mine + theirs)
 
     def cumulative(self) -> tuple[list[float], list[float]]:
         """Times and cumulative slow-storage bytes (for the plot)."""

@@ -31,7 +31,7 @@ class Action:
 
 @dataclass
 class Costs:
-    """What a node's replay cost, in bytes and seconds (summed over nodes by metrics)."""
+    """What a node's replay cost, in bytes and seconds (metrics.PolicyResult sums them)."""
 
     read_bytes: int = 0
     slow_read_bytes: float = 0.0
@@ -43,10 +43,11 @@ class Costs:
     waited_seconds: float = 0.0
     peak_used: int = 0
     decisions: int = 0
-    series: list[tuple[float, float]] = field(default_factory=list)
+    series: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
     @property
     def slow_bytes(self) -> float:
+        """Bytes read from slow storage: job reads that missed the SSD, plus copies."""
         return self.slow_read_bytes + self.copied_bytes
 
 
@@ -131,6 +132,46 @@ class SimNode:
             for name in p.datasets:
                 demand[name] = demand.get(name, 0.0) + weight
         return demand
+
+    def input_bounds(
+        self, start: float, end: float
+    ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+        """Lowest and highest heat, and demand, of each dataset at any time in START..END,
+        assuming no job starts or ends, no placement and no change of unplaced demand
+        in between (the replay evaluates a tick after each of those anyway).
+
+        Heat is piecewise linear in time (each read's overlap with the window changes
+        slope only at its start, its end, and those plus `period`): its extremes are at
+        the ends or at such a point. A placed job's demand weight only grows until its
+        estimated start, so demand is lowest at START and highest at END.
+        """
+        period = self.config.period
+        by_name: dict[str, list[tuple[float, float, float]]] = {}
+        for name, s, e, rate in self.streams:
+            if e > start - period:
+                by_name.setdefault(name, []).append((s, e, rate))
+        heat: dict[str, tuple[float, float]] = {}
+        for name, reads in by_name.items():
+            points = {start, end}
+            for s, e, _ in reads:
+                points.update(x for x in (s, e, s + period, e + period) if start < x < end)
+            levels = [
+                sum(rate * max(0.0, min(e, x) - max(s, x - period)) for s, e, rate in reads)
+                / period
+                for x in points
+            ]
+            heat[name] = (min(levels), max(levels))
+        unplaced = self.unplaced.at(start)
+        low, high = dict(unplaced), dict(unplaced)
+        pending, horizon = self.work.pending, self.config.horizon
+        for i in self._pending_active:
+            p = pending[i]
+            w_low = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - start) / horizon)
+            w_high = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - end) / horizon)
+            for name in p.datasets:
+                low[name] = low.get(name, 0.0) + w_low
+                high[name] = high.get(name, 0.0) + w_high
+        return heat, {n: (low.get(n, 0.0), high[n]) for n in high}
 
     def demand_settled(self, now: float) -> bool:
         """No placed job's discount changes after NOW until the next placement or start."""

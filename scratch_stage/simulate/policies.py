@@ -48,6 +48,37 @@ class Ours:
         )  # fmt: skip
         return Action(result.evict, result.stage)
 
+    def repeats(
+        self, node: SimNode, heat: Mapping[str, tuple[float, float]],
+        demand: Mapping[str, tuple[float, float]],
+    ) -> bool:  # fmt: skip
+        """The planner's answer repeats for all heat and demand within these ranges.
+
+        Only for the built-in value (it grows with heat and demand, so each dataset's value
+        ranges between its value at the lows and at the highs) and default knobs.
+        """
+        if self.value is not None or self.params is not None:
+            return False
+        params = planner.PlanParams(horizon=node.config.horizon)
+        node_input = node.plan_input()
+        fresh = node_input.fresh
+        bounds = {}
+        # Without heat or a fresh copy, the value is (demand - 1) x size: <= 0 (absent
+        # from the bounds) while demand stays <= 1.
+        wanted = (n for n, (_, high) in demand.items() if high > 1.0 - 1e-9)
+        for name in {*heat, *wanted, *node_input.cached, *node_input.inflight}:
+            size = node.sizes.get(name)
+            if size is None:
+                continue
+            h_low, h_high = heat.get(name, (0.0, 0.0))
+            d_low, d_high = demand.get(name, (0.0, 0.0))
+            cached = name in fresh
+            low = planner.default_value(planner.View(name, size, h_low, d_low, cached), params)
+            high = planner.default_value(planner.View(name, size, h_high, d_high, cached), params)
+            slack = 1e-9 * (abs(low) + abs(high) + size) + 1e-6  # float rounding
+            bounds[name] = (low - slack, high + slack)
+        return planner.plan_holds(node_input, bounds, node.capacity)
+
 
 class NoCache:
     """Everything is read from slow storage."""

@@ -34,7 +34,7 @@ def capacity_bytes(text: str, trace: Trace) -> int:
 
 def run_simulation(
     path: Path, *, capacity: str, policies: Sequence[str], as_json: bool, plot: Path | None,
-    bound: bool, bandwidth: str, **knobs: Any,
+    bound: bool, bandwidth: str, workers: int = 1, **knobs: Any,
 ) -> int:  # fmt: skip
     """Replay the trace at PATH, print the table (or JSON), write the plot; exit code."""
     trace = read_trace(path)
@@ -43,7 +43,7 @@ def run_simulation(
     except ValueError as e:
         raise SimulateUsageError(f"--bandwidth: {e}") from None
     config = SimConfig(capacity=capacity_bytes(capacity, trace), bandwidth=speed, **knobs)
-    report = simulate(trace, config, list(dict.fromkeys(policies)), bound=bound)
+    report = simulate(trace, config, list(dict.fromkeys(policies)), bound=bound, workers=workers)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

@@ -1,20 +1,29 @@
-"""Replay a trace under several policies, node by node, and compute the lower bound."""
+"""Replay a trace under several policies, node by node, and compute the lower bound.
+
+Nodes are independent: with `workers` > 1 they are replayed by that many forked
+processes (each node's costs come back in node order, so the sums are the same as in
+one process); where fork is unavailable they run in this process.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
-from collections.abc import Mapping, Sequence
-from typing import Callable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Callable
 
 from scratch_stage.simulate.bound import Bound, Relaxation, lower_bound
 from scratch_stage.simulate.engine import Policy, replay_node
-from scratch_stage.simulate.inputs import SimConfig, split_by_node, unplaced_demand
+from scratch_stage.simulate.inputs import NodeWorkload, SimConfig, split_by_node, unplaced_demand
 from scratch_stage.simulate.metrics import PolicyResult, Report
-from scratch_stage.simulate.node import SimNode
+from scratch_stage.simulate.node import Costs, SimNode
 from scratch_stage.simulate.policies import POLICIES
 from scratch_stage.simulate.trace import Trace
 
 PolicyFactory = Callable[[], Policy]
+
+# What forked workers read (set before the pool forks; a worker only reads it).
+_TASK: dict[str, Any] = {}
 
 
 def simulate(
@@ -24,30 +33,55 @@ def simulate(
     *,
     bound: bool = True,
     bound_iterations: int = 80,
+    workers: int = 1,
 ) -> Report:
     """Every policy's costs on TRACE (a fresh policy per node), and the offline bound."""
     factories = (
         dict(policies) if isinstance(policies, Mapping) else {p: POLICIES[p] for p in policies}
     )
-    work = split_by_node(trace, config)
-    unplaced = unplaced_demand(trace, config)
+    work = list(split_by_node(trace, config).values())
+    _TASK.update(work=work, sizes=trace.datasets, config=config,
+                 unplaced=unplaced_demand(trace, config), iterations=bound_iterations)  # fmt: skip
     results: dict[str, PolicyResult] = {}
-    for name, factory in factories.items():
-        started = time.perf_counter()
-        result = PolicyResult(name)
-        for node_work in work.values():
-            node = SimNode(node_work, trace.datasets, config, unplaced)
-            result.add(replay_node(node, factory()))
-        result.seconds = time.perf_counter() - started
-        results[name] = result
-    report = Report(results, None, len(trace.jobs), len(work), config.capacity,
-                    trace.catalog_bytes())  # fmt: skip
-    if bound:
-        started = time.perf_counter()
-        total = Bound(0.0, 0.0, 0)
-        for node_work in work.values():
-            relax = Relaxation.of(node_work.jobs, trace.datasets, config.capacity)
-            total = total + lower_bound(relax, iterations=bound_iterations)
-        report.bound = total
-        report.bound_seconds = time.perf_counter() - started
+    try:
+        for name, factory in factories.items():
+            started = time.perf_counter()
+            result = PolicyResult(policy=name)
+            _TASK["factory"] = factory
+            for costs in _each_node(_replay_one, len(work), workers):
+                result.add(costs)
+            result.seconds = time.perf_counter() - started
+            results[name] = result
+        report = Report(results, None, len(trace.jobs), len(work), config.capacity,
+                        trace.catalog_bytes())  # fmt: skip
+        if bound:
+            started = time.perf_counter()
+            total = Bound(0.0, 0.0, 0)
+            for part in _each_node(_bound_one, len(work), workers):
+                total = total + part
+            report.bound = total
+            report.bound_seconds = time.perf_counter() - started
+    finally:
+        _TASK.clear()
     return report
+
+
+def _replay_one(index: int) -> Costs:
+    work: NodeWorkload = _TASK["work"][index]
+    node = SimNode(work, _TASK["sizes"], _TASK["config"], _TASK["unplaced"])
+    return replay_node(node, _TASK["factory"]())
+
+
+def _bound_one(index: int) -> Bound:
+    work: NodeWorkload = _TASK["work"][index]
+    relax = Relaxation.of(work.jobs, _TASK["sizes"], _TASK["config"].capacity)
+    return lower_bound(relax, iterations=_TASK["iterations"])
+
+
+def _each_node(func: Callable[[int], Any], count: int, workers: int) -> Iterator[Any]:
+    """FUNC(i) for every node index, in order; by forked workers if asked and possible."""
+    if workers <= 1 or count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(func, range(count))
+        return
+    with multiprocessing.get_context("fork").Pool(min(workers, count)) as pool:
+        yield from pool.imap(func, range(count))

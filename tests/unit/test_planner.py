@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -22,10 +23,13 @@ from scratch_stage.policy.planner import (
     PlanParams,
     View,
     choose,
+    choose_dp,
     choose_exact,
     choose_greedy,
+    choose_search,
     default_value,
     plan,
+    plan_holds,
 )
 
 NOW = 1_000_000.0
@@ -359,6 +363,66 @@ def test_property_planning_again_proposes_nothing(s: Situation) -> None:
     assert second.empty, (first, second)
 
 
+@settings(max_examples=300, deadline=None)
+@given(situations())
+def test_property_the_lazy_pass_equals_the_full_one(s: Situation) -> None:
+    # The built-in value makes views only for datasets with heat, demand or a copy (the
+    # rest are made when read); the same function under another name takes the full pass.
+    catalog, state, heat, demand, capacity, blocked = s
+    node = plan_input(state, catalog, NOW, blocked=blocked)
+    lazy = plan(node, heat, demand, capacity)
+    full = plan(node, heat, demand, capacity, value=lambda v, p: default_value(v, p))
+    assert (lazy.evict, lazy.stage, lazy.unfit_pins, lazy.used_after, lazy.method) == (
+        full.evict, full.stage, full.unfit_pins, full.used_after, full.method,
+    )  # fmt: skip
+    assert len(lazy.decisions) == len(full.decisions)
+    assert dict(lazy.decisions) == dict(full.decisions)
+    assert {n: d.reason for n, d in lazy.decisions.items()} == {
+        n: d.reason for n, d in full.decisions.items()
+    }
+    with pytest.raises(KeyError):
+        lazy.decisions["not in the catalog"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations(), st.data())
+def test_property_plan_holds_means_the_same_plan_within_the_bounds(
+    s: Situation, data: st.DataObject
+) -> None:
+    catalog, state, heat, demand, capacity, blocked = s
+    node = plan_input(state, catalog, NOW, blocked=blocked)
+    sizes = {n: f.size for n, f in catalog.items()}
+    bounds = {}
+    for n in data.draw(st.sets(st.sampled_from(sorted(catalog)))):
+        a = data.draw(st.floats(-2e9, 2e9))
+        b = data.draw(st.floats(-2e9, 2e9))
+        bounds[n] = (min(a, b), max(a, b))
+    if not plan_holds(node, bounds, capacity):
+        return
+    plans = []
+    for _ in range(3):
+        values = {}
+        for n, size in sizes.items():
+            low, high = bounds.get(n, (-float(size), 0.0))
+            values[n] = data.draw(st.sampled_from([low, high, (low + high) / 2]))
+        result = plan(node, heat, demand, capacity, value=fixed_values(values))
+        plans.append((result.evict, result.stage))
+    assert plans[0] == plans[1] == plans[2]
+
+
+def fixed_values(values: Mapping[str, float]) -> Callable[[View, PlanParams], float]:
+    return lambda view, params: values[view.name]
+
+
+def test_plan_holds_refuses_a_straddling_value_a_knapsack_and_a_possible_swap() -> None:
+    node = PlanInput({"a": 100, "b": 100, "c": 100})
+    assert plan_holds(node, {"a": (5.0, 9.0), "b": (-9.0, -1.0)}, 300)
+    assert not plan_holds(node, {"a": (-1.0, 9.0)}, 300)  # a may or may not be worth it
+    assert not plan_holds(node, {"a": (5.0, 9.0), "b": (1.0, 2.0)}, 150)  # knapsack
+    assert not plan_holds(node, {"a": (5.0, 9.0), "b": (1.0, 6.0)}, 300)  # order may swap
+    assert plan_holds(node, {"a": (5.0, 9.0), "b": (1.0, 4.0)}, 300)
+
+
 def best_by_brute_force(sizes: list[int], values: list[float], budget: int) -> float:
     """The greatest total value of any subset within BUDGET, trying every subset."""
     best = 0.0
@@ -383,6 +447,32 @@ def test_property_choose_exact_is_optimal_when_sizes_need_no_rounding(
     assert sum(v.size for v in views if v.name in chosen) <= budget
     best = best_by_brute_force([s for s, _ in items], [v for _, v in items], budget)
     assert sum(values[n] for n in chosen) == pytest.approx(best, rel=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(knapsacks, st.integers(1, 10**12), st.integers(1, 1000))
+def test_property_the_search_is_optimal_on_true_sizes_and_at_least_the_dp(
+    items: list[tuple[int, float]], budget: int, scale: int
+) -> None:
+    views = [View(f"i{k}", size * scale, 0, 0, False) for k, (size, _) in enumerate(items)]
+    values = {v.name: value for v, (_, value) in zip(views, items)}
+    order = sorted(views, key=lambda v: (-values[v.name] / v.size, v.name))
+    found = choose_search(order, values, budget, 10**6)
+    assert found is not None
+    assert sum(v.size for v in views if v.name in found) <= budget
+    total = sum(values[n] for n in found)
+    best = best_by_brute_force([v.size for v in views], [v for _, v in items], budget)
+    assert total == pytest.approx(best, rel=1e-9)
+    dp = choose_dp(views, values, budget, PlanParams())
+    assert total >= sum(values[n] for n in dp) * (1 - 1e-9)
+
+
+def test_a_search_out_of_nodes_leaves_the_choice_to_the_dp() -> None:
+    many = [View(f"m{k}", 1000 + k, 0, 0, False) for k in range(30)]
+    gains = {v.name: float(v.size) for v in many}  # equal densities: no pruning
+    assert choose_search(many, gains, 15_000, 100) is None
+    assert sum(v.size for v in many if v.name in choose_exact(many, gains, 15_000,
+               PlanParams(search_nodes=100))) <= 15_000  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)

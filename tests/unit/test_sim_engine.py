@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -13,10 +15,11 @@ from scratch_stage.policy import planner
 from scratch_stage.policy.plan_input import plan_input
 from scratch_stage.simulate import run as run_module
 from scratch_stage.simulate.inputs import NodeJob, SimConfig, split_by_node, unplaced_demand
-from scratch_stage.simulate.node import Action, PolicyError, SimNode
-from scratch_stage.simulate.policies import POLICIES
+from scratch_stage.simulate.metrics import PolicyResult
+from scratch_stage.simulate.node import Action, Costs, PolicyError, SimNode
+from scratch_stage.simulate.policies import POLICIES, Ours
 from scratch_stage.simulate.run import simulate
-from scratch_stage.simulate.workload import WorkloadSpec, generate
+from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
 from scratch_stage.slurm.demand import PendingJob, Snapshot, node_demand
 from tests.unit.sim_helpers import GB, random_trace, tiny_trace
 
@@ -213,3 +216,35 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
 def test_all_policies_are_registered() -> None:
     assert set(POLICIES) == {"ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager",
                              "htcache", "belady"}  # fmt: skip
+
+
+def _costs(result: PolicyResult) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in fields(Costs) if f.name != "decisions"}
+
+
+def test_passes_proven_to_repeat_are_skipped_and_change_nothing() -> None:
+    # Ours with the built-in value skips ticks whose plan it proves would repeat the last
+    # one; the same value under another name plans at every tick: same replay, fewer plans.
+    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    every_tick = {"every": lambda: Ours(value=lambda v, p: planner.default_value(v, p))}
+    fewer = 0
+    for seed, share, noise in ((1, 0.05, 0.0), (2, 0.1, 600.0), (3, 0.2, 0.0)):
+        trace = generate(WorkloadSpec(jobs=150, nodes=3, datasets=25, seed=seed), sizes)
+        config = SimConfig(capacity=int(trace.catalog_bytes() * share), estimate_noise=noise)
+        report = simulate(trace, config, {"ours": Ours, **every_tick}, bound=False)
+        ours, every = report.results["ours"], report.results["every"]
+        assert _costs(ours) == _costs(every)
+        assert ours.copies > 0
+        fewer += every.decisions - ours.decisions
+    assert fewer > 0
+
+
+def test_workers_replay_the_same_as_one_process() -> None:
+    trace = random_trace(4, datasets=5, jobs=30, nodes=4)
+    config = SimConfig(capacity=45 * GB, interval=60.0, bandwidth=2e8)
+    one = simulate(trace, config, ["ours", "lru", "belady"], workers=1)
+    two = simulate(trace, config, ["ours", "lru", "belady"], workers=2)
+    for name, result in one.results.items():
+        assert _costs(result) == _costs(two.results[name])
+        assert result.decisions == two.results[name].decisions
+    assert one.bound == two.bound
