@@ -130,3 +130,30 @@ def test_a_directory_others_may_write_is_refused_and_the_pass_goes_on(
     assert (textfile_dir / METRICS_FILE).is_symlink()  # untouched, and /etc/shadow too
     refused = node.cli("metrics", "--write")
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_hostile_file_names_in_datadir_cannot_inject_series(
+    node_env: NodeEnv, textfile_dir: Path
+) -> None:
+    node = node_env
+    node.datadir.chmod(0o1777)  # open to data owners, sticky
+    node.configure(demand={"source": "none"}, metrics_dir=str(textfile_dir))
+    node.add_image("a+b.c-d_e")
+    hostile = ['x"} 1\nscratch_stage_lie{a="b.sqfs', "evil\\\\.sqfs", 'q"uote.sqfs',
+               "new\nline.sqfs"]  # fmt: skip
+    for name in hostile:
+        made = subprocess.run(
+            [*AS_NOBODY, "/bin/cp", "a+b.c-d_e.sqfs", name],
+            cwd=node.datadir, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    done = node.prolog(5, comment='datasets:q"uote,a+b.c-d_e', user="nobody", uid=NOBODY,
+                       gid=NOBODY)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert node.cli("rebalance").returncode == 0
+    text = (textfile_dir / METRICS_FILE).read_text()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert "scratch_stage_lie" not in families and "scratch_stage_lie" not in text
+    labels = {v for s in parse(text) for k, v in s[1] if k == "dataset"}
+    assert labels == {"a+b.c-d_e"}  # only the valid name; the others never became datasets
+    assert value(parse(text), "scratch_stage_refusals_total", reason="invalid_name") == 1
