@@ -60,8 +60,8 @@ wait_job() { # job id: until it has ended (and its epilog has run)
 }
 output() { printf -- '--- output of job %s\n' "$1"; cat "$run/cluster/work/$1.out"; }
 
-mkdir -p "$run"/{data,cache,datasets,state,plugin,src}
-chmod 0755 "$run"/{data,datasets,plugin}
+mkdir -p "$run"/{data,cache,datasets,state,plugin,src,metrics}
+chmod 0755 "$run"/{data,datasets,plugin,metrics}
 cat >"$run/config.yaml" <<CONF
 datadir: $run/data
 cachedir: $run/cache
@@ -71,6 +71,7 @@ capacity: 1GiB
 node: localhost             # the test cluster's NodeName
 demand: {source: squeue}    # queued jobs (squeue -t PD) drive the rebalance
 node_features: true         # publish ds_<name> for cached datasets after each rebalance
+metrics_dir: $run/metrics   # node_exporter's textfile directory: scratch_stage.prom
 CONF
 export SCRATCH_STAGE_CONFIG="$run/config.yaml"
 for hook in prolog epilog; do
@@ -167,5 +168,13 @@ rm -f "$run/data/shadow.sqfs" "$run/data/junk.sqfs"
 step "Every job ended: no holders left, the node is idle (never drained)"
 show "$S" status
 show sinfo -N -o '%N %T'
+
+step "Operating it: the cluster view (features, queue) and this node's Prometheus metrics"
+show "$S" cluster
+show "$S" metrics --write
+echo "\$ grep ^scratch_stage $run/metrics/scratch_stage.prom | grep -v ' 0\$'  # the non-zero ones"
+grep ^scratch_stage "$run/metrics/scratch_stage.prom" | grep -v ' 0$' | head -20
+echo "(node_exporter --collector.textfile.directory=$run/metrics serves them; rules and a"
+echo " Grafana dashboard are in contrib/, the README's 'Operating it' has the queries)"
 echo
 echo "demo finished in $((SECONDS - t0))s"

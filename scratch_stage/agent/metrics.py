@@ -40,9 +40,30 @@ def families(node: Node) -> list[Family]:
     """Every metric of this node, from its status (settled state) and counters."""
     from scratch_stage.agent.admin import status
 
+    counters = count_reads_now(node)
     view = status(node)
-    counters = node.store.read().counters
     return all_families(view, counters, node.config.interval)
+
+
+def count_reads_now(node: Node) -> Counters:
+    """Bring the read counters up to this moment (a diskstats sample, the heat untouched);
+    the counters. Sampled under the lock, so a concurrent rebalance never counts twice."""
+    from scratch_stage.host.counters import count_reads, layer_of_path, read_diskseqs
+    from scratch_stage.host.heat import dataset_of_path, parse_diskstats, read_loop_backings
+
+    datadir, cachedir = str(node.config.datadir), str(node.config.cachedir)
+    with node.store.transaction() as state:
+        try:
+            sectors = parse_diskstats((node.root / "proc/diskstats").read_text())
+        except OSError as e:
+            log.warning("reads not counted: %s", e)
+            return state.counters
+        backings = read_loop_backings(node.root)
+        count_reads(
+            state.counters, sectors, backings, read_diskseqs(str(node.root), list(backings)),
+            dataset_of_path(datadir, cachedir), layer_of_path(datadir, cachedir),
+        )  # fmt: skip
+        return state.counters
 
 
 def all_families(status: StatusView, counters: Counters, interval: float) -> list[Family]:

@@ -63,6 +63,8 @@ def test_rebalance_writes_metrics_that_match_the_workload(
     assert "4242" not in text and "nobody" not in text and "nope" not in text
 
     assert node.cli("prestage", "a").returncode == 0
+    drop_caches()
+    read_all(node.mountdir / "a")  # from the cached copy, counted by metrics itself
     written = node.cli("metrics", "--write")
     assert written.returncode == 0, written.stderr
     assert written.stdout.strip() == f"wrote {path}"
@@ -71,6 +73,8 @@ def test_rebalance_writes_metrics_that_match_the_workload(
     assert value(samples, "scratch_stage_copied_bytes_total", dataset="a") == size
     assert value(samples, "scratch_stage_copies_finished_total", dataset="a") == 1
     assert value(samples, "scratch_stage_dataset_cached", dataset="a") == 1
+    cached = value(samples, "scratch_stage_read_bytes_total", dataset="a", layer="cached")
+    assert BLOB_SIZE <= cached <= 2 * BLOB_SIZE
     printed = node.cli("metrics")
     assert printed.returncode == 0 and parse(printed.stdout) == samples
 

@@ -94,3 +94,38 @@ def test_promtool_accepts_a_rendered_metrics_file() -> None:
     linted = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def readme_queries() -> list[str]:
+    """The PromQL of the README's "Operating it" table (its last column)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Operating it", 1)[1].split("\n## ", 1)[0]
+    queries = []
+    for row in section.splitlines():
+        if row.startswith("| ") and "scratch_stage" in row:
+            cell = row.rstrip("|").rsplit("|", 1)[1]
+            queries += [q for q in re.findall(r"`([^`]+)`", cell) if "scratch_stage" in q]
+    return queries
+
+
+def test_readme_queries_name_our_series() -> None:
+    queries = readme_queries()
+    assert len(queries) >= 8
+    known = exposed() | recorded()
+    for q in queries:
+        names = metric_names(q)
+        assert names and names <= known, (q, names - known)
+
+
+@pytest.mark.skipif(
+    not Path(PROMTOOL).exists(), reason="promtool missing (apt install prometheus; make setup)"
+)
+def test_readme_queries_parse(tmp_path: Path) -> None:
+    alerts = {"ScratchStageCopyFailures", "ScratchStageRebalanceNotRunning"}
+    rules = [{"record": f"readme:q{i}", "expr": q} for i, q in enumerate(readme_queries())
+             if q not in alerts]  # fmt: skip
+    path = tmp_path / "readme.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "readme", "rules": rules}]}))
+    check = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
