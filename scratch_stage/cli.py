@@ -34,10 +34,11 @@ from scratch_stage.host.config import DEFAULT_PATH as DEFAULT_CONFIG_PATH
 
 if TYPE_CHECKING:
     from scratch_stage.agent.node import Node
-    from scratch_stage.agent.stager import Progress
+    from scratch_stage.agent.stager import Progress, Staged
     from scratch_stage.agent.views import InfoView, StatusView
     from scratch_stage.host.catalog import Fingerprint
     from scratch_stage.host.summary import PublicSummary
+    from scratch_stage.policy.report import DoneRecord, FailedRecord, PassReport
 
 log = logging.getLogger("scratch_stage")
 
@@ -444,9 +445,15 @@ def prestage(ctx: Context, names: Sequence[str]) -> int:
     return 0
 
 
-def format_staged(outcome: Any) -> str:
-    """One line for a stage() outcome."""
-    return str(outcome)
+def format_staged(staged: Staged) -> str:
+    """One line for a `stage` outcome."""
+    from scratch_stage.agent.mounts import describe
+
+    if staged.mount is None:
+        what = "copied, already mounted" if staged.copied else "already cached and mounted"
+    else:
+        what = ("copied, " if staged.copied else "") + describe(staged.mount)
+    return f"{staged.name}: {what}"
 
 
 def _progress_reporter(name: str) -> Progress:
@@ -566,31 +573,52 @@ def rebalance(ctx: Context, dry_run: bool, explain: bool, as_json: bool) -> int:
     if as_json:
         _emit_json(report.to_json())
     else:
-        click.echo(format_report(report.to_json(), explain=explain, dry_run=dry_run))
+        click.echo(format_report(report, explain=explain, dry_run=dry_run))
     return EXIT_ERROR if report.failed else 0
 
 
-def format_report(data: dict[str, Any], *, explain: bool, dry_run: bool) -> str:
+def format_report(report: PassReport, *, explain: bool, dry_run: bool) -> str:
     """A rebalance report for a terminal (every line escaped: names come from datadir)."""
-    return "\n".join(map(printable, _report_lines(data, explain=explain, dry_run=dry_run)))
+    return "\n".join(map(printable, _report_lines(report, explain=explain, dry_run=dry_run)))
 
 
-def _report_lines(data: dict[str, Any], *, explain: bool, dry_run: bool) -> list[str]:
-    if data["skipped"]:
-        return [f"rebalance skipped: {data['skipped']}"]
+def _report_lines(report: PassReport, *, explain: bool, dry_run: bool) -> list[str]:
+    if report.skipped:
+        return [f"rebalance skipped: {report.skipped}"]
     verb = "would" if dry_run else "will"
+    the_plan = report.plan
     lines = [
-        f"plan ({data['method']}): {verb} evict {', '.join(data['evict']) or 'nothing'}; "
-        f"{verb} stage {', '.join(data['stage']) or 'nothing'}; "
-        f"{format_size(data['used_after_bytes'])} of {format_size(data['capacity_bytes'])} after"
+        f"plan ({the_plan.method}): {verb} evict {', '.join(the_plan.evict) or 'nothing'}; "
+        f"{verb} stage {', '.join(the_plan.stage) or 'nothing'}; "
+        f"{format_size(the_plan.used_after)} of {format_size(report.capacity)} after"
     ]
-    lines += [f"pin does not fit: {n}" for n in data["unfit_pins"]]
+    lines += [f"pin does not fit: {n}" for n in the_plan.unfit_pins]
     if explain:
-        for name, d in data["decisions"].items():
-            lines.append(f"  {name}: {d['action']}: {d['reason']}")
-    lines += [f"done: {line}" for line in data["done"]]
-    lines += [f"failed: {line}" for line in data["failed"]]
+        for name, d in sorted(the_plan.decisions.items()):
+            lines.append(f"  {name}: {d.action}: {d.reason}")
+    lines += [f"done: {format_done(d)}" for d in report.done]
+    lines += [f"failed: {format_failed(f)}" for f in report.failed]
     return lines
+
+
+def format_done(done: DoneRecord) -> str:
+    """One thing a pass did, for people."""
+    name, detail = done.dataset or "", done.detail
+    if done.action == "copied":
+        return f"copied {name}" + (f", {detail}" if detail else "")
+    if done.action == "already-cached":
+        return f"{name} already cached" + (f", {detail}" if detail else " and mounted")
+    if done.action == "features":
+        return detail
+    return f"{done.action} {name}" + (f" ({detail})" if detail else "")
+
+
+def format_failed(failed: FailedRecord) -> str:
+    """One failed step of a pass, for people."""
+    what = failed.step if failed.step != "features" else "node features"
+    return (
+        f"{what} {failed.dataset}: {failed.error}" if failed.dataset else f"{what}: {failed.error}"
+    )
 
 
 @cli.command()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from scratch_stage.agent.mounts import fresh_copy, stack
 from scratch_stage.agent.node import Node
@@ -28,7 +28,7 @@ from scratch_stage.host.catalog import Catalog, Image, lookup_image, scan_catalo
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.mountinfo import Layer, read_all_stacks
 from scratch_stage.host.state import NodeState, Pin
-from scratch_stage.policy.report import read_last_report
+from scratch_stage.policy.report import Figures, last_figures
 
 if TYPE_CHECKING:
     from scratch_stage.agent.mounts import UnmountStep
@@ -62,7 +62,7 @@ def status(node: Node) -> StatusView:
     stacks = read_all_stacks(node.root, str(node.mountdir))
     names = sorted(set(catalog.images) | set(state.cached) | set(state.pins) | set(stacks))
     now = node.clock()
-    figures = last_figures(read_last_report(node.config.statedir))
+    figures = last_figures(node.config.statedir)
     view = StatusView(
         node=node.config.node,
         capacity_bytes=node.capacity_bytes(),
@@ -74,26 +74,6 @@ def status(node: Node) -> StatusView:
     )
     publish_summary(node, view)
     return view
-
-
-def last_figures(report: Mapping[str, Any]) -> dict[str, tuple[float, float, float | None]]:
-    """(heat, demand, value) per dataset from the last pass's saved report; bad ones dropped."""
-    figures: dict[str, tuple[float, float, float | None]] = {}
-    decisions = report.get("decisions")
-    if not isinstance(decisions, dict):
-        return figures
-    for name, d in decisions.items():
-        if not isinstance(d, dict):
-            continue
-        heat, demand, value = d.get("heat", 0.0), d.get("demand", 0.0), d.get("value")
-        if not all(isinstance(x, (int, float)) for x in (heat, demand)):
-            continue
-        figures[str(name)] = (
-            float(heat),
-            float(demand),
-            float(value) if isinstance(value, (int, float)) else None,
-        )
-    return figures
 
 
 def publish_summary(node: Node, view: StatusView | None = None) -> None:
@@ -123,7 +103,7 @@ def _row(
     state: NodeState,
     layers: list[Layer],
     now: float,
-    figures: tuple[float, float, float | None] | None,
+    figures: Figures | None,
 ) -> DatasetRow:
     image = catalog.images.get(name)
     cached = state.cached.get(name)

@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Callable
 
 from scratch_stage.agent.mounts import perform_unmount
 from scratch_stage.agent.node import Node
@@ -24,12 +24,22 @@ from scratch_stage.host.mountinfo import read_all_stacks
 from scratch_stage.host.state import Failure, NodeState
 from scratch_stage.policy.plan_input import plan_input
 from scratch_stage.policy.planner import Plan, PlanParams, ValueFunction, default_value, plan
-from scratch_stage.policy.report import PassReport, save_report, skipped_report
+from scratch_stage.policy.report import (
+    DoneRecord,
+    FailedRecord,
+    PassReport,
+    save_report,
+    skipped_report,
+)
 from scratch_stage.policy.unmounts import UnmountPlan, decide_unmounts
 from scratch_stage.slurm.demand_sources import read_demand
 
 if TYPE_CHECKING:
     from scratch_stage.agent.mounts import MountStep, UnmountStep
+    from scratch_stage.agent.stager import Progress, Staged
+
+# Makes the progress callback of one dataset's copy (the CLI's bar or log lines).
+ProgressFactory = Callable[[str], "Progress"]
 
 log = get_logger(__name__)
 
@@ -90,7 +100,9 @@ def single_rebalance(node: Node) -> Iterator[bool]:
             os.close(fd)
 
 
-def rebalance(node: Node, *, dry_run: bool = False, progress: Any = None) -> PassReport:
+def rebalance(
+    node: Node, *, dry_run: bool = False, progress: ProgressFactory | None = None
+) -> PassReport:
     """One pass; with DRY_RUN nothing is changed, not even the heat samples."""
     import time
 
@@ -138,7 +150,7 @@ def _skipped(node: Node) -> PassReport:
     return skipped_report(node.capacity_bytes(), "another rebalance is running")
 
 
-def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
+def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -> PassReport:
     value = load_value_function(node.config.value_function)
     catalog = scan_catalog(node.config.datadir, trust=node.trust)
     now = node.clock()
@@ -160,7 +172,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
         backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
-        blocked = {n: _backoff_text(f) for n, f in backoff.items()}
+        blocked = {n: _backoff_text(f, now) for n, f in backoff.items()}
         blocked.update(
             (n, f"{i.kind} in progress by pid {i.pid}") for n, i in state.intents.items()
         )
@@ -176,7 +188,9 @@ def _rebalance(node: Node, *, dry_run: bool, progress: Any) -> PassReport:
         remounts = _claim_remounts(node, state, catalog, decided)
     _act(node, steps, the_plan, report)
     _remount(node, remounts, report)
-    report.failed += [f"stage {n}: {blocked[n]}" for n in sorted(backoff) if n in fingerprints]
+    report.failed += [
+        FailedRecord("stage", n, blocked[n]) for n in sorted(backoff) if n in fingerprints
+    ]
     _stage(node, the_plan, report, progress)
     if node.config.node_features:
         _publish_features(node, report)
@@ -191,10 +205,10 @@ def _publish_features(node: Node, report: PassReport) -> None:
     try:
         changed = publish_features(node, sorted(node.store.read().cached))
     except ScratchStageError as e:
-        report.failed.append(f"node features: {e}")
+        report.failed.append(FailedRecord("features", None, str(e)))
         return
     if changed:
-        report.done.append(changed)
+        report.done.append(DoneRecord("features", None, changed))
 
 
 def _publish_summary(node: Node) -> None:
@@ -260,10 +274,10 @@ def _remount(node: Node, steps: list[MountStep], report: PassReport) -> None:
         try:
             attach = perform_mount(node, step)
         except ScratchStageError as e:
-            report.failed.append(f"remount {step.name}: {e}")
+            report.failed.append(FailedRecord("remount", step.name, str(e)))
         else:
             node.events.emit("mount", step.name, detail=describe(step), reason="held, unmounted")
-            report.done.append(f"remounted {step.name} (held but not mounted)")
+            report.done.append(DoneRecord("remounted", step.name, "held but not mounted"))
         finally:
             with node.store.transaction() as state:
                 release_claim(state, step.name)
@@ -328,25 +342,28 @@ def _finish(
             release_claim(state, step.name)
     for step, error in done:
         if error:
-            what = "evict" if step.delete else "unmount"
-            report.failed.append(f"{what} {step.name}: {error}")
+            report.failed.append(
+                FailedRecord("evict" if step.delete else "unmount", step.name, error)
+            )
         elif step.delete:
             why = the_plan.decisions[step.name].reason
             node.events.emit("evict", step.name, reason=why)
-            report.done.append(f"evicted {step.name} ({why})")
+            report.done.append(DoneRecord("evicted", step.name, why))
         else:
             node.events.emit("unmount", step.name, reason=reasons[step.name])
-            report.done.append(f"unmounted {step.name} ({reasons[step.name]})")
+            report.done.append(DoneRecord("unmounted", step.name, reasons[step.name]))
 
 
-def _backoff_text(failure: Failure) -> str:
-    return (
-        f"not retried before {failure.retry_at:.0f} after {failure.count} failure(s): "
-        f"{failure.reason}"
-    )
+def _backoff_text(failure: Failure, now: float) -> str:
+    from scratch_stage.core.units import format_duration
+
+    wait = format_duration(max(1, round(failure.retry_at - now)))
+    return f"not retried before another {wait} after {failure.count} failure(s): {failure.reason}"
 
 
-def _stage(node: Node, the_plan: Plan, report: PassReport, progress: Any) -> None:
+def _stage(
+    node: Node, the_plan: Plan, report: PassReport, progress: ProgressFactory | None
+) -> None:
     """Copy in value order, outside the state lock; one failure does not stop the rest."""
     from scratch_stage.agent.stager import stage
     from scratch_stage.host import interrupts
@@ -354,12 +371,21 @@ def _stage(node: Node, the_plan: Plan, report: PassReport, progress: Any) -> Non
     for name in the_plan.stage:
         interrupts.check()
         try:
-            report.done.append(stage(node, name, progress=progress(name) if progress else None))
+            staged = stage(node, name, progress=progress(name) if progress else None)
+            report.done.append(staged_record(staged))
         except ScratchStageError as e:
             if isinstance(e, Interrupted):
                 raise
-            report.failed.append(f"stage {name}: {e}")
+            report.failed.append(FailedRecord("stage", name, str(e)))
             log.warning("staging %s failed: %s", name, e)
         except OSError as e:  # the cache filesystem misbehaving must not end the daemon
-            report.failed.append(f"stage {name}: {e.strerror or e}")
+            report.failed.append(FailedRecord("stage", name, str(e.strerror or e)))
             log.warning("staging %s failed: %s", name, e)
+
+
+def staged_record(staged: Staged) -> DoneRecord:
+    """The report's record of one `stage` outcome."""
+    from scratch_stage.agent.mounts import describe
+
+    detail = describe(staged.mount) if staged.mount is not None else ""
+    return DoneRecord("copied" if staged.copied else "already-cached", staged.name, detail)

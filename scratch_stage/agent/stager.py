@@ -8,8 +8,9 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from scratch_stage.agent.node import Node
 from scratch_stage.agent.recovery import process_start
@@ -25,6 +26,9 @@ from scratch_stage.host.catalog import (
 )
 from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import CachedCopy, Copy, Failure, NodeState
+
+if TYPE_CHECKING:
+    from scratch_stage.agent.mounts import MountStep
 
 log = get_logger(__name__)
 
@@ -42,9 +46,19 @@ _BACKOFF_FIRST = 60.0
 _BACKOFF_MAX = 86400.0
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What `stage` did: COPIED (False: a fresh copy was there already) and the MOUNT it made
+    (None: the copy already served the mountpoint, or another process acts on the stack)."""
+
+    name: str
+    copied: bool
+    mount: MountStep | None = None
+
+
 def stage(
     node: Node, name: str, *, deadline: float | None = None, progress: Progress | None = None
-) -> str:
+) -> Staged:
     """Make NAME cached and mounted over; what was done. StagingError if it cannot be.
 
     DEADLINE is on the monotonic clock. A copy waits for another process's copy of the same
@@ -185,7 +199,7 @@ def next_failure(previous: Failure | None, reason: str, now: float) -> Failure:
     return Failure(count, now + delay, reason[:200])
 
 
-def _commit(node: Node, image: Image, *, copied: bool, seconds: float = 0.0) -> str:
+def _commit(node: Node, image: Image, *, copied: bool, seconds: float = 0.0) -> Staged:
     """Record the verified copy, then mount it over (outside the lock); what was done."""
     from scratch_stage.agent.mounts import (
         claim,
@@ -208,21 +222,18 @@ def _commit(node: Node, image: Image, *, copied: bool, seconds: float = 0.0) -> 
         step = prepare_mount(node, state, image)
         if step is not None and not claim(node, state, image.name, "mount", str(step.source)):
             step = None  # another process is acting on the stack; the next pass mounts it
-    action = None
     if step is not None:
         attach = None
         try:
             attach = perform_mount(node, step)
-            action = describe(step)
         finally:
             with node.store.transaction() as state:
                 release_claim(state, image.name)
                 record_attach(state, attach)
                 if not state.holders(image.name):
                     state.last_used.setdefault(image.name, node.clock())
-    if action:
-        node.events.emit("mount", image.name, detail=action)
-    return f"{image.name}: {'copied, ' if copied else ''}{action or 'already cached and mounted'}"
+        node.events.emit("mount", image.name, detail=describe(step))
+    return Staged(image.name, copied, step)
 
 
 def copy_image(

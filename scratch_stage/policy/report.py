@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from scratch_stage.host.logger import get_logger
 from scratch_stage.policy.planner import Plan
@@ -18,6 +18,45 @@ from scratch_stage.policy.planner import Plan
 log = get_logger(__name__)
 
 LAST_REPORT = "last-rebalance.json"
+
+# What a pass did to one dataset (or, for `features`, to the node).
+DoneAction = Literal["copied", "already-cached", "evicted", "unmounted", "remounted", "features"]
+# The step of a pass that failed.
+FailedStep = Literal["stage", "evict", "unmount", "remount", "features"]
+
+
+@dataclass(frozen=True)
+class DoneRecord:
+    """One thing a pass did: ACTION on DATASET (None: the node), DETAIL its cause or result
+    in a few words (the plan's reason, the mount made, the features published)."""
+
+    action: DoneAction
+    dataset: str | None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "dataset": self.dataset, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """One step of a pass that failed: STEP for DATASET (None: the node), and the ERROR."""
+
+    step: FailedStep
+    dataset: str | None
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "dataset": self.dataset, "error": self.error}
+
+
+class Figures(NamedTuple):
+    """A dataset's figures in the last pass: heat (bytes/s), demand (expected queued jobs),
+    value (slow bytes a cached copy saves over the horizon; None: not valued)."""
+
+    heat: float
+    demand: float
+    value: float | None
 
 
 @dataclass
@@ -28,8 +67,8 @@ class PassReport:
     heat: Mapping[str, float]
     demand: Mapping[str, float]
     capacity: int
-    done: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    done: list[DoneRecord] = field(default_factory=list)
+    failed: list[FailedRecord] = field(default_factory=list)
     skipped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -46,8 +85,8 @@ class PassReport:
             "unfit_pins": list(self.plan.unfit_pins),
             "method": self.plan.method,
             "decisions": decisions,
-            "done": self.done,
-            "failed": self.failed,
+            "done": [d.to_json() for d in self.done],
+            "failed": [f.to_json() for f in self.failed],
             "skipped": self.skipped,
         }
 
@@ -75,3 +114,25 @@ def read_last_report(statedir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def last_figures(statedir: Path) -> dict[str, Figures]:
+    """Each dataset's figures in the last pass's saved report; malformed entries dropped."""
+    figures: dict[str, Figures] = {}
+    decisions = read_last_report(statedir).get("decisions")
+    if not isinstance(decisions, dict):
+        return figures
+    for name, d in decisions.items():
+        if not isinstance(d, dict):
+            continue
+        heat, demand = _number(d.get("heat", 0.0)), _number(d.get("demand", 0.0))
+        if heat is not None and demand is not None:
+            figures[str(name)] = Figures(heat, demand, _number(d.get("value")))
+    return figures
+
+
+def _number(x: object) -> float | None:
+    """X as a float if it is a JSON number, else None."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    return None

@@ -194,9 +194,9 @@ def test_removed_and_replaced_images_are_unmounted_when_idle(node_env: NodeEnv) 
     node_env.replace_image("b", "b2")
     report = rebalance(node_env)
     assert node_env.stack("a") == [] and node_env.stack("b") == []
-    assert sorted(report["done"]) == [
-        "unmounted a (image removed from datadir)",
-        "unmounted b (image replaced in datadir)",
+    assert sorted((d["action"], d["dataset"], d["detail"]) for d in report["done"]) == [
+        ("unmounted", "a", "image removed from datadir"),
+        ("unmounted", "b", "image replaced in datadir"),
     ]
 
 

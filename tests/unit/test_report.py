@@ -11,7 +11,11 @@ import pytest
 from scratch_stage.policy.planner import PlanInput, plan
 from scratch_stage.policy.report import (
     LAST_REPORT,
+    DoneRecord,
+    FailedRecord,
+    Figures,
     PassReport,
+    last_figures,
     read_last_report,
     save_report,
     skipped_report,
@@ -46,7 +50,8 @@ def test_json_has_every_decision_with_its_figures() -> None:
 
 def test_saved_report_is_read_back_with_its_time(tmp_path: Path) -> None:
     report = a_report()
-    report.done.append("evicted old (not selected)")
+    report.done.append(DoneRecord("evicted", "old", "not selected"))
+    report.failed.append(FailedRecord("stage", "cold", "no space"))
     save_report(tmp_path, report, 1234.5)
     assert read_last_report(tmp_path) == {"at": 1234.5, **report.to_json()}
     assert not [p for p in tmp_path.iterdir() if p.name != LAST_REPORT]  # no temp file left
@@ -71,3 +76,25 @@ def test_skipped_report_says_why_and_plans_nothing() -> None:
     data = skipped_report(7, "another rebalance is running").to_json()
     assert data["skipped"] == "another rebalance is running"
     assert (data["evict"], data["stage"], data["decisions"], data["method"]) == ([], [], {}, "none")
+
+
+def test_saved_records_are_objects_and_figures_read_back_typed(tmp_path: Path) -> None:
+    report = a_report()
+    report.done.append(DoneRecord("copied", "hot", "mounted cached copy over 1 layer(s)"))
+    save_report(tmp_path, report, 1.0)
+    data = read_last_report(tmp_path)
+    assert data["done"] == [
+        {"action": "copied", "dataset": "hot", "detail": "mounted cached copy over 1 layer(s)"}
+    ]
+    figures = last_figures(tmp_path)
+    assert figures["hot"] == Figures(1e6, 0.0, report.plan.decisions["hot"].value)
+    assert figures["cold"].demand == 0.5
+
+
+@pytest.mark.parametrize(
+    "decisions",
+    [[1, 2], {"a": "x"}, {"a": {"heat": "hot"}}, {"a": {"heat": True, "demand": 0}}],
+)
+def test_malformed_figures_are_dropped(tmp_path: Path, decisions: object) -> None:
+    (tmp_path / LAST_REPORT).write_text(json.dumps({"decisions": decisions}))
+    assert last_figures(tmp_path) == {}

@@ -79,13 +79,14 @@ def test_status_table_escapes_names_and_problems() -> None:
 
 
 def test_rebalance_report_escapes_every_line() -> None:
-    data = {
-        "skipped": None, "method": "dp", "evict": [HOSTILE], "stage": [], "used_after_bytes": 0,
-        "capacity_bytes": 1, "unfit_pins": [HOSTILE],
-        "decisions": {HOSTILE: {"action": "keep", "reason": HOSTILE}},
-        "done": [HOSTILE], "failed": [HOSTILE],
-    }  # fmt: skip
-    text = format_report(data, explain=True, dry_run=True)
+    from scratch_stage.policy.planner import Decision, Plan
+    from scratch_stage.policy.report import DoneRecord, FailedRecord, PassReport
+
+    the_plan = Plan((HOSTILE,), (), {HOSTILE: Decision("keep", 1.0, HOSTILE)}, (HOSTILE,))
+    report = PassReport(the_plan, {}, {}, 1)
+    report.done.append(DoneRecord("evicted", HOSTILE, HOSTILE))
+    report.failed.append(FailedRecord("stage", HOSTILE, HOSTILE))
+    text = format_report(report, explain=True, dry_run=True)
     assert len(text.splitlines()) == 5
     assert all(line.isprintable() for line in text.splitlines())
 
