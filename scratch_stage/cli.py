@@ -609,7 +609,7 @@ def format_done(done: DoneRecord) -> str:
     if done.action == "already-cached":
         return f"{name} already cached" + (f", {detail}" if detail else " and mounted")
     if done.action == "features":
-        return detail
+        return f"features: {detail}"
     return f"{done.action} {name}" + (f" ({detail})" if detail else "")
 
 

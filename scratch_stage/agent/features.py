@@ -46,8 +46,9 @@ def build_update_argv(
     ]  # fmt: skip
 
 
-def publish_features(node: Node, cached: Iterable[str]) -> str | None:
-    """Make NODE's features list CACHED; what changed, or None when nothing did."""
+def publish_features(node: Node, cached: Iterable[str]) -> tuple[str, ...] | None:
+    """Make NODE's features list CACHED; the dataset features now published, or None when
+    nothing changed."""
     config = node.config
     shown = runner.run(
         [*config.scontrol_command, "show", "node", "-o", config.node],
@@ -62,4 +63,4 @@ def publish_features(node: Node, cached: Iterable[str]) -> str | None:
         build_update_argv(config.scontrol_command, config.node, new_available, new_active),
         timeout=config.command_timeout,
     )
-    return "features: " + (",".join(PREFIX + n for n in sorted(names)) or "no datasets")
+    return tuple(PREFIX + n for n in sorted(names))

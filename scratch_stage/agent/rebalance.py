@@ -207,8 +207,8 @@ def _publish_features(node: Node, report: PassReport) -> None:
     except ScratchStageError as e:
         report.failed.append(FailedRecord("features", None, str(e)))
         return
-    if changed:
-        report.done.append(DoneRecord("features", None, changed))
+    if changed is not None:
+        report.done.append(DoneRecord("features", None, ",".join(changed) or "no datasets"))
 
 
 def _publish_summary(node: Node) -> None:

@@ -91,10 +91,9 @@ def test_heat_caches_the_read_dataset_live_then_follows_the_heat(node_env: NodeE
     assert again["evict"] == [] and again["stage"] == []
 
 
-def explained_heat(text: str, name: str) -> float:
-    """The heat (B/s) `rebalance --explain` gives NAME."""
-    line = next(x for x in text.splitlines() if x.strip().startswith(f"{name}: "))
-    return float(re.search(r"heat ([0-9.e+-]+) B/s", line).group(1))  # type: ignore[union-attr]
+def explained_line(text: str, name: str) -> str:
+    """The line `rebalance --explain` gives NAME."""
+    return next(x for x in text.splitlines() if x.strip().startswith(f"{name}: "))
 
 
 def test_the_first_pass_after_reads_sees_their_heat_and_a_dry_run_the_same(
@@ -118,11 +117,16 @@ def test_the_first_pass_after_reads_sees_their_heat_and_a_dry_run_the_same(
     stacks_before = node_env.snapshot()
     heats = []
     for _ in range(2):  # a dry run keeps no sample: it shows the same heat every time
-        dry = node_env.cli("rebalance", "--dry-run", "--explain")
+        dry = node_env.cli("rebalance", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
-        assert "would stage b" in dry.stdout, dry.stdout
-        heats.append(explained_heat(dry.stdout, "b"))
-        assert explained_heat(dry.stdout, "a") == 0.0
+        data = json.loads(dry.stdout)
+        assert data["stage"] == ["b"], data
+        heats.append(data["decisions"]["b"]["heat"])
+        assert data["decisions"]["a"]["heat"] == 0.0
+    explained = node_env.cli("rebalance", "--dry-run", "--explain").stdout
+    assert "would stage b" in explained, explained
+    assert re.search(r"heat [0-9.]+ (B|KiB|MiB|GiB)/s", explained_line(explained, "b"))
+    assert "heat 0 B/s" in explained_line(explained, "a")
     assert heats[0] > 0 and heats[1] > 0
     assert heats[1] == pytest.approx(heats[0], rel=0.5)  # only the elapsed time moves it
     assert (node_env.statedir / "state.json").read_bytes() == state_before  # nothing written
