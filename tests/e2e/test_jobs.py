@@ -490,15 +490,16 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
             after = _file_value(prom_file, "scratch_stage_read_bytes_total", dataset="a",
                                 layer="cached")  # fmt: skip
             assert after - before >= 512 * 1024, (before, after)
-            held = site.submit("--hold", "--output=/dev/null", "--comment=datasets:p", script,
-                               "held", "p")  # fmt: skip
+            # f: no job has read it, so no heat restaged it (p was read by an earlier test)
+            held = site.submit("--hold", "--output=/dev/null", "--comment=datasets:f", script,
+                               "held", "f")  # fmt: skip
             promstack.wait_for_query(server, f"{cached_a} == {after:.0f}", bool)
 
             data = json.loads(site.scratch_stage("cluster", "--json", "--window", "5m"))
             rows = {d["name"]: d for d in data["datasets"]}
             assert data["nodes"] == 1 and data["prometheus_error"] is None, data
             assert rows["a"]["cached_on"] == ["localhost"], rows
-            assert rows["p"]["cached_on"] == [] and rows["p"]["pending_jobs"] == 1, rows
+            assert rows["f"]["cached_on"] == [] and rows["f"]["pending_jobs"] == 1, rows
             assert rows["a"]["hit_ratio"] == pytest.approx(1.0, abs=0.01)  # all from the SSD
             size = (site.base / "data" / "a.sqfs").stat().st_size
             # increase() extrapolates a series that starts inside the window a little
