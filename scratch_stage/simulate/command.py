@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-POLICY_NAMES = ("ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager", "htcache", "belady")
+POLICY_NAMES = ("ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager", "aged-uses", "belady",
+                "future-bytes")  # fmt: skip
 
 
 def _duration(text: str) -> float:

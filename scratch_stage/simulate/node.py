@@ -74,6 +74,7 @@ class SimNode:
         self.cached: dict[str, float] = {}
         self.inflight: tuple[str, float, float] | None = None  # name, started, done
         self.queue: list[str] = []
+        self.refused: list[str] = []  # copies refused for lack of room, in order
         self.used = 0
         self.held: dict[str, int] = {}
         self.running: dict[str, NodeJob] = {}
@@ -223,6 +224,7 @@ class SimNode:
             size = self.sizes[name]
             if self.used + size > self.capacity:
                 self.costs.refused_copies += 1
+                self.refused.append(name)
                 continue
             self.used += size
             self.costs.peak_used = max(self.costs.peak_used, self.used)

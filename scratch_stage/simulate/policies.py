@@ -221,21 +221,30 @@ def reconcile(node: SimNode, chosen: Sequence[str]) -> Action:
 class ScratchManager:
     """The seed prototype: heat (+1 MiB/s if cached) by size, knapsack over capacity/1000.
 
-    Sizes are floored to units, so a dataset smaller than a unit weighs nothing (the
-    prototype's overfill; the executor's reservation check refuses what does not fit).
-    It had no demand input.
+    It loops every 5 s (its own interval, whatever --interval says). Sizes are floored to
+    units, so a dataset smaller than a unit weighs nothing: the prototype overfills. Its
+    copy then fails for lack of room (the executor refuses the reservation) and, like the
+    real daemon, it blacklists that dataset: never copied again on this node. It had no
+    demand input.
     """
 
     triggers = TICK
     units = 1000
+    interval = 5.0
+
+    def __init__(self) -> None:
+        self.blacklist: set[str] = set()
 
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None:
         assert inputs is not None
+        self.blacklist.update(node.refused)
         unit = max(1, node.capacity // self.units)
         items = []
         for name, size in sorted(node.sizes.items()):
+            if name in self.blacklist and name not in node.cached:
+                continue
             value = inputs.heat.get(name, 0.0) + (MIB if name in node.cached else 0.0)
             if value > 0 and size // unit <= self.units:
                 items.append((name, size // unit, value))
@@ -244,11 +253,13 @@ class ScratchManager:
         return reconcile(node, order)
 
 
-class HTCache:
-    """HTCondor-HTCache-style valuation: uses and queue stickiness, decayed by age; per file.
+class AgedUses:
+    """Uses and queued jobs, decayed by age; the cache filled by score, not score per byte.
 
-    score = (uses + stickiness x queued) / (1 + age / age_scale); the cache is filled by
-    score (smaller first on ties) and anything without uses or queued jobs is not kept.
+    score = (uses + stickiness x queued) / (1 + age / age_scale); smaller first on ties;
+    anything without uses or queued jobs is not kept. (Formerly `htcache`; this score has
+    no source in HTCondor, whose cache daemon is built on leases, requirement matching
+    and BitTorrent replication, so it is named for what it is.)
     """
 
     triggers = TICK
@@ -286,12 +297,14 @@ def fill(node: SimNode, ranked: Sequence[str]) -> list[str]:
 
 
 class Belady:
-    """Offline reference with the node's whole future: keep the soonest-needed datasets.
+    """Offline, size-blind reference with the node's whole future: keep the soonest-needed.
 
     At every tick and job start, end and copy completion it wants, by next use, every
     dataset whose remaining reads on this node pay for a copy (more bytes than its size;
     any at all if it is cached), while they fit; the rest is evicted, farthest next use
-    first (Belady's rule).
+    first (Belady's rule). Belady's rule is optimal for equal-size pages and free
+    fetches; with datasets of 0.1-38 TB and copies that cost their size it is neither
+    optimal nor a bound ("better than Belady" says little).
     """
 
     triggers = frozenset(TRIGGERS)
@@ -333,6 +346,38 @@ class Belady:
         return reconcile(node, fill(node, ranked))
 
 
+class FutureBytes(Belady):
+    """Offline, size-aware heuristic (not optimal): the greedy on future bytes per byte.
+
+    At every tick and job start, end and copy completion, each dataset's gain is the bytes
+    this node's jobs will read from it within `lookahead` (the rest of the running ones,
+    and those starting before now + lookahead) less a copy (its size, if not cached); the
+    datasets with a positive gain are wanted by gain per byte of cache, while they fit.
+    """
+
+    lookahead = 12 * 3600.0
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        if self.future is None:
+            self.future = self._index(node.work.jobs)
+        remaining = _running_remainder(node, now)
+        density: dict[str, float] = {}
+        for name, (times, ids, suffix) in self.future.items():
+            i = bisect.bisect_left(times, now)
+            while i < len(times) and times[i] == now and ids[i] in node.running:
+                i += 1  # started at this instant: counted in the running remainder
+            j = bisect.bisect_left(times, now + self.lookahead)
+            size = node.sizes[name]
+            gain = suffix[i] - suffix[max(i, j)] + remaining.get(name, 0.0)
+            gain -= 0 if name in node.cached else size
+            if gain > 0:
+                density[name] = gain / max(size, 1)
+        ranked = sorted(density, key=lambda n: (-density[n], n))
+        return reconcile(node, fill(node, ranked))
+
+
 def _running_remainder(node: SimNode, now: float) -> Mapping[str, float]:
     remaining: dict[str, float] = {}
     for job in node.running.values():
@@ -349,6 +394,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "lfu-da": LFUDA,
     "gdsf": GDSF,
     "scratch_manager": ScratchManager,
-    "htcache": HTCache,
+    "aged-uses": AgedUses,
     "belady": Belady,
+    "future-bytes": FutureBytes,
 }

@@ -32,6 +32,12 @@ class WorkloadSpec:
     max_passes: int = 5  # passes per job: uniform in 1..max_passes
     max_duration: float = 48 * HOUR  # longer jobs read a fraction of their dataset
     sched_delay: float = 120.0  # mean scheduler latency before a job may start (s)
+    # Harder cases (all off by default, and then the traces are as before):
+    drift: float = 0.0  # popularity ranks rotate by this share of the catalog over the trace
+    burst: int = 1  # sweeps arrive this many at once, each on its own dataset
+    partial_share: float = 0.0  # share of batches reading only part of one pass
+    partial_min: float = 0.05  # ... that part, uniform between these shares of the image
+    partial_max: float = 0.2
     seed: int = 0
 
 
@@ -75,9 +81,18 @@ def generate(spec: WorkloadSpec, sizes: Mapping[str, int]) -> Trace:
     gap = sum(durations) / max(1, len(durations)) / (spec.nodes * spec.slots * spec.utilization)
     jobs: list[tuple[float, str, float, int]] = []
     submit = 0.0
+    held: list[list[tuple[str, float, int]]] = []  # sweeps waiting for their burst
     for batch in batches:
+        if spec.burst > 1 and len(batch) > 1:
+            held.append(batch)
+            if len(held) < spec.burst:
+                continue
+            batch = [job for sweep in held for job in sweep]
+            held = []
         jobs.extend((submit, name, duration, amount) for name, duration, amount in batch)
         submit += rng.expovariate(1.0 / (gap * len(batch)))
+    for sweep in held:
+        jobs.extend((submit, name, duration, amount) for name, duration, amount in sweep)
     return Trace(catalog, tuple(_schedule(spec, jobs, rng)))
 
 
@@ -97,10 +112,16 @@ def _batches(
     produced = 0
     while produced < spec.jobs:
         size = min(_batch_size(spec, rng), spec.jobs - produced)
-        name = rng.choices(order, weights)[0]
+        ranking = order
+        if spec.drift:  # the popular datasets change as the trace goes on
+            shift = int(spec.drift * len(order) * produced / spec.jobs) % len(order)
+            ranking = order[shift:] + order[:shift]
+        name = rng.choices(ranking, weights)[0]
         passes = rng.randint(1, spec.max_passes)
         rate = spec.read_rate * math.exp(rng.gauss(0.0, 0.5))
         amount = passes * catalog[name]
+        if spec.partial_share and rng.random() < spec.partial_share:
+            amount = round(catalog[name] * rng.uniform(spec.partial_min, spec.partial_max))
         duration = amount / rate
         if duration > spec.max_duration:
             duration, amount = spec.max_duration, round(spec.max_duration * rate)

@@ -19,6 +19,7 @@ from scratch_stage.simulate.metrics import PolicyResult
 from scratch_stage.simulate.node import Action, Costs, PolicyError, SimNode
 from scratch_stage.simulate.policies import POLICIES, Ours
 from scratch_stage.simulate.run import simulate
+from scratch_stage.simulate.trace import Job, Trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
 from scratch_stage.slurm.demand import PendingJob, Snapshot, node_demand
 from tests.unit.sim_helpers import GB, random_trace, tiny_trace
@@ -35,12 +36,14 @@ RATE1 = 200 * GB / 3600  # job 1 reads 200 GB over an hour
         ("lru", 100 * RATE1),
         ("lfu-da", 100 * RATE1),
         ("gdsf", 100 * RATE1),
-        # Heat is zero at the tick of the start (1000), positive at 1100: mounted at 1200.
-        ("scratch_manager", 200 * RATE1),
+        # Its own 5 s loop: heat is zero at the tick of the start (1000), positive at 1005:
+        # the copy mounted at 1105.
+        ("scratch_manager", 105 * RATE1),
         # Job 1 is queued (and placed here) from t=0: prefetched before it starts.
         ("ours", 0.0),
-        ("htcache", 0.0),
+        ("aged-uses", 0.0),
         ("belady", 0.0),
+        ("future-bytes", 0.0),
     ],
 )
 def test_hand_computed_trace(policy: str, slow_read: float) -> None:
@@ -215,7 +218,7 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
 
 def test_all_policies_are_registered() -> None:
     assert set(POLICIES) == {"ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager",
-                             "htcache", "belady"}  # fmt: skip
+                             "aged-uses", "belady", "future-bytes"}  # fmt: skip
 
 
 def _costs(result: PolicyResult) -> dict[str, Any]:
@@ -248,3 +251,28 @@ def test_workers_replay_the_same_as_one_process() -> None:
         assert _costs(result) == _costs(two.results[name])
         assert result.decisions == two.results[name].decisions
     assert one.bound == two.bound
+
+
+def test_scratch_manager_overfills_then_blacklists_what_failed() -> None:
+    # capacity/1000 units of 150 MB: a (666 units) and b (334) fill the 1000 units, but
+    # their true 150.1 GB do not fit in 150 GB: b's copy fails and b is never copied again,
+    # not even when a is no longer read.
+    sizes = {"a": 100 * GB, "b": 50_100_000_000}
+    jobs = (
+        Job("1", 0.0, 0.0, 20_000.0, ("n1",), {"a": 900 * GB}),
+        Job("2", 0.0, 0.0, 20_000.0, ("n1",), {"b": 300 * GB}),
+        Job("3", 0.0, 30_000.0, 50_000.0, ("n1",), {"b": 300 * GB}),
+    )
+    config = SimConfig(capacity=150 * GB)
+    report = simulate(Trace(sizes, jobs), config, ["scratch_manager", "lru"], bound=False)
+    manager = report.results["scratch_manager"]
+    assert manager.refused_copies == 1 and manager.copies == 1
+    assert manager.copied_bytes == 100 * GB
+    assert manager.slow_read_bytes >= 600 * GB  # b: every byte from slow storage
+    assert report.results["lru"].copies == 2  # b is copied when a no longer fits beside it
+
+
+def test_scratch_manager_loops_every_5_seconds_whatever_the_interval() -> None:
+    config = SimConfig(capacity=150 * GB, interval=600.0)
+    report = simulate(tiny_trace(), config, ["scratch_manager", "lru"], bound=False)
+    assert report.results["scratch_manager"].slow_read_bytes == pytest.approx(105 * RATE1)

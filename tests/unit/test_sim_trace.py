@@ -13,7 +13,7 @@ from scratch_stage.cli import run_cli
 from scratch_stage.simulate.command import simulate
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.run import simulate as simulate_trace
-from scratch_stage.simulate.trace import TraceError, parse_trace, write_trace
+from scratch_stage.simulate.trace import Job, TraceError, parse_trace, write_trace
 from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
 from tests.unit.sim_helpers import GB, tiny_trace
 
@@ -109,6 +109,37 @@ def test_generator_is_reproducible_from_its_seed() -> None:
         assert job.submit <= job.start <= job.end
         per_slot[job.nodes[0]] = per_slot.get(job.nodes[0], 0) + 1
     assert len(per_slot) <= spec.nodes
+
+
+def test_generator_drift_bursts_and_partial_reads() -> None:
+    sizes = load_sizes(SIZES)
+    base = WorkloadSpec(jobs=600, datasets=40, zipf=1.5, sweep_share=0.5, seed=3)
+    assert generate(base, sizes) == generate(WorkloadSpec(**{**base.__dict__, "burst": 1}), sizes)
+
+    def top(jobs: tuple[Job, ...]) -> str:
+        counts: dict[str, int] = {}
+        for job in jobs:
+            for name in job.reads:
+                counts[name] = counts.get(name, 0) + 1
+        return max(counts, key=lambda n: counts[n])
+
+    singles = WorkloadSpec(**{**base.__dict__, "sweep_share": 0.0})
+    drifting = generate(WorkloadSpec(**{**singles.__dict__, "drift": 0.5}), sizes)
+    by_submit = sorted(drifting.jobs, key=lambda j: j.submit)
+    assert top(by_submit[:150]) != top(by_submit[-150:])
+    steady = sorted(generate(singles, sizes).jobs, key=lambda j: j.submit)
+    assert top(steady[:150]) == top(steady[-150:])
+
+    bursty = generate(WorkloadSpec(**{**base.__dict__, "burst": 3}), sizes)
+    together: dict[float, set[str]] = {}
+    for job in bursty.jobs:
+        together.setdefault(job.submit, set()).update(job.reads)
+    assert max(len(names) for names in together.values()) >= 2  # sweeps on several datasets
+
+    partial = generate(WorkloadSpec(**{**base.__dict__, "partial_share": 0.5}), sizes)
+    shares = [b / partial.datasets[n] for j in partial.jobs for n, b in j.reads.items()]
+    assert any(0.05 - 1e-9 <= x <= 0.2 + 1e-9 for x in shares)
+    assert all(x >= 0.05 - 1e-9 for x in shares)
 
 
 def test_swf_executable_numbers_become_datasets() -> None:
