@@ -143,7 +143,7 @@ def test_install_use_and_remove(installed_deb: Path, node_env: NodeEnv, tmp_path
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
-    assert check.stdout.startswith(f"{node_env.config_path}: ok")
+    assert f"{node_env.config_path}: ok" in check.stdout, check.stdout
 
     # The shipped wrapper, and the same one for this node's configuration, rendered by the
     # installed command from the installed templates.
