@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from scratch_stage.core.units import format_size
@@ -38,6 +39,8 @@ def check_config(config: Config) -> list[Finding]:
     _check_capacity(config, error, warning)
     _check_directories(config, error, warning)
     _check_commands(config, error, warning)
+    if config.metrics_dir is not None:
+        _check_metrics_dir(config.metrics_dir, warning)
     problem = value_function_problem(config.value_function)
     if problem:
         error(f"value_function: {problem}")
@@ -125,6 +128,16 @@ def _check_statedir(config: Config, error: _Say, warning: _Say) -> None:
         )
     if st.st_uid != 0:
         warning(f"statedir: {path} is owned by uid {st.st_uid}, not root")
+
+
+def _check_metrics_dir(path: Path, warning: _Say) -> None:
+    """A metrics_dir the rebalance would refuse is a warning: the node works without it."""
+    from scratch_stage.host.metrics import MetricsError, check_metrics_dir
+
+    try:
+        check_metrics_dir(path)
+    except MetricsError as e:
+        warning(f"metrics_dir: {e}; no metrics file will be written")
 
 
 def _check_commands(config: Config, error: _Say, warning: _Say) -> None:

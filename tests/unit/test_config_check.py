@@ -212,3 +212,25 @@ def test_check_exits_0_with_warnings_only(tree: Path) -> None:
     assert all(line.startswith("warning: ") for line in problems)
     assert any("datadir" in line for line in problems)
     assert "ok" in summary and "warning(s)" in summary
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [(0o755, None), (0o775, "writable by group or others"), (None, "No such file")],
+)
+def test_metrics_dir_the_rebalance_would_refuse_is_a_warning(
+    tree: Path, mode: int | None, expected: str | None
+) -> None:
+    textfile = tree / "textfile"
+    if mode is not None:
+        textfile.mkdir()
+        textfile.chmod(mode)
+    findings = without_same_fs(check_config(config_of(tree, metrics_dir=str(textfile))))
+    assert messages(findings, error=True) == []
+    warnings = messages(findings, error=False)
+    if expected is None:
+        assert warnings == []
+    else:
+        [warning] = warnings
+        assert warning.startswith("metrics_dir: ") and expected in warning
+        assert warning.endswith("no metrics file will be written")
