@@ -5,14 +5,15 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # dpkg-dev, lintian, python3-click and python3-yaml: `make deb` and tests/privileged/test_deb.py
-# (the package is installed for Debian's python3); rpm: `make rpm` (rpmbuild, rpmlint-less).
+# (the package is installed for Debian's python3); rpm (rpmbuild) and rpmlint: `make rpm` and
+# tests/unit/test_rpm.py.
 # prometheus, prometheus-node-exporter: the metrics tests (tests/privileged/test_prometheus.py).
 # All are installed by slurm/testcluster install-packages: service starts forbidden.
 APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3 \
-	dpkg-dev lintian rpm python3-click python3-yaml \
+	dpkg-dev lintian rpm rpmlint python3-click python3-yaml \
 	prometheus prometheus-node-exporter
 
-.PHONY: demo test test-slurm25 lint typecheck unit bench setup system-deps slurm-deps slurm-build clean deb
+.PHONY: demo test test-slurm25 lint typecheck unit bench setup system-deps slurm-deps slurm-build clean deb rpm
 
 demo: setup
 	bash demo/demo.sh
@@ -75,6 +76,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 deb: setup
 	packaging/deb/build-deb dist $(BIN)/python
 	lintian --fail-on warning dist/scratch-stage_*_all.deb
+
+# dist/scratch-stage-<version>-1.noarch.rpm from packaging/rpm/scratch-stage.spec (RHEL 9),
+# then rpmlint with the reasons for what it still says (scratch-stage.rpmlintrc).
+rpm: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" packaging/rpm/build-rpm dist
+	rpmlint -r packaging/rpm/scratch-stage.rpmlintrc packaging/rpm/scratch-stage.spec \
+	  dist/scratch-stage-*.noarch.rpm
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist

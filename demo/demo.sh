@@ -74,11 +74,12 @@ node_features: true         # publish ds_<name> for cached datasets after each r
 metrics_dir: $run/metrics   # node_exporter's textfile directory: scratch_stage.prom
 CONF
 export SCRATCH_STAGE_CONFIG="$run/config.yaml"
-for hook in prolog epilog; do
-  # Slurm runs the wrappers with no PATH and none of our environment: absolute paths only.
-  printf '#!/bin/sh\nexport SCRATCH_STAGE_CONFIG=%s\nexec %s %s\n' "$run/config.yaml" "$S" "$hook" >"$run/$hook.sh"
-  chmod 0755 "$run/$hook.sh"
-done
+
+step "The administrator writes the site files for this installation: wrappers, units, job_submit.lua"
+# Slurm runs the wrappers with no PATH and none of our environment: absolute paths only.
+show "$S" install-site-files "$run/site" --bin "$S" --config "$run/config.yaml" | sed -n '1,3p;$p'
+echo "..."
+show tail -1 "$run/site/slurm/prolog.sh"
 
 step "A data steward builds two sample datasets into the slow data directory"
 for name in imagenet-mini coco-mini; do
@@ -96,7 +97,7 @@ echo "required $run/plugin/scratch_stage_spank.so" >"$run/plugin/plugstack.conf"
 sed "s|^local CATALOG_PATH = .*|local CATALOG_PATH = \"$run/plugin/catalog.txt\"|" \
   "$here/slurm/job_submit.lua" >"$run/plugin/job_submit.lua"
 chmod 0644 "$run/plugin/"*.conf "$run/plugin/"*.lua "$run/plugin/catalog.txt"
-TESTCLUSTER_PROLOG="$run/prolog.sh" TESTCLUSTER_EPILOG="$run/epilog.sh" \
+TESTCLUSTER_PROLOG="$run/site/slurm/prolog.sh" TESTCLUSTER_EPILOG="$run/site/slurm/epilog.sh" \
   TESTCLUSTER_PLUGSTACK="$run/plugin/plugstack.conf" TESTCLUSTER_JOB_SUBMIT="$run/plugin/job_submit.lua" \
   TESTCLUSTER_USER="$USER_NAME" show "$TC" up "$run/cluster"
 eval "$("$TC" env "$run/cluster")"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from scratch_stage import __version__
+from scratch_stage.core.cliparams import PathParam
 from scratch_stage.core.errors import EXIT_BUG, EXIT_CONFIG, EXIT_ERROR, ScratchStageError
 from scratch_stage.core.text import printable
 from scratch_stage.core.units import (
@@ -729,7 +730,10 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
     if publish:
         check_publishable(Path(publish))
     # NoDemand: one line why there is none
-    snapshot = require_query(node.config, now) if publish else require_snapshot(node.config, now)
+    if publish:
+        snapshot = require_query(node.config, now)
+    else:
+        snapshot = require_snapshot(node.config, now, trust=node.trust)
     if publish:
         publish_snapshot(snapshot, Path(publish))
     here = node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
@@ -818,10 +822,11 @@ def config_check(ctx: Context) -> int:
     """Validate the configuration and what it names on this node; exit 4 on any error.
 
     The check's report goes to stdout: one line per problem, `error: KEY: ...` or
-    `warning: KEY: ...`, then one summary line. Errors exit 4 (a configuration problem,
+    `warning: KEY: ...`, then the active demand source and its cost to slurmctld, then one
+    summary line. Errors exit 4 (a configuration problem,
     missing directories included); warnings alone exit 0.
     """
-    from scratch_stage.agent.admin_config import check_config
+    from scratch_stage.agent.admin_config import check_config, demand_note
     from scratch_stage.core.errors import ConfigError
     from scratch_stage.host.config import InvalidConfig, find_config_path, load_config
 
@@ -842,6 +847,7 @@ def config_check(ctx: Context) -> int:
     warnings = [f.message for f in findings if not f.error]
     for finding in findings:
         click.echo(f"{'error' if finding.error else 'warning'}: {printable(finding.message)}")
+    click.echo(demand_note(config))
     summary = [f"{len(errors)} error(s)"] if errors else ["ok"]
     summary += [f"{len(warnings)} warning(s)"] if warnings else []
     click.echo(f"{printable(config.source)}: " + ", ".join(summary))
@@ -867,7 +873,7 @@ def config_show(ctx: Context, as_json: bool) -> int:
 
 
 @cli.command("install-site-files")
-@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dest", type=PathParam(file_okay=False))
 @click.option("--prefix", metavar="PATH", help="Installation prefix: PATH/bin/scratch-stage.")
 @click.option("--bin", "executable", metavar="PATH", help="The scratch-stage executable.")
 @click.option(
@@ -900,7 +906,7 @@ def image(ctx: click.Context) -> None:
 
 
 @image.command("build")
-@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("src", type=PathParam(file_okay=False))
 @click.argument("name")
 @click.option(
     "--compression", type=click.Choice(["fast", "balanced", "small", "lzo"]), default="balanced",

@@ -41,6 +41,7 @@ def check_config(config: Config) -> list[Finding]:
     _check_commands(config, error, warning)
     if config.metrics_dir is not None:
         _check_metrics_dir(config.metrics_dir, warning)
+    _check_demand(config, warning)
     problem = value_function_problem(config.value_function)
     if problem:
         error(f"value_function: {problem}")
@@ -52,6 +53,64 @@ def check_config(config: Config) -> list[Finding]:
     for user in missing_users(config.trusted_owners.users):
         error(f"trusted_owners.users: user {user!r} does not exist")
     return found
+
+
+# slurmctld RPCs a node's demand costs per pass: squeue loads the job list, sinfo the node
+# and partition lists (pyslurm loads the same three).
+DEMAND_RPCS = {"squeue": 3, "pyslurm": 3, "file": 0, "none": 0}
+FEATURE_RPCS = 1  # scontrol show node, when node_features is on and the refresh is due
+PUBLISHER_INTERVAL = 30  # scratch-stage-demand.timer
+
+
+def demand_rpcs_per_minute(config: Config, nodes: int) -> float:
+    """slurmctld RPCs per minute that NODES nodes' demand reading costs with CONFIG."""
+    return DEMAND_RPCS[config.demand.source] * nodes * 60 / config.interval
+
+
+def demand_note(config: Config) -> str:
+    """One line: which demand source is active and what it costs slurmctld."""
+    from scratch_stage.slurm.demand_sources import demand_file
+
+    source = config.demand.source
+    if source == "none":
+        return "demand: none (queued jobs never prefetch)"
+    if source == "file":
+        return (
+            f"demand: file {demand_file(config)} (one publisher asks slurmctld: "
+            f"{DEMAND_RPCS['squeue']} RPCs per {PUBLISHER_INTERVAL}s for the whole cluster; "
+            "the nodes ask nothing)"
+        )
+    per_node = demand_rpcs_per_minute(config, 1)
+    return (
+        f"demand: {source} on every node: about {DEMAND_RPCS[source]} slurmctld RPCs per "
+        f"node per pass (every {config.interval:g}s): {per_node:g}/min per node, "
+        f"{demand_rpcs_per_minute(config, 100):,.0f}/min at 100 nodes, "
+        f"{demand_rpcs_per_minute(config, 1000):,.0f}/min at 1,000; a published file "
+        "(`demand: {source: file}`, scratch-stage-demand.timer on one host) costs "
+        f"{DEMAND_RPCS['squeue']} per {PUBLISHER_INTERVAL}s in all"
+    )
+
+
+def _check_demand(config: Config, warning: _Say) -> None:
+    """The published demand file as this node would read it now."""
+    if config.demand.source != "file":
+        return
+    import time
+
+    from scratch_stage.slurm.demand import load_demand_file
+    from scratch_stage.slurm.demand_sources import demand_file
+
+    path = demand_file(config)
+    if not path.exists():
+        warning(
+            f"demand: {path} does not exist (yet): enable scratch-stage-demand.timer on one "
+            "host; until then queued jobs prefetch nothing"
+        )
+        return
+    try:
+        load_demand_file(path, now=time.time(), max_age=config.demand.max_age)
+    except ValueError as e:
+        warning(f"demand: {e}")
 
 
 def _check_capacity(config: Config, error: _Say, warning: _Say) -> None:

@@ -154,7 +154,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
     value = load_value_function(node.config.value_function)
     catalog = scan_catalog(node.config.datadir, trust=node.trust)
     now = node.clock()
-    demand = read_demand(node.config, now)
+    demand = read_demand(node.config, now, trust=node.trust)
     capacity = node.capacity_bytes()
     params = PlanParams(horizon=node.config.horizon, hysteresis=node.config.hysteresis)
     fingerprints = {n: i.fingerprint for n, i in catalog.images.items()}

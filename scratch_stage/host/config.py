@@ -205,8 +205,8 @@ def _show_trusted(value: TrustedOwners) -> dict[str, list[str]]:
 class DemandConfig:
     """Where queued-job demand comes from: squeue, pyslurm, a published file, or nowhere."""
 
-    source: DemandSource = "squeue"
-    path: Path | None = None
+    source: DemandSource = "file"
+    path: Path | None = None  # file: default <datadir>/.scratch-stage-demand.json
     max_age: float = 300.0
 
 
@@ -216,7 +216,7 @@ def _demand(value: Any) -> DemandConfig:
     unknown = sorted(set(value) - {"source", "path", "max_age"})
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
-    requested = value.get("source", "squeue")
+    requested = value.get("source", "file")
     source = next((s for s in DEMAND_SOURCES if s == requested), None)
     if source is None:
         raise ValueError(f"source must be one of {', '.join(DEMAND_SOURCES)}, got {requested!r}")
@@ -405,9 +405,12 @@ class Config:
     demand: DemandConfig = field(
         default=DemandConfig(),
         metadata=_meta(
-            "`{source: squeue\\|pyslurm\\|file\\|none, path: ..., max_age: 300}` (pyslurm "
-            "only when it matches Slurm's major.minor, else squeue)", _demand,
-            env=False, show=_show_demand, default_doc="`squeue`",
+            "`{source: file\\|squeue\\|pyslurm\\|none, path: ..., max_age: 300}`: `file` reads "
+            "what one publisher writes (`demand --publish-configured`, path default "
+            "`<datadir>/.scratch-stage-demand.json`, owned by a trusted owner); `squeue`/"
+            "`pyslurm` ask slurmctld from every node (pyslurm only when it matches Slurm's "
+            "major.minor, else squeue)", _demand,
+            env=False, show=_show_demand, default_doc="`file`",
         ),
     )  # fmt: skip
     squeue_command: tuple[str, ...] = field(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from scratch_stage.core.cliparams import PathParam
 from scratch_stage.simulate.trace import Trace, write_trace
 from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
 
@@ -31,7 +32,7 @@ def main() -> None:
     "--sizes",
     "sizes_path",
     required=True,
-    type=click.Path(path_type=Path),
+    type=PathParam(),
     help="CSV name,size_bytes (e.g. dataset-sizes.csv).",
 )
 @click.option(
@@ -41,7 +42,7 @@ def main() -> None:
     metavar="KNOB=VALUE",
     help="A WorkloadSpec knob, e.g. --set jobs=5000 --set zipf=1.2 (repeatable).",
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=PathParam(dir_okay=False))
 def generate_command(sizes_path: Path, overrides: tuple[str, ...], output: Path | None) -> None:
     """A synthetic trace, reproducible from its knobs (seed included)."""
     spec = WorkloadSpec()
@@ -56,12 +57,12 @@ def generate_command(sizes_path: Path, overrides: tuple[str, ...], output: Path 
 
 
 @main.command("convert-swf")
-@click.argument("swf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--sizes", "sizes_path", required=True, type=click.Path(path_type=Path))
+@click.argument("swf", type=PathParam(exists=True, dir_okay=False))
+@click.option("--sizes", "sizes_path", required=True, type=PathParam())
 @click.option("--nodes", default=64, show_default=True)
 @click.option("--cores-per-node", default=32, show_default=True)
 @click.option("--passes", default=1.0, show_default=True, help="Passes over the dataset per job.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=PathParam(dir_okay=False))
 def convert_command(
     swf: Path, sizes_path: Path, nodes: int, cores_per_node: int, passes: float,
     output: Path | None,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from scratch_stage.core.cliparams import PathParam
+
 POLICY_NAMES = ("ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager", "aged-uses", "belady",
                 "future-bytes")  # fmt: skip
 
@@ -20,7 +22,7 @@ def _duration(text: str) -> float:
 
 
 @click.command()
-@click.argument("trace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("trace", type=PathParam(exists=True, dir_okay=False))
 @click.option(
     "--capacity", required=True, help="Cache per node: 2TB, 500GiB, or 5% of the trace's catalog."
 )
@@ -71,7 +73,7 @@ def _duration(text: str) -> float:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
     "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PathParam(dir_okay=False),
     help="Write a PNG of cumulative slow-storage bytes per policy (needs matplotlib).",
 )
 def simulate(

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import secrets
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
+from scratch_stage.host.catalog import Trust
 from scratch_stage.host.logger import get_logger
 
 log = get_logger(__name__)
@@ -214,22 +216,51 @@ def snapshot_from_cli(squeue_out: str, sinfo_out: str, now: float, marker: str =
     return Snapshot(tuple(parse_squeue(squeue_out, marker)), parse_sinfo(sinfo_out), now)
 
 
-def read_demand_file(path: Path, *, now: float, max_age: float) -> Snapshot | None:
-    """The published snapshot at PATH, None (with a warning) if missing, bad or stale."""
+def read_demand_file(
+    path: Path, *, now: float, max_age: float, trust: Trust | None = None
+) -> Snapshot | None:
+    """The published snapshot at PATH, None (with a warning) if missing, bad, stale or not
+    trusted (`load_demand_file`)."""
     try:
-        return load_demand_file(path, now=now, max_age=max_age)
+        return load_demand_file(path, now=now, max_age=max_age, trust=trust)
     except ValueError as e:
         log.warning("%s: no demand this pass", e)
         return None
 
 
-def load_demand_file(path: Path, *, now: float, max_age: float) -> Snapshot:
-    """The published snapshot at PATH; ValueError (one line why) if missing, bad or stale."""
+def load_demand_file(
+    path: Path, *, now: float, max_age: float, trust: Trust | None = None
+) -> Snapshot:
+    """The published snapshot at PATH; ValueError (one line why) if missing, bad, stale or
+    not trusted.
+
+    The file steers what every node copies, so it counts only when TRUST (default: root)
+    would mount an image with its owner and mode: owned by a trusted owner, writable by
+    no one else. Owner and mode are those of the descriptor the data is read from.
+    """
+    import os
+
     try:
-        snapshot = Snapshot.from_json(json.loads(path.read_bytes()))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError("not a regular file")
+            problem = (trust or Trust()).file_problem(st, fd)
+            if problem:
+                raise ValueError(f"demand file {path} ignored: {problem}")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        snapshot = Snapshot.from_json(json.loads(data))
     except OSError as e:
         raise ValueError(f"demand file {path} unusable ({e.strerror or e})") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except ValueError as e:
+        if str(e).startswith("demand file "):
+            raise
+        raise ValueError(f"demand file {path} unusable ({e})") from None
+    except (KeyError, TypeError) as e:
         raise ValueError(f"demand file {path} unusable ({e})") from None
     age = now - snapshot.taken_at
     if age > max_age:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from scratch_stage.core.errors import ScratchStageError
 from scratch_stage.host import runner
+from scratch_stage.host.catalog import Trust
 from scratch_stage.host.config import Config
 from scratch_stage.host.logger import get_logger
 from scratch_stage.slurm.demand import (
@@ -39,15 +40,19 @@ class Run(Protocol):
     def __call__(self, argv: Sequence[str], *, timeout: float) -> str: ...
 
 
-def read_demand(config: Config, now: float, run: Run = runner.run) -> Mapping[str, float]:
+def read_demand(
+    config: Config, now: float, run: Run = runner.run, trust: Trust | None = None
+) -> Mapping[str, float]:
     """This node's demand from the configured source; empty (logged) when unavailable."""
-    snapshot = read_snapshot(config, now, run)
+    snapshot = read_snapshot(config, now, run, trust)
     if snapshot is None:
         return {}
     return node_demand(snapshot, config.node, now=now, horizon=config.horizon)
 
 
-def read_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot | None:
+def read_snapshot(
+    config: Config, now: float, run: Run = runner.run, trust: Trust | None = None
+) -> Snapshot | None:
     """The cluster's pending jobs from the configured source; None when there are none to have.
 
     `none` gives None; the others what `require_snapshot` gives, or None with one warning
@@ -56,7 +61,7 @@ def read_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot
     if config.demand.source == "none":
         return None
     try:
-        return require_snapshot(config, now, run)
+        return require_snapshot(config, now, run, trust)
     except NoDemand as e:
         log.warning("no demand this pass: %s", e)
         return None
@@ -66,10 +71,13 @@ class NoDemand(ScratchStageError):
     """The configured source has no demand to give; the message says why, in one line."""
 
 
-def require_snapshot(config: Config, now: float, run: Run = runner.run) -> Snapshot:
+def require_snapshot(
+    config: Config, now: float, run: Run = runner.run, trust: Trust | None = None
+) -> Snapshot:
     """The cluster's pending jobs from the configured source; NoDemand (why) when none.
 
-    `file` reads the published snapshot (NoDemand when missing, stale or malformed);
+    `file` reads the published snapshot (NoDemand when missing, stale, malformed or not
+    owned by a TRUSTed owner: `load_demand_file`);
     `squeue` and `pyslurm` ask slurmctld (`require_query`); `none` has none.
     """
     source = config.demand.source
@@ -77,7 +85,9 @@ def require_snapshot(config: Config, now: float, run: Run = runner.run) -> Snaps
         raise NoDemand("no demand to show: the configuration sets demand: {source: none}")
     if source == "file":
         try:
-            return load_demand_file(demand_file(config), now=now, max_age=config.demand.max_age)
+            return load_demand_file(
+                demand_file(config), now=now, max_age=config.demand.max_age, trust=trust
+            )
         except ValueError as e:
             raise NoDemand(str(e)) from None
     return require_query(config, now, run)

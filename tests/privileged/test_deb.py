@@ -144,6 +144,8 @@ def test_install_use_and_remove(installed_deb: Path, node_env: NodeEnv, tmp_path
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
     assert f"{node_env.config_path}: ok" in check.stdout, check.stdout
+    demand = f"demand: file {node_env.datadir}/.scratch-stage-demand.json"
+    assert any(line.startswith(demand) for line in check.stdout.splitlines()), check.stdout
 
     # The shipped wrapper, and the same one for this node's configuration, rendered by the
     # installed command from the installed templates.

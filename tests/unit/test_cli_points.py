@@ -108,11 +108,12 @@ def test_config_check_exits_4_for_missing_directories(tree: CliTree) -> None:
     configure(tree, datadir=str(tree.root / "no-data"), cachedir=str(tree.root / "no-cache"))
     code, out, err = tree.run("config", "check")
     assert code == 4 and err == ""
-    *problems, summary = out.splitlines()
+    *problems, demand, summary = out.splitlines()
     assert problems == [
         "error: datadir: <root>/no-data cannot be used: No such file or directory",
         "error: cachedir: <root>/no-cache cannot be used: No such file or directory",
     ]
+    assert demand.startswith("demand: ")  # the active source, before the summary
     assert summary == "<root>/config.yaml: 2 error(s)"
 
 

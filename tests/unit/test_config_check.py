@@ -32,7 +32,7 @@ def config_of(tree: Path, **values: Any) -> Config:
         "statedir": str(tree / "state"), "mountdir": str(tree / "mnt"),
         "mount_command": TRUE, "umount_command": TRUE, "mksquashfs_command": TRUE,
         "squeue_command": TRUE, "sinfo_command": TRUE, "scontrol_command": TRUE,
-        "capacity": "1GiB", **values,
+        "capacity": "1GiB", "demand": {"source": "squeue"}, **values,
     }  # fmt: skip
     return validate_config(raw, "test")
 
@@ -197,7 +197,8 @@ def test_check_exits_4_on_errors_and_lists_each_on_one_line(tree: Path) -> None:
     assert lines[-1].endswith(": 2 error(s)")  # parse errors first: capacity later
     done = config_check(write_config(tree, "capacity: 80\n"), tree)
     assert done.returncode == 4
-    *problems, summary = done.stdout.splitlines()
+    *problems, demand, summary = done.stdout.splitlines()
+    assert demand.startswith("demand: ")  # the active source and its cost, then the summary
     [line] = [line for line in problems if line.startswith("error: ")]
     assert line.startswith("error: capacity: 80 has no unit")
     assert all(line.startswith(("error: ", "warning: ")) for line in problems)
@@ -208,7 +209,8 @@ def test_check_exits_0_with_warnings_only(tree: Path) -> None:
     (tree / "data").chmod(0o1777)
     done = config_check(write_config(tree, "capacity: 80%\n"), tree)
     assert done.returncode == 0, done.stdout
-    *problems, summary = done.stdout.splitlines()
+    *problems, demand, summary = done.stdout.splitlines()
+    assert demand.startswith("demand: ")
     assert all(line.startswith("warning: ") for line in problems)
     assert any("datadir" in line for line in problems)
     assert "ok" in summary and "warning(s)" in summary

@@ -57,6 +57,7 @@ def config(tmp_path: Path, **kwargs: object) -> Config:
             if command == "squeue":  # like squeue: the literal text before %i starts each record
                 body = f'marker=${{5%%%i*}}; sed "s/^/$marker/" {RECORDED / name}'
             kwargs[key] = script(tmp_path / command, body)
+    kwargs.setdefault("demand", DemandConfig(source="squeue"))
     return Config(datadir=tmp_path, cachedir=tmp_path, node="localhost", **kwargs)  # type: ignore[arg-type]
 
 
@@ -206,3 +207,56 @@ def test_publish_configured_writes_where_the_nodes_read(
     code = run_cli(["--config", str(conf), "demand", "--publish", f"{tmp_path}/no/demand.json"])
     assert code == 1 and not (tmp_path / "squeue.args").exists()
     assert "cannot publish the demand to" in capsys.readouterr().err
+
+
+def test_a_demand_file_not_written_by_a_trusted_owner_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from scratch_stage.host.catalog import Trust
+    from scratch_stage.slurm.demand import load_demand_file
+
+    path = tmp_path / "demand.json"
+    publish_snapshot(Snapshot((), {}, START), path)
+    owner = os.stat(path).st_uid
+    trusted = Trust(frozenset({owner}), frozenset({0}))
+    assert load_demand_file(path, now=START, max_age=60, trust=trusted) == Snapshot((), {}, START)
+    stranger = Trust(frozenset({owner + 1}), frozenset({0}))
+    with pytest.raises(ValueError, match=f"owned by uid {owner}, not a trusted owner"):
+        load_demand_file(path, now=START, max_age=60, trust=stranger)
+    path.chmod(0o646)
+    with pytest.raises(ValueError, match=r"ignored: writable by any user \(mode 0646\)"):
+        load_demand_file(path, now=START, max_age=60, trust=trusted)
+    cfg = config(tmp_path, demand=DemandConfig(source="file", path=path))
+    with caplog.at_level(logging.WARNING):
+        assert read_snapshot(cfg, START, run=forbidden, trust=trusted) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no demand this pass: demand file {path} ignored: writable by any user (mode 0646)"
+    ]
+
+
+def test_config_check_names_the_demand_source_and_its_cost(tmp_path: Path) -> None:
+    from scratch_stage.agent.admin_config import check_config, demand_note
+
+    squeue = config(tmp_path, interval=60.0)
+    assert demand_note(squeue) == (
+        "demand: squeue on every node: about 3 slurmctld RPCs per node per pass (every 60s): "
+        "3/min per node, 300/min at 100 nodes, 3,000/min at 1,000; a published file "
+        "(`demand: {source: file}`, scratch-stage-demand.timer on one host) costs 3 per 30s "
+        "in all"
+    )
+    assert "6,000/min at 1,000" in demand_note(config(tmp_path, interval=30.0))
+    published = config(tmp_path, demand=DemandConfig(source="file"))
+    assert demand_note(published).startswith(
+        f"demand: file {tmp_path}/.scratch-stage-demand.json (one publisher asks slurmctld"
+    )
+    assert demand_note(config(tmp_path, demand=DemandConfig(source="none"))).startswith(
+        "demand: none"
+    )
+    missing = [f.message for f in check_config(published) if "demand" in f.message]
+    assert missing == [
+        f"demand: {tmp_path}/.scratch-stage-demand.json does not exist (yet): enable "
+        "scratch-stage-demand.timer on one host; until then queued jobs prefetch nothing"
+    ]
+    publish_snapshot(Snapshot((), {}, time.time() - 3600), demand_file(published))
+    stale = [f.message for f in check_config(published) if "demand" in f.message]
+    assert len(stale) == 1 and "s old (max 300s)" in stale[0]
