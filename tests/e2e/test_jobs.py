@@ -475,6 +475,7 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
             site.scratch_stage("metrics", "--write")  # the baseline Prometheus sees first
             cached_a = 'scratch_stage_read_bytes_total{dataset="a",layer="cached"}'
             promstack.wait_for_query(server, cached_a, bool)
+            baseline_seen = time.monotonic()
             before = _file_value(prom_file, "scratch_stage_read_bytes_total", dataset="a",
                                  layer="cached")  # fmt: skip
             site.scratch_stage("pin", "a")
@@ -494,6 +495,9 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
             held = site.submit("--hold", "--output=/dev/null", "--comment=datasets:f", script,
                                "held", "f")  # fmt: skip
             promstack.wait_for_query(server, f"{cached_a} == {after:.0f}", bool)
+            # increase() extrapolates a series that starts inside the window by half a scrape
+            # interval over its span: with 1 s scrapes and a span of 15 s, at most ~7 %
+            time.sleep(max(0.0, 15 - (time.monotonic() - baseline_seen)))
 
             data = json.loads(site.scratch_stage("cluster", "--json", "--window", "5m"))
             rows = {d["name"]: d for d in data["datasets"]}
@@ -502,8 +506,7 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
             assert rows["f"]["cached_on"] == [] and rows["f"]["pending_jobs"] == 1, rows
             assert rows["a"]["hit_ratio"] == pytest.approx(1.0, abs=0.01)  # all from the SSD
             size = (site.base / "data" / "a.sqfs").stat().st_size
-            # increase() extrapolates a series that starts inside the window a little
-            assert size <= rows["a"]["copied_bytes"] <= 1.25 * size, (size, rows["a"])
+            assert size <= rows["a"]["copied_bytes"] <= 1.1 * size, (size, rows["a"])
             assert data["cluster_hit_ratio"] == pytest.approx(1.0, abs=0.01)
             table = site.scratch_stage("cluster", "--window", "5m").splitlines()
             assert table[0].split()[:3] == ["DATASET", "CACHED", "ON"]
