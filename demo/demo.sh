@@ -69,7 +69,7 @@ mountdir: $run/datasets
 statedir: $run/state
 capacity: 1GiB
 node: localhost             # the test cluster's NodeName
-demand: {source: squeue}    # queued jobs (squeue -t PD) drive the rebalance
+demand: {source: file}      # the default: queued jobs as one publisher wrote them
 node_features: true         # publish ds_<name> for cached datasets after each rebalance
 metrics_dir: $run/metrics   # node_exporter's textfile directory: scratch_stage.prom
 CONF
@@ -131,6 +131,8 @@ for ((i = 0; i < 100; i++)); do
   sleep 0.3
 done
 show squeue -o '%.4i %.9T %.20S %.10Y %k'
+echo "(one host publishes the queue for every node: scratch-stage-demand.timer runs this every 30 s)"
+show "$S" demand --publish-configured
 show "$S" rebalance --explain
 show "$S" status
 echo '$ scontrol show node localhost | grep Features'
