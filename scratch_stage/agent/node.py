@@ -13,7 +13,7 @@ from scratch_stage.host.catalog import Trust
 from scratch_stage.host.config import Config
 from scratch_stage.host.events import EventLog
 from scratch_stage.host.logger import get_logger
-from scratch_stage.host.state import StateStore
+from scratch_stage.host.state import NodeState, StateStore
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
@@ -38,14 +38,18 @@ class Node:
     @cached_property
     def store(self) -> StateStore:
         from scratch_stage.agent.reconcile import settle
-        from scratch_stage.agent.recovery import rebuild_state
 
         return StateStore(
             self.config.statedir,
             lock_timeout=self.config.lock_timeout,
-            rebuild=lambda: rebuild_state(self),
+            rebuild=self._rebuild,
             settle=lambda state: settle(self, state),
         )
+
+    def _rebuild(self) -> NodeState:
+        from scratch_stage.agent.recovery import rebuild_state  # lazy: only without a state
+
+        return rebuild_state(self)
 
     @cached_property
     def events(self) -> EventLog:

@@ -10,7 +10,6 @@ so the crash tests can check what `reconcile` makes of every interrupted action
 from __future__ import annotations
 
 import os
-import signal
 
 ENV = "SCRATCH_STAGE_FAULT"
 POINTS = frozenset(
@@ -31,4 +30,6 @@ def point(name: str) -> None:
         return
     _seen[name] = count = _seen.get(name, 0) + 1
     if count == (int(nth) if nth.isdigit() else 1):
+        import signal  # lazy: `signal` imports `enum`, a cost for every prolog
+
         os.kill(os.getpid(), signal.SIGKILL)
