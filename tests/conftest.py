@@ -21,10 +21,10 @@ def forbid_real_defaults(
     """
     blocker = tmp_path_factory.mktemp("off-limits") / "real-defaults-are-off-limits"
     blocker.write_text("tests must not touch the real defaults\n")
-    monkeypatch.setattr(config, "DEFAULT_PATH", blocker / "config.yaml")
-    monkeypatch.setattr(config, "DEFAULT_STATEDIR", blocker / "statedir")
-    monkeypatch.setattr(config, "DEFAULT_MOUNTDIR", blocker / "mountdir")
-    monkeypatch.setattr(config, "RUNDIR", tmp_path_factory.mktemp("rundir-parent") / "run")
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(blocker / "config.yaml"))
+    monkeypatch.setattr(config, "DEFAULT_STATEDIR", str(blocker / "statedir"))
+    monkeypatch.setattr(config, "DEFAULT_MOUNTDIR", str(blocker / "mountdir"))
+    monkeypatch.setattr(config, "RUNDIR", str(tmp_path_factory.mktemp("rundir-parent") / "run"))
     for name in list(os.environ):
         if name.startswith(config.ENV_PREFIX):
             monkeypatch.delenv(name)

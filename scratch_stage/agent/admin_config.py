@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from scratch_stage.core.units import format_size
@@ -189,7 +188,7 @@ def _check_statedir(config: Config, error: _Say, warning: _Say) -> None:
         warning(f"statedir: {path} is owned by uid {st.st_uid}, not root")
 
 
-def _check_metrics_dir(path: Path, warning: _Say) -> None:
+def _check_metrics_dir(path: str | os.PathLike[str], warning: _Say) -> None:
     """A metrics_dir the rebalance would refuse is a warning: the node works without it."""
     from scratch_stage.host.metrics import MetricsError, check_metrics_dir
 

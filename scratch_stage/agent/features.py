@@ -84,7 +84,7 @@ def publish_features(node: Node, cached: Iterable[str]) -> tuple[str, ...] | Non
     config = node.config
     names = sorted(cached)
     now = node.clock()
-    last_path = config.statedir / LAST_FILE
+    last_path = Path(config.statedir) / LAST_FILE
     if not due(_read_last(last_path), names, now):
         return None
     changed = _publish(node, names)

@@ -98,7 +98,7 @@ def _count_refusals(node: Node, tally: list[str]) -> None:
 
     from scratch_stage.host.state import STATE_FILE
 
-    if tally and os.path.exists(node.config.statedir / STATE_FILE):
+    if tally and os.path.exists(os.path.join(node.config.statedir, STATE_FILE)):
         with node.store.transaction() as state:
             _flush(state, tally)
 

@@ -19,12 +19,13 @@ def build_image(config: Config, src: Path, name: str, *, compression: str, repla
         raise DatasetError(f"not a dataset name: {shorten(name)}")
     if not src.is_dir():
         raise ScratchStageError(f"source {src} is not a directory")
-    dest = config.datadir / (name + SUFFIXES[0])
-    others = [config.datadir / (name + s) for s in SUFFIXES]
+    datadir = Path(config.datadir)
+    dest = datadir / (name + SUFFIXES[0])
+    others = [datadir / (name + s) for s in SUFFIXES]
     if not replace and any(p.exists() for p in others):
         raise ScratchStageError(f"dataset {name} already exists in {config.datadir}; use --replace")
     # Hidden temporary name: the catalog never lists a half-built image.
-    tmp = config.datadir / f".{name}.{os.getpid()}.building"
+    tmp = datadir / f".{name}.{os.getpid()}.building"
     try:
         argv = runner.build_mksquashfs_argv(config.mksquashfs_command, src, tmp, compression)
         runner.run(argv, timeout=24 * 3600)

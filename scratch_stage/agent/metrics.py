@@ -9,6 +9,7 @@ refusal texts -- refusals are counted by a fixed reason.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from scratch_stage.agent.node import Node
@@ -54,7 +55,8 @@ def count_reads_now(node: Node) -> Counters:
     datadir, cachedir = str(node.config.datadir), str(node.config.cachedir)
     with node.store.transaction() as state:
         try:
-            sectors = parse_diskstats((node.root / "proc/diskstats").read_text())
+            with open(os.path.join(node.root, "proc/diskstats")) as f:
+                sectors = parse_diskstats(f.read())
         except OSError as e:
             log.warning("reads not counted: %s", e)
             return state.counters
@@ -155,7 +157,7 @@ def metrics_text(node: Node) -> str:
 
 def write_node_metrics(node: Node) -> Path:
     """Write `<metrics_dir>/scratch_stage.prom`; its path. ConfigError without metrics_dir."""
-    directory = node.config.metrics_dir
+    directory = None if node.config.metrics_dir is None else Path(node.config.metrics_dir)
     if directory is None:
         raise ConfigError("metrics_dir is not configured: nowhere to write the metrics file")
     return write_metrics(directory, metrics_text(node))

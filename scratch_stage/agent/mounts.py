@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import stat
-from pathlib import Path
 
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import CommandError, DatasetError, NodeFault
@@ -30,6 +29,7 @@ from scratch_stage.host.state import Intent, NodeState
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from os import PathLike
 
     from scratch_stage.host.state import IntentKind
 
@@ -48,31 +48,32 @@ def fresh_copy(node: Node, state: NodeState, image: Image) -> bool:
         cached is not None
         and cached.fingerprint == image.fingerprint
         and image.name not in state.intents  # an eviction in progress serves nobody
-        and node.cached_path(image.name).exists()
+        and os.path.exists(node.cached_path(image.name))
     )
 
 
-def fresh_source(node: Node, state: NodeState, image: Image) -> Path:
+def fresh_source(node: Node, state: NodeState, image: Image) -> str:
     """The file a new job must read for IMAGE: its verified cached copy, else the image."""
     return node.cached_path(image.name) if fresh_copy(node, state, image) else image.path
 
 
-def real_path(path: Path) -> str:
+def real_path(path: str | PathLike[str]) -> str:
     """PATH as a loop device reports its backing file: datadir or cachedir may be symlinks.
 
     Only the directory is resolved (the administrator's); the file name is never followed:
     a user may swap it for a symlink at any moment, and resolving it then races (EINVAL).
     """
-    return os.path.join(os.path.realpath(path.parent), path.name)
+    directory, name = os.path.split(os.fspath(path))
+    return os.path.join(os.path.realpath(directory or "."), name)
 
 
-def layers_reading(layers: list[Layer], path: Path) -> list[Layer]:
+def layers_reading(layers: list[Layer], path: str | PathLike[str]) -> list[Layer]:
     """The layers whose loop device reads PATH (the one definition of 'reads this file')."""
     wanted = real_path(path)
     return [layer for layer in layers if layer.backing_path == wanted]
 
 
-def serves(layers: list[Layer], source: Path) -> bool:
+def serves(layers: list[Layer], source: str) -> bool:
     """True when the top layer is a live (not replaced) mount of SOURCE."""
     return bool(layers) and not layers[-1].deleted and bool(layers_reading(layers[-1:], source))
 
@@ -85,7 +86,7 @@ class MountStep:
     """Make NAME's stack serve SOURCE; first unmount the REPLACE stale layers nobody reads."""
 
     name: str
-    source: Path
+    source: str
     cached: bool
     replace: int
     below: int
@@ -103,7 +104,7 @@ class UnmountStep:
     """
 
     name: str
-    path: Path | None
+    path: str | None
     delete: bool
     lazy: bool = False
 
@@ -173,7 +174,7 @@ def record_attach(state: NodeState, attach: Attach | None) -> None:
         state.counters.attached(attach.loop, Mark(attach.diskseq, attach.backing, attach.sectors))
 
 
-def prepare_mountpoint(node: Node, name: str) -> Path:
+def prepare_mountpoint(node: Node, name: str) -> str:
     """Create NAME's mountpoint; for a restricted dataset, behind a gate only its groups pass.
 
     Jobs always read <mountdir>/<name>. An open dataset is mounted there. A dataset with
@@ -183,7 +184,7 @@ def prepare_mountpoint(node: Node, name: str) -> Path:
     EACCES on the data, whoever holds it (docs/security.md). NodeFault if impossible.
     """
     target = node.mountpoint(name)
-    link = node.mountdir / name
+    link = os.path.join(node.mountdir, name)
     groups = node.config.access.get(name)
     try:
         if groups is None:
@@ -194,10 +195,10 @@ def prepare_mountpoint(node: Node, name: str) -> Path:
         from scratch_stage.host.catalog import group_ids
 
         gids = sorted(group_ids(groups))
-        gates = node.mountdir / ACCESS_DIR
+        gates = os.path.join(node.mountdir, ACCESS_DIR)
         os.makedirs(gates, mode=0o711, exist_ok=True)
         os.chmod(gates, 0o711)
-        gate = gates / name
+        gate = os.path.join(gates, name)
         os.makedirs(gate, mode=0o700, exist_ok=True)
         os.chown(gate, os.geteuid(), gids[0] if gids else os.getegid())
         os.chmod(gate, 0o750 if gids else 0o700)
@@ -209,13 +210,14 @@ def prepare_mountpoint(node: Node, name: str) -> Path:
     return target
 
 
-def _point_link(link: Path, relative: str) -> None:
+def _point_link(link: str, relative: str) -> None:
     """Make LINK a symlink to RELATIVE (atomically); an empty directory there is replaced."""
     if os.path.islink(link) and os.readlink(link) == relative:
         return
     if os.path.isdir(link) and not os.path.islink(link):
         os.rmdir(link)  # an unmounted dataset of the open layout; OSError if still mounted
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    directory, name = os.path.split(link)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.link")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     os.symlink(relative, tmp)
@@ -237,7 +239,7 @@ def acl_bytes(gids: list[int]) -> bytes:
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
-def set_group_acl(path: Path, gids: list[int]) -> None:
+def set_group_acl(path: str, gids: list[int]) -> None:
     """Give GIDS read and search access to directory PATH (an ACL), or remove the ACL."""
     if gids:
         os.setxattr(path, _ACL_XATTR, acl_bytes(gids))
@@ -303,7 +305,7 @@ def perform_unmount(node: Node, step: UnmountStep) -> int:
     return count
 
 
-def mount(node: Node, fd: int, target: Path) -> Attach | None:
+def mount(node: Node, fd: int, target: str) -> Attach | None:
     """Mount the squashfs open as FD at the existing TARGET, through a loop device
     attached to that very descriptor; NodeFault if impossible. The device's attach record
     is read once mounted (the mount's own superblock reads are not a job's)."""

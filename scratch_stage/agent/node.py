@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from functools import cached_property
-from pathlib import Path
 
 from scratch_stage.core.layout import PARTIAL_DIR, cached_name, restricted_mount
 from scratch_stage.core.records import field, record
@@ -27,13 +26,13 @@ class Node:
     """One node's scratch-stage context; ROOT is where /proc and /sys are read (tests)."""
 
     config: Config
-    root: Path = Path("/")
+    root: str = "/"
     clock: Callable[[], float] = field(default=time.time)
 
     @cached_property
-    def mountdir(self) -> Path:
+    def mountdir(self) -> str:
         # mountinfo shows resolved paths: compare against the resolved mountdir.
-        return Path(os.path.realpath(self.config.mountdir))
+        return os.path.realpath(self.config.mountdir)
 
     @cached_property
     def store(self) -> StateStore:
@@ -60,8 +59,8 @@ class Node:
         )  # fmt: skip
 
     @property
-    def partial_dir(self) -> Path:
-        return self.config.cachedir / PARTIAL_DIR
+    def partial_dir(self) -> str:
+        return os.path.join(self.config.cachedir, PARTIAL_DIR)
 
     @cached_property
     def trust(self) -> Trust:
@@ -83,17 +82,17 @@ class Node:
                 log.warning("trusted_owners: no group %r", group)
         return Trust(frozenset(uids), frozenset(gids))
 
-    def mountpoint(self, name: str) -> Path:
+    def mountpoint(self, name: str) -> str:
         """Where dataset NAME is mounted: <mountdir>/<name>, or for a dataset restricted by
         `access:` a directory only its groups may enter (jobs still read <mountdir>/<name>,
         a symlink to it; layout.py, docs/security.md)."""
         if name in self.config.access:
-            return self.mountdir / restricted_mount(name)
-        return self.mountdir / name
+            return os.path.join(self.mountdir, restricted_mount(name))
+        return os.path.join(self.mountdir, name)
 
-    def cached_path(self, name: str) -> Path:
+    def cached_path(self, name: str) -> str:
         """Where the cached copy of NAME lives."""
-        return self.config.cachedir / cached_name(name)
+        return os.path.join(self.config.cachedir, cached_name(name))
 
     def capacity_bytes(self) -> int:
         """The cache budget in bytes (a percentage is of the cachedir filesystem)."""

@@ -67,7 +67,8 @@ def measure_heat(
 
     With COUNT the bytes read since the last sample are added to the per-layer counters.
     """
-    text = (node.root / "proc/diskstats").read_text()
+    with open(os.path.join(node.root, "proc/diskstats")) as f:
+        text = f.read()
     datadir, cachedir = str(node.config.datadir), str(node.config.cachedir)
     dataset_of = dataset_of_path(datadir, cachedir)
     sectors, backings = parse_diskstats(text), read_loop_backings(node.root)
@@ -92,7 +93,7 @@ def single_rebalance(node: Node) -> Iterator[bool]:
     from scratch_stage.host.locks import try_flock
 
     node.store.ensure_statedir()
-    fd = try_flock(node.config.statedir / REBALANCE_LOCK)
+    fd = try_flock(os.path.join(node.config.statedir, REBALANCE_LOCK))
     try:
         yield fd is not None
     finally:

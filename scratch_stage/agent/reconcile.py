@@ -148,9 +148,9 @@ def settle(node: Node, state: NodeState, *, full: bool = False) -> list[str]:
         directory = node.config.cachedir if cleanup.where == "cache" else node.partial_dir
         filename = cleanup.filename
         if cleanup.where == "cache":
-            filename = node.cached_path(cleanup.filename).name
+            filename = os.path.basename(node.cached_path(cleanup.filename))
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(directory / filename)
+            os.unlink(os.path.join(directory, filename))
     remove_stray_temp_files(node)
     for note in notes:
         log.warning("reconcile: %s", note)
@@ -158,7 +158,7 @@ def settle(node: Node, state: NodeState, *, full: bool = False) -> list[str]:
     return notes
 
 
-def _listdir(path: os.PathLike[str]) -> list[str]:
+def _listdir(path: str | os.PathLike[str]) -> list[str]:
     try:
         return os.listdir(path)
     except OSError:
@@ -172,7 +172,8 @@ def _cached_files(node: Node) -> dict[str, FileId]:
         if name is None:
             continue
         with contextlib.suppress(OSError):
-            st = os.stat(node.config.cachedir / filename)
-            if not os.path.isdir(node.config.cachedir / filename):
+            path = os.path.join(node.config.cachedir, filename)
+            st = os.stat(path)
+            if not os.path.isdir(path):
                 files[name] = FileId(st.st_ino, st.st_size)
     return files

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import ScratchStageError
@@ -17,10 +16,11 @@ from scratch_stage.host.state import RECOVERED, CachedCopy, Hold, NodeState, tem
 log = get_logger(__name__)
 
 
-def process_start(root: Path, pid: int) -> str | None:
+def process_start(root: str | os.PathLike[str], pid: int) -> str | None:
     """The start time of process PID (proc(5) stat field 22), None if it does not exist."""
     try:
-        stat = (root / f"proc/{pid}/stat").read_text()
+        with open(os.path.join(root, f"proc/{pid}/stat")) as f:
+            stat = f.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
@@ -33,10 +33,10 @@ def rebuild_state(node: Node) -> NodeState:
     state = NodeState()
     now = node.clock()
     for path in _cached_files(node):
-        name = dataset_of_cached(path.name)
+        name = dataset_of_cached(os.path.basename(path))
         copy = _recover_copy(node, name, path) if name else None
         if name and copy is not None:
-            state.cached[name] = CachedCopy(copy, now, path.stat().st_ino)
+            state.cached[name] = CachedCopy(copy, now, os.stat(path).st_ino)
     mounted = sorted(read_all_stacks(node.root, str(node.mountdir)))
     if mounted:
         state.jobs[RECOVERED] = Hold(tuple(mounted), "?", now)
@@ -45,14 +45,16 @@ def rebuild_state(node: Node) -> NodeState:
     return state
 
 
-def _cached_files(node: Node) -> list[Path]:
+def _cached_files(node: Node) -> list[str]:
+    cachedir = node.config.cachedir
     try:
-        return sorted(p for p in node.config.cachedir.iterdir() if dataset_of_cached(p.name))
+        names = os.listdir(cachedir)
     except OSError:
         return []
+    return sorted(os.path.join(cachedir, n) for n in names if dataset_of_cached(n))
 
 
-def _recover_copy(node: Node, name: str, path: Path) -> Fingerprint | None:
+def _recover_copy(node: Node, name: str, path: str) -> Fingerprint | None:
     """The image fingerprint PATH is a copy of: a copy keeps the image's size and mtime."""
     try:
         image = lookup_image(node.config.datadir, name, trust=node.trust)
@@ -66,7 +68,7 @@ def _recover_copy(node: Node, name: str, path: Path) -> Fingerprint | None:
     return None
 
 
-def is_alive(root: Path, pid: int, pid_start: str) -> bool:
+def is_alive(root: str | os.PathLike[str], pid: int, pid_start: str) -> bool:
     """True while process PID is the process that started at PID_START (not a reused pid)."""
     return process_start(root, pid) == pid_start
 
@@ -81,4 +83,4 @@ def remove_stray_temp_files(node: Node) -> None:
         pid = temp_owner(filename)
         if pid is not None and process_start(node.root, pid) is None:
             with contextlib.suppress(OSError):
-                os.unlink(node.config.statedir / filename)
+                os.unlink(os.path.join(node.config.statedir, filename))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scratch_stage.host.mountinfo import DELETED_SUFFIX
@@ -29,7 +30,7 @@ def retired_bytes(node: Node) -> int:
     """Bytes of deleted cachedir files that loop devices still hold open."""
     prefix = os.path.realpath(node.config.cachedir).rstrip("/") + "/"
     total = 0
-    block = node.root / "sys/block"
+    block = Path(node.root) / "sys/block"
     try:
         loops = [e for e in os.listdir(block) if e.startswith("loop")]
     except OSError:

@@ -76,12 +76,17 @@ def stage(
         if status == "cached":
             return _commit(node, image, copied=False)
         _wait_for_other_copy(node, name, deadline)
-    partial = node.partial_dir / partial_name(name, os.getpid())
+    partial = Path(node.partial_dir) / partial_name(name, os.getpid())
     started = time.monotonic()
     progress = _with_progress_events(node, name, progress)
     try:
         copy_image(
-            image, partial, node.cached_path(name), node=node, deadline=deadline, progress=progress
+            image,
+            partial,
+            Path(node.cached_path(name)),
+            node=node,
+            deadline=deadline,
+            progress=progress,
         )
     except BaseException as e:
         _abandon(node, name, partial, e)
@@ -263,7 +268,7 @@ def _copy_bytes(
     """Copy chunk by chunk, dropping pages as it goes; the sha256 of what was read if asked."""
     chunk = node.config.chunk_size
     hasher = hashlib.sha256() if node.config.verify == "sha256" else None
-    with _open_pair(image.path, partial) as (src, dst):
+    with _open_pair(Path(image.path), partial) as (src, dst):
         if Fingerprint.of(os.fstat(src)) != image.fingerprint:
             raise StagingError(f"{image.name}: image changed since it was checked; not copied")
         os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)

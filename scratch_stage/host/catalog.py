@@ -15,7 +15,6 @@ import errno
 import os
 import stat
 import struct
-from pathlib import Path
 
 from scratch_stage.core.errors import DatasetError, NodeFault
 from scratch_stage.core.records import field, record
@@ -24,6 +23,7 @@ from scratch_stage.core.requests import is_valid_name, shorten
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
+    from os import PathLike
     from typing import Callable
 
 SUFFIXES = (".sqfs", ".squashfs")
@@ -87,7 +87,7 @@ class Image:
     """
 
     name: str
-    path: Path
+    path: str
     fingerprint: Fingerprint
     mode: int
     uid: int
@@ -205,7 +205,7 @@ def check_squashfs_header(header: bytes, file_size: int) -> str | None:
     return None
 
 
-def read_header(path: Path) -> bytes:
+def read_header(path: str | PathLike[str]) -> bytes:
     """The first bytes of PATH, enough for the squashfs superblock."""
     with open(path, "rb") as f:
         return f.read(SUPERBLOCK_SIZE)
@@ -224,7 +224,7 @@ class _Missing(Exception):
     """No directory entry of that name (try the next suffix)."""
 
 
-def _open_datadir(datadir: Path) -> int:
+def _open_datadir(datadir: str | PathLike[str]) -> int:
     """A descriptor of DATADIR; NodeFault if it is gone or not a directory."""
     try:
         return os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -235,7 +235,9 @@ def _open_datadir(datadir: Path) -> int:
 
 
 @contextlib.contextmanager
-def opened_image(datadir: Path, name: str, *, trust: Trust | None = None) -> Iterator[OpenImage]:
+def opened_image(
+    datadir: str | PathLike[str], name: str, *, trust: Trust | None = None
+) -> Iterator[OpenImage]:
     """NAME's image, checked, with an O_RDONLY descriptor valid inside the context.
 
     DatasetError if NAME is unknown or its entry cannot be served (with a one-line reason),
@@ -255,13 +257,13 @@ def opened_image(datadir: Path, name: str, *, trust: Trust | None = None) -> Ite
         os.close(opened.fd)
 
 
-def lookup_image(datadir: Path, name: str, *, trust: Trust | None = None) -> Image:
+def lookup_image(datadir: str | PathLike[str], name: str, *, trust: Trust | None = None) -> Image:
     """The image for NAME, checked; DatasetError if unknown or bad, NodeFault if datadir is gone."""
     with opened_image(datadir, name, trust=trust) as opened:
         return opened.image
 
 
-def _open_by_name(datadir: Path, dirfd: int, name: str, trust: Trust) -> OpenImage:
+def _open_by_name(datadir: str | PathLike[str], dirfd: int, name: str, trust: Trust) -> OpenImage:
     directory = trust.directory_problem(os.fstat(dirfd))
     for suffix in SUFFIXES:
         try:
@@ -272,7 +274,12 @@ def _open_by_name(datadir: Path, dirfd: int, name: str, trust: Trust) -> OpenIma
 
 
 def _open_entry(
-    datadir: Path, dirfd: int, filename: str, name: str, trust: Trust, directory: str | None
+    datadir: str | PathLike[str],
+    dirfd: int,
+    filename: str,
+    name: str,
+    trust: Trust,
+    directory: str | None,
 ) -> OpenImage:
     """The image in entry FILENAME (of dataset NAME), checked on its descriptor."""
 
@@ -294,8 +301,8 @@ def _open_entry(
             raise refuse(problem if actual == filename else f"(link to {actual}) {problem}")
         target = name_of(actual)
         image = Image(
-            name, datadir / actual, Fingerprint.of(st), stat.S_IMODE(st.st_mode), st.st_uid,
-            st.st_gid, None if target == name else target,
+            name, os.path.join(datadir, actual), Fingerprint.of(st), stat.S_IMODE(st.st_mode),
+            st.st_uid, st.st_gid, None if target == name else target,
         )  # fmt: skip
     except BaseException:
         os.close(fd)
@@ -382,7 +389,7 @@ class Catalog:
     problems: Mapping[str, str]
 
 
-def scan_catalog(datadir: Path, *, trust: Trust | None = None) -> Catalog:
+def scan_catalog(datadir: str | PathLike[str], *, trust: Trust | None = None) -> Catalog:
     """Scan DATADIR once; NodeFault if it cannot be listed, any bad entry is a problem."""
     trust = trust or Trust()
     dirfd = _open_datadir(datadir)
@@ -414,8 +421,8 @@ def scan_catalog(datadir: Path, *, trust: Trust | None = None) -> Catalog:
 
 
 def _scan_entry(
-    datadir: Path, dirfd: int, filename: str, name: str, trust: Trust, directory: str | None,
-    images: dict[str, Image], problems: dict[str, str],
+    datadir: str | PathLike[str], dirfd: int, filename: str, name: str, trust: Trust,
+    directory: str | None, images: dict[str, Image], problems: dict[str, str],
 ) -> None:  # fmt: skip
     try:
         opened = _open_entry(datadir, dirfd, filename, name, trust, directory)

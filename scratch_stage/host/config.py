@@ -10,7 +10,6 @@ checks against the example file all iterate `records.fields(Config)`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from scratch_stage.core.errors import ConfigError
 from scratch_stage.core.records import MISSING, field, fields, record
@@ -20,19 +19,22 @@ from scratch_stage.core.units import Capacity, parse_duration, parse_size
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from os import PathLike
     from typing import Any, Callable, Literal
 
-DEFAULT_PATH = Path("/etc/scratch-stage/config.yaml")
+DEFAULT_PATH = "/etc/scratch-stage/config.yaml"
 # The defaults of mountdir and statedir, read when a Config is built (tests move them).
-DEFAULT_MOUNTDIR = Path("/datasets")
-DEFAULT_STATEDIR = Path("/var/lib/scratch-stage")
+DEFAULT_MOUNTDIR = "/datasets"
+DEFAULT_STATEDIR = "/var/lib/scratch-stage"
 # Root-only runtime directory (tmpfs) holding the last validated configuration.
-RUNDIR = Path("/run/scratch-stage")
+RUNDIR = "/run/scratch-stage"
 ENV_PATH = "SCRATCH_STAGE_CONFIG"
 ENV_RUNDIR = "SCRATCH_STAGE_RUNDIR"  # another RUNDIR (tests); not a configuration key
 ENV_PREFIX = "SCRATCH_STAGE_"
 
 if TYPE_CHECKING:
+    from os import PathLike
+
     Verify = Literal["size", "sha256"]
     DemandSource = Literal["squeue", "pyslurm", "file", "none"]
 VERIFY_MODES: tuple[Verify, ...] = ("size", "sha256")  # Verify's values, in its order
@@ -62,10 +64,16 @@ class InvalidConfig(ConfigError):
 # --- parsers: plain data in, a value out, ValueError with the reason otherwise ---------
 
 
-def _path(value: Any) -> Path:
+def _path(value: Any) -> str:
+    """An absolute path, normalized as pathlib would (no `//`, `/./` or trailing `/`).
+
+    Paths are plain strings: `pathlib` (with the `re`, `enum`, `fnmatch` and `urllib`
+    it imports) would cost every prolog about 8 ms.
+    """
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got {value!r}")
-    return Path(value)
+    root = "//" if value.startswith("//") and not value.startswith("///") else "/"
+    return root + "/".join(part for part in value.split("/") if part not in ("", "."))
 
 
 def _url(value: Any) -> str:
@@ -89,11 +97,11 @@ def _keep(value: Any) -> int:
     return number
 
 
-def _optional_path(value: Any) -> Path | None:
+def _optional_path(value: Any) -> str | None:
     return None if value is None or value == "" else _path(value)
 
 
-def _show_optional_path(value: Path | None) -> str:
+def _show_optional_path(value: str | None) -> str:
     return "" if value is None else str(value)
 
 
@@ -206,7 +214,7 @@ class DemandConfig:
     """Where queued-job demand comes from: squeue, pyslurm, a published file, or nowhere."""
 
     source: DemandSource = "file"
-    path: Path | None = None  # file: default <datadir>/.scratch-stage-demand.json
+    path: str | None = None  # file: default <datadir>/.scratch-stage-demand.json
     max_age: float = 300.0
 
 
@@ -263,8 +271,8 @@ def _boolean(value: Any) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, os.PathLike):  # a Path given to Config() directly (tests)
+        return os.fspath(value)
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -317,17 +325,17 @@ _DURATION = _positive(parse_duration)
 class Config:
     """The effective, validated configuration; each field is one option (see module doc)."""
 
-    datadir: Path = field(
+    datadir: str = field(
         metadata=_meta("slow shared directory of images `<name>.sqfs` / `.squashfs`", _path)
     )
-    cachedir: Path = field(
+    cachedir: str = field(
         metadata=_meta("fast node-local cache (copies in flight in `.partial/`)", _path)
     )
-    mountdir: Path = field(
+    mountdir: str = field(
         default_factory=lambda: DEFAULT_MOUNTDIR,
         metadata=_meta("jobs read `<mountdir>/<name>`", _path, default_doc="`/datasets`"),
     )
-    statedir: Path = field(
+    statedir: str = field(
         default_factory=lambda: DEFAULT_STATEDIR,
         metadata=_meta(
             "`state.json`, `state.lock`, `events.log`", _path,
@@ -456,7 +464,7 @@ class Config:
         default=False,
         metadata=_meta("publish cached datasets as Slurm node features `ds_<name>`", _boolean),
     )
-    metrics_dir: Path | None = field(
+    metrics_dir: str | None = field(
         default=None,
         metadata=_meta(
             "node_exporter's textfile directory: each rebalance writes `scratch_stage.prom` "
@@ -498,21 +506,22 @@ REQUIRED = tuple(
 # --- lookup, overrides, validation -------------------------------------------------------
 
 
-def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> str:
     """The config file to read: --config, then $SCRATCH_STAGE_CONFIG, then the default."""
     if explicit:
-        return Path(explicit)
+        return explicit
     if environ.get(ENV_PATH):
-        return Path(environ[ENV_PATH])
-    return DEFAULT_PATH
+        return environ[ENV_PATH]
+    return os.fspath(DEFAULT_PATH)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: str | PathLike[str]) -> dict[str, Any]:
     """The raw mapping in PATH; ConfigError if unreadable or not a YAML mapping."""
     import yaml  # lazy: only a load that misses the cache pays for it
 
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read configuration {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
@@ -627,7 +636,7 @@ def _load(
 
     path = find_config_path(explicit, environ)
     overrides = env_overrides(environ)
-    cache = ConfigCache(Path(environ.get(ENV_RUNDIR) or RUNDIR), path, overrides)
+    cache = ConfigCache(environ.get(ENV_RUNDIR) or os.fspath(RUNDIR), path, overrides)
     identity = file_identity(path)  # before reading: a change while reading only misses
     entry = cache.read()
     if entry is not None and identity is not None and entry.identity == identity:

@@ -18,13 +18,13 @@ import os
 import stat
 import time
 import zlib
-from pathlib import Path
 
 from scratch_stage.core.records import record
 from scratch_stage.host.logger import get_logger
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
 log = get_logger(__name__)
@@ -41,7 +41,7 @@ class Entry:
     validated: float
 
 
-def file_identity(path: Path) -> str | None:
+def file_identity(path: str | PathLike[str]) -> str | None:
     """What changes whenever PATH's content may have changed; None if it cannot be stat'ed."""
     try:
         st = os.stat(path)
@@ -65,11 +65,14 @@ def untrusted(st: os.stat_result, *, directory: bool) -> str | None:
 class ConfigCache:
     """The cache entry for configuration PATH with environment OVERRIDES, in RUNDIR."""
 
-    def __init__(self, rundir: Path, path: Path, overrides: dict[str, str]) -> None:
-        self.rundir = rundir
-        self.key = {"path": str(path), "overrides": overrides}
+    def __init__(
+        self, rundir: str | PathLike[str], path: str | PathLike[str], overrides: dict[str, str]
+    ) -> None:
+        self.rundir = os.fspath(rundir)
+        self.key = {"path": os.fspath(path), "overrides": overrides}
         digest = zlib.crc32(json.dumps(self.key, sort_keys=True).encode())
-        self.file = rundir / f"config-{digest:08x}.json"
+        self.name = f"config-{digest:08x}.json"
+        self.file = os.path.join(self.rundir, self.name)
 
     def _trusted_dir(self) -> bool:
         try:
@@ -123,7 +126,7 @@ class ConfigCache:
             "format": FORMAT, "key": self.key, "identity": identity, "config": config,
             "validated": time.time(),
         }  # fmt: skip
-        tmp = self.rundir / f".{self.file.name}.{os.getpid()}"
+        tmp = os.path.join(self.rundir, f".{self.name}.{os.getpid()}")
         with contextlib.suppress(OSError):  # left by a crashed process of the same pid
             os.unlink(tmp)
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from scratch_stage.host.logger import get_logger
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from os import PathLike
     from typing import Any, Callable
 
 log = get_logger(__name__)
@@ -39,14 +39,14 @@ class EventLog:
 
     def __init__(
         self,
-        statedir: Path,
+        statedir: str | PathLike[str],
         clock: Callable[[], float] = time.time,
         *,
         node: str = "",
         max_size: int = 0,
         keep: int = 5,
     ) -> None:
-        self.path = statedir / EVENTS_FILE
+        self.path = os.path.join(statedir, EVENTS_FILE)
         self.clock = clock
         self.node = node
         self.max_size = max_size
@@ -97,8 +97,8 @@ class EventLog:
         import contextlib
         import fcntl
 
-        lock = os.open(self.path.with_name(ROTATE_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
-                       0o600)  # fmt: skip
+        lock_path = os.path.join(os.path.dirname(self.path), ROTATE_LOCK)
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -130,9 +130,9 @@ class EventLog:
         return list(found)
 
 
-def rotated_path(path: Path, number: int) -> Path:
+def rotated_path(path: str | PathLike[str], number: int) -> str:
     """events.log.NUMBER."""
-    return path.with_name(f"{path.name}.{number}")
+    return f"{os.fspath(path)}.{number}"
 
 
 def rfc3339(epoch: float) -> str:

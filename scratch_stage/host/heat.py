@@ -7,7 +7,7 @@ field started from multiplied by hw_sector_size and over-counted 8x on 4 KiB loo
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from scratch_stage.core.records import field, record
 from scratch_stage.host.catalog import SUFFIXES
@@ -16,6 +16,7 @@ from scratch_stage.host.mountinfo import DELETED_SUFFIX
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from os import PathLike
     from typing import Any, Callable
 
 SECTOR_BYTES = 512
@@ -31,15 +32,25 @@ def parse_diskstats(text: str) -> dict[str, int]:
     return sectors
 
 
-def read_loop_backings(root: Path) -> dict[str, str]:
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def read_loop_backings(root: str | PathLike[str]) -> dict[str, str]:
     """Backing file of every attached loop device, from ROOT/sys/block/loop*/loop/."""
+    block = os.path.join(root, "sys/block")
+    try:
+        devices = sorted(d for d in os.listdir(block) if d.startswith("loop"))
+    except OSError:
+        return {}
     backings: dict[str, str] = {}
-    for path in sorted((root / "sys/block").glob("loop*/loop/backing_file")):
+    for device in devices:
         try:
-            backings[path.parent.parent.name] = path.read_text().rstrip("\n")
+            backings[device] = _read_text(os.path.join(block, device, "loop/backing_file"))
         except OSError:
             continue
-    return backings
+    return {device: backing.rstrip("\n") for device, backing in backings.items()}
 
 
 def dataset_of_path(datadir: str, cachedir: str) -> Callable[[str], str | None]:
@@ -73,19 +84,19 @@ class Attach:
     diskseq: str = ""  # /sys/block/<loop>/diskseq: changes at every attach (Linux 5.15+)
 
 
-def read_attach(root: Path, device: str, now: float) -> Attach | None:
+def read_attach(root: str | PathLike[str], device: str, now: float) -> Attach | None:
     """DEVICE's (/dev/loopN) backing file and read counter from ROOT/sys; None if unreadable."""
-    loop = Path(device).name
-    block = root / "sys/block" / loop
+    loop = device.rstrip("/").rpartition("/")[2]
+    block = os.path.join(root, "sys/block", loop)
     try:
-        backing = (block / "loop/backing_file").read_text().rstrip("\n")
-        fields = (block / "stat").read_text().split()
+        backing = _read_text(os.path.join(block, "loop/backing_file")).rstrip("\n")
+        fields = _read_text(os.path.join(block, "stat")).split()
     except OSError:
         return None
     if len(fields) < 3 or not fields[2].isdigit():
         return None
     try:
-        diskseq = (block / "diskseq").read_text().strip()
+        diskseq = _read_text(os.path.join(block, "diskseq")).strip()
     except OSError:
         diskseq = ""
     return Attach(loop, backing, now, int(fields[2]), diskseq)  # field 3: sectors read

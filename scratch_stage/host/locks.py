@@ -11,13 +11,13 @@ import contextlib
 import fcntl
 import os
 import time
-from pathlib import Path
 
 from scratch_stage.core.errors import LockTimeout, NodeFault
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from os import PathLike
 
 _FIRST_WAIT = 0.001
 _MAX_WAIT = 0.02
@@ -27,7 +27,7 @@ _FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @contextlib.contextmanager
-def flocked(path: Path, timeout: float) -> Iterator[float]:
+def flocked(path: str | PathLike[str], timeout: float) -> Iterator[float]:
     """Hold an exclusive flock on PATH, giving the seconds waited; LockTimeout after TIMEOUT.
 
     The lock file is private (0600, in the private statedir): no other user can hold it.
@@ -44,7 +44,7 @@ def flocked(path: Path, timeout: float) -> Iterator[float]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def try_flock(path: Path) -> int | None:
+def try_flock(path: str | PathLike[str]) -> int | None:
     """The descriptor holding an exclusive flock on PATH, or None if another process has it."""
     try:
         fd = os.open(path, _FLAGS, 0o600)
@@ -58,7 +58,7 @@ def try_flock(path: Path) -> int | None:
     return fd
 
 
-def _acquire(fd: int, path: Path, timeout: float) -> None:
+def _acquire(fd: int, path: str | PathLike[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     wait = _FIRST_WAIT
     while True:

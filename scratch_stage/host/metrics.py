@@ -87,7 +87,7 @@ class MetricsError(ScratchStageError):
     """The metrics file cannot be written safely."""
 
 
-def check_metrics_dir(directory: Path) -> None:
+def check_metrics_dir(directory: str | os.PathLike[str]) -> None:
     """MetricsError unless DIRECTORY is a directory of this user that others cannot write."""
     try:
         st = os.stat(directory)
@@ -106,8 +106,9 @@ def check_metrics_dir(directory: Path) -> None:
         )
 
 
-def write_metrics(directory: Path, text: str) -> Path:
+def write_metrics(directory: str | os.PathLike[str], text: str) -> Path:
     """Replace DIRECTORY/scratch_stage.prom by TEXT atomically (0644); its path."""
+    directory = Path(directory)
     check_metrics_dir(directory)
     final = directory / METRICS_FILE
     data = text.encode()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from scratch_stage.core.records import record
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from os import PathLike
 
 _OCTAL = frozenset("01234567")
 DELETED_SUFFIX = " (deleted)"
@@ -108,10 +109,11 @@ def loop_name(source: str) -> str | None:
     return name if name.startswith("loop") and name[4:].isdigit() else None
 
 
-def read_backing_file(sysroot: Path, loop: str) -> str | None:
+def read_backing_file(sysroot: str | PathLike[str], loop: str) -> str | None:
     """The backing file of a loop device from sysfs, None if it has none."""
     try:
-        return (sysroot / "sys/block" / loop / "loop/backing_file").read_text().rstrip("\n")
+        with open(os.path.join(sysroot, "sys/block", loop, "loop/backing_file")) as f:
+            return f.read().rstrip("\n")
     except OSError:
         return None
 
@@ -123,19 +125,19 @@ def escape(path: str) -> str:
     return path
 
 
-def read_stack(root: Path, mount_point: str) -> list[Layer]:
+def read_stack(root: str | PathLike[str], mount_point: str) -> list[Layer]:
     """The layers mounted at MOUNT_POINT, bottom first, read from ROOT/proc and ROOT/sys.
 
     Only lines naming MOUNT_POINT are parsed: with hundreds of mounts on a node, this is
     what a prolog pays under the state lock.
     """
     wanted = f" {escape(mount_point)} "
-    with open(root / "proc/self/mountinfo") as f:
+    with open(os.path.join(root, "proc/self/mountinfo")) as f:
         lines = [line for line in f if wanted in line]
     return [to_layer(root, e) for e in stack_at(parse_mountinfo("".join(lines)), mount_point)]
 
 
-def read_all_stacks(root: Path, under: str) -> dict[str, list[Layer]]:
+def read_all_stacks(root: str | PathLike[str], under: str) -> dict[str, list[Layer]]:
     """Every dataset's mount stack below the mountdir UNDER, by dataset name.
 
     A dataset is mounted at UNDER/<name>, or, restricted, at UNDER/.access/<name>/mnt
@@ -143,7 +145,8 @@ def read_all_stacks(root: Path, under: str) -> dict[str, list[Layer]]:
     """
     from scratch_stage.core.layout import dataset_of_mount
 
-    entries = parse_mountinfo((root / "proc/self/mountinfo").read_text())
+    with open(os.path.join(root, "proc/self/mountinfo")) as f:
+        entries = parse_mountinfo(f.read())
     prefix = under.rstrip("/") + "/"
     points = {e.mount_point for e in entries if e.mount_point.startswith(prefix)}
     stacks: dict[str, list[Layer]] = {}
@@ -154,7 +157,7 @@ def read_all_stacks(root: Path, under: str) -> dict[str, list[Layer]]:
     return stacks
 
 
-def to_layer(root: Path, entry: MountEntry) -> Layer:
+def to_layer(root: str | PathLike[str], entry: MountEntry) -> Layer:
     """The Layer of ENTRY, its loop device resolved to the backing file."""
     loop = loop_name(entry.source)
     backing = read_backing_file(root, loop) if loop else None

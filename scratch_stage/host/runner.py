@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
-from pathlib import Path
 
 from scratch_stage.core.errors import CommandError
+
+TYPE_CHECKING = False  # not typing's: the prolog imports this module to mount
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from os import PathLike
+
+    StrPath = str | PathLike[str]
 
 # An image never grants setuid or device access (docs/security.md).
 # The loop device is attached by scratch-stage itself, from the descriptor it checked
@@ -20,18 +25,18 @@ COMPRESSORS = {
 }
 
 
-def build_mount_argv(mount: Sequence[str], device: str | Path, target: Path) -> list[str]:
+def build_mount_argv(mount: Sequence[str], device: StrPath, target: StrPath) -> list[str]:
     """argv that mounts the squashfs on loop DEVICE read-only at TARGET."""
     return [*mount, "-t", "squashfs", "-o", MOUNT_OPTIONS, str(device), str(target)]
 
 
-def build_umount_argv(umount: Sequence[str], target: Path, *, lazy: bool = False) -> list[str]:
+def build_umount_argv(umount: Sequence[str], target: StrPath, *, lazy: bool = False) -> list[str]:
     """argv that unmounts the top layer at TARGET (detached lazily if LAZY)."""
     return [*umount, *(["-l"] if lazy else []), str(target)]
 
 
 def build_mksquashfs_argv(
-    mksquashfs: Sequence[str], src: Path, dest: Path, compression: str
+    mksquashfs: Sequence[str], src: StrPath, dest: StrPath, compression: str
 ) -> list[str]:
     """argv that builds DEST from directory SRC; files owned by root, no xattrs, no progress."""
     return [

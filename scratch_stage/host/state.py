@@ -12,7 +12,6 @@ import json
 import os
 import stat
 import time
-from pathlib import Path
 
 from scratch_stage.core.errors import NodeFault
 from scratch_stage.core.records import field, record
@@ -25,6 +24,7 @@ from scratch_stage.host.logger import get_logger
 TYPE_CHECKING = False  # not typing's: importing typing costs the prolog milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from os import PathLike
     from typing import Any, Callable, Literal
 
 log = get_logger(__name__)
@@ -228,12 +228,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomically(path: str | PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
     """Replace PATH by DATA: temp file, full write, fsync, rename, fsync the directory.
 
     On any failure (ENOSPC included) the old PATH is left untouched and the temp file removed.
     """
-    tmp = path.with_name(temp_name(path.name, os.getpid()))
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, temp_name(name, os.getpid()))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
         try:
@@ -247,11 +249,16 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(directory or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def temp_name(name: str, pid: int) -> str:
@@ -276,14 +283,14 @@ class StateStore:
 
     def __init__(
         self,
-        statedir: Path,
+        statedir: str | PathLike[str],
         *,
         lock_timeout: float,
         rebuild: Callable[[], NodeState],
         settle: Callable[[NodeState], object] | None = None,
     ) -> None:
-        self.statedir = statedir
-        self.path = statedir / STATE_FILE
+        self.statedir = os.fspath(statedir)
+        self.path = os.path.join(self.statedir, STATE_FILE)
         self.lock_timeout = lock_timeout
         self.rebuild = rebuild
         self.settle = settle
@@ -292,7 +299,7 @@ class StateStore:
     def read(self) -> NodeState:
         """The current state without the lock; rebuilds under the lock if it is unreadable."""
         try:
-            return self._parse(self.path.read_bytes())
+            return self._parse(_read_bytes(self.path))
         except (OSError, ValueError):
             with self.transaction() as state:
                 return state
@@ -317,7 +324,7 @@ class StateStore:
         from scratch_stage.host.locks import flocked
 
         self.ensure_statedir()
-        with flocked(self.statedir / LOCK_FILE, self.lock_timeout) as waited:
+        with flocked(os.path.join(self.statedir, LOCK_FILE), self.lock_timeout) as waited:
             self.lock_waited += waited
             yield
 
@@ -336,7 +343,7 @@ class StateStore:
 
     def _load(self) -> tuple[NodeState, bytes | None]:
         try:
-            raw = self.path.read_bytes()
+            raw = _read_bytes(self.path)
         except FileNotFoundError:
             state = self.rebuild()
             log.info("no %s yet: started from the mount table and cachedir", self.path)
@@ -351,7 +358,7 @@ class StateStore:
             return self._recover(e), None
 
     def _recover(self, problem: ValueError) -> NodeState:
-        aside = self.path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}-{os.getpid()}")
+        aside = f"{self.path}.corrupt-{int(time.time())}-{os.getpid()}"
         with contextlib.suppress(OSError):
             os.replace(self.path, aside)
         log.error(
@@ -371,14 +378,14 @@ class StateStore:
         faults.point("after-state-write")
 
 
-def ensure_private_dir(path: Path, what: str) -> None:
+def ensure_private_dir(path: str | PathLike[str], what: str) -> None:
     """PATH exists as a directory of this user, mode 0700; loosened modes are tightened.
 
     NodeFault when it is not a directory or belongs to another user: then another local
     user could read the node's records or hold its locks (docs/security.md).
     """
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
     except OSError as e:
         raise NodeFault(f"{what} {path} unusable: {e.strerror}") from None
@@ -398,7 +405,7 @@ def ensure_private_dir(path: Path, what: str) -> None:
             raise NodeFault(f"cannot make {what} {path} private: {e.strerror}") from None
 
 
-def _replace_locks(statedir: Path) -> None:
+def _replace_locks(statedir: str | PathLike[str]) -> None:
     """Unlink the lock files, so descriptors other users opened earlier lock nothing of ours.
 
     Each is taken first (for up to 2 s) so that a scratch-stage process inside it finishes;
@@ -411,7 +418,7 @@ def _replace_locks(statedir: Path) -> None:
         if not entry.name.endswith(".lock"):
             continue
         try:
-            with flocked(Path(entry.path), 2.0):
+            with flocked(entry.path, 2.0):
                 os.unlink(entry.path)
         except LockTimeout:
             log.warning("lock %s held by another process: replaced", entry.path)

@@ -87,11 +87,11 @@ def _typed(data: dict[str, Any], key: str, kind: type[Any]) -> Any:
     return value
 
 
-def summary_path(mountdir: Path) -> Path:
-    return mountdir / SUMMARY_FILE
+def summary_path(mountdir: str | os.PathLike[str]) -> Path:
+    return Path(mountdir) / SUMMARY_FILE
 
 
-def write_summary(mountdir: Path, summary: PublicSummary) -> None:
+def write_summary(mountdir: str | os.PathLike[str], summary: PublicSummary) -> None:
     """Replace the public summary (0644); OSError if it cannot be written."""
     from scratch_stage.host.state import write_atomically
 
@@ -99,7 +99,7 @@ def write_summary(mountdir: Path, summary: PublicSummary) -> None:
     write_atomically(summary_path(mountdir), json.dumps(summary.to_json()).encode(), mode=0o644)
 
 
-def read_summary(mountdir: Path) -> PublicSummary | None:
+def read_summary(mountdir: str | os.PathLike[str]) -> PublicSummary | None:
     """The public summary, or None if there is none (yet) or it is unreadable or malformed."""
     try:
         return PublicSummary.from_json(json.loads(summary_path(mountdir).read_bytes()))

@@ -7,6 +7,7 @@ holds (with the time of the pass under `at`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,9 @@ def skipped_report(capacity: int, why: str) -> PassReport:
     return PassReport(Plan((), (), {}, method="none"), {}, {}, capacity, skipped=why)
 
 
-def save_report(statedir: Path, report: PassReport, now: float) -> None:
+def save_report(statedir: str | os.PathLike[str], report: PassReport, now: float) -> None:
     """Keep the pass's figures in STATEDIR for `status`; a failure is only logged."""
+    statedir = Path(statedir)
     from scratch_stage.host.state import write_atomically
 
     data = {"at": now, **report.to_json()}
@@ -107,16 +109,16 @@ def save_report(statedir: Path, report: PassReport, now: float) -> None:
         log.warning("cannot save the rebalance report: %s", e)
 
 
-def read_last_report(statedir: Path) -> dict[str, Any]:
+def read_last_report(statedir: str | os.PathLike[str]) -> dict[str, Any]:
     """The last pass's report in STATEDIR, or an empty one."""
     try:
-        data = json.loads((statedir / LAST_REPORT).read_bytes())
+        data = json.loads((Path(statedir) / LAST_REPORT).read_bytes())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def last_figures(statedir: Path) -> dict[str, Figures]:
+def last_figures(statedir: str | os.PathLike[str]) -> dict[str, Figures]:
     """Each dataset's figures in the last pass's saved report; malformed entries dropped."""
     figures: dict[str, Figures] = {}
     decisions = read_last_report(statedir).get("decisions")

@@ -9,6 +9,7 @@ run through RUN (`runner.run`; tests pass a recorder).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -95,7 +96,7 @@ def require_snapshot(
 
 def demand_file(config: Config) -> Path:
     """The published demand: `demand.path`, by default DEMAND_FILE in the shared datadir."""
-    return config.demand.path or config.datadir / DEMAND_FILE
+    return Path(config.demand.path or os.path.join(config.datadir, DEMAND_FILE))
 
 
 def query_slurm(config: Config, now: float, run: Run = runner.run) -> Snapshot | None:

@@ -19,7 +19,8 @@ from nodetree import NodeEnv
 FORBIDDEN = {
     "yaml", "click", "logging", "logging.handlers", "dataclasses", "inspect", "ast",
     "typing", "traceback", "string", "socket", "pickle", "shlex", "tempfile",
-    "shutil", "filelock", "hashlib", "secrets", "tokenize", "dis",
+    "shutil", "filelock", "hashlib", "secrets", "tokenize", "dis", "pathlib", "fnmatch",
+    "urllib.parse", "ipaddress",
 }  # fmt: skip
 # Only what mounting needs: running mount(8) and setting up the loop device.
 MOUNT_ONLY = {"subprocess", "selectors", "threading", "ctypes", "array"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,8 @@ def write(path: Path, text: str | bytes) -> Path:
 
 def test_lookup_order(tmp_path: Path) -> None:
     env = {"SCRATCH_STAGE_CONFIG": str(tmp_path / "env.yaml")}
-    assert find_config_path("/explicit.yaml", env) == Path("/explicit.yaml")
-    assert find_config_path(None, env) == tmp_path / "env.yaml"
+    assert find_config_path("/explicit.yaml", env) == "/explicit.yaml"
+    assert find_config_path(None, env) == str(tmp_path / "env.yaml")
     assert find_config_path(None, {}) == config_module.DEFAULT_PATH
     assert find_config_path(None, {"SCRATCH_STAGE_CONFIG": ""}) == config_module.DEFAULT_PATH
 
@@ -59,8 +60,8 @@ def test_real_default_is_off_limits_in_tests() -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     config = load_config(str(write(tmp_path / "c.yaml", MINIMAL)), {})
-    assert config.datadir == Path("/shared/datasets")
-    assert config.cachedir == Path("/local/cache")
+    assert config.datadir == "/shared/datasets"
+    assert config.cachedir == "/local/cache"
     assert config.capacity == Capacity(80.0, percent=True)
     assert config.period == 600.0
     assert config.interval == 60.0
@@ -82,7 +83,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert config.capacity == Capacity(2 * 1024**4)
     assert config.capacity.bytes_for(0) == 2 * 1024**4
     assert config.period == 600.0
-    assert config.cachedir == Path("/nvme/cache")
+    assert config.cachedir == "/nvme/cache"
     assert config.mount_command == ("/usr/bin/sudo", "-n", "/usr/bin/mount")
     assert config.node == "cn042"
 
@@ -90,7 +91,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 def test_environment_can_supply_required_keys(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "")
     env = {"SCRATCH_STAGE_DATADIR": "/d", "SCRATCH_STAGE_CACHEDIR": "/c"}
-    assert load_config(str(path), env).datadir == Path("/d")
+    assert load_config(str(path), env).datadir == "/d"
 
 
 def test_bad_environment_override_is_reported(tmp_path: Path) -> None:
@@ -257,8 +258,8 @@ def test_shipped_example_loads_and_validates() -> None:
     example = importlib.resources.files("scratch_stage") / "config.example.yaml"
     with importlib.resources.as_file(example) as path:
         config = load_config(str(path), {})
-    assert config.datadir.is_absolute()
-    assert config.cachedir.is_absolute()
+    assert os.path.isabs(config.datadir)
+    assert os.path.isabs(config.cachedir)
     assert config.access["imagenet"] == ("ml-users", "vision")
     # The example documents every key the product reads (node is commented out on purpose).
     text = example.read_text()
@@ -309,7 +310,7 @@ def test_cache_serves_an_unchanged_file_and_never_a_changed_one(tmp_path: Path) 
     path = tmp_path / "c.yaml"
     path.write_text("datadir: /d\ncachedir: /c\ncapacity: 1GiB\n")
     first = config_module.load_config(str(path), {})
-    caches = list(config_module.RUNDIR.glob("config*.json"))
+    caches = list(Path(config_module.RUNDIR).glob("config*.json"))
     assert len(caches) == 1 and "1GiB" in caches[0].read_text()
     # Doctor the cache: an unchanged file is served from it (proof the cache is used).
     caches[0].write_text(caches[0].read_text().replace("1GiB", "2GiB"))
@@ -338,6 +339,6 @@ def test_values_json_cannot_hold_exactly_are_not_cached(tmp_path: Path) -> None:
     path.write_text("datadir: /d\ncachedir: /c\naccess: {123: [g]}\n")
     with pytest.raises(ConfigError, match="123"):
         config_module.load_config(str(path), {})
-    assert list(config_module.RUNDIR.glob("config*.json")) == []
+    assert list(Path(config_module.RUNDIR).glob("config*.json")) == []
     with pytest.raises(ConfigError, match="123"):  # still an error, not "123" as a name
         config_module.load_config(str(path), {})

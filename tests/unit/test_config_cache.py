@@ -45,7 +45,7 @@ def good_config(tree: Path, **extra: str) -> Path:
 
 
 def cache_files() -> list[Path]:
-    return sorted(config_module.RUNDIR.glob("config-*.json"))
+    return sorted(Path(config_module.RUNDIR).glob("config-*.json"))
 
 
 # --- in process --------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def cache_files() -> list[Path]:
 def test_cache_is_root_only(tmp_path: Path) -> None:
     load_config(str(good_config(tmp_path)), {})
     [cache] = cache_files()
-    assert stat.S_IMODE(config_module.RUNDIR.stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(config_module.RUNDIR).st_mode) == 0o700
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     assert cache.stat().st_uid == os.geteuid()
     record = json.loads(cache.read_text())
@@ -134,7 +134,7 @@ def test_a_cache_entry_that_no_longer_validates_is_not_used(tmp_path: Path) -> N
 
 
 def test_untrusted_rundir_is_neither_read_nor_written(tmp_path: Path) -> None:
-    rundir = config_module.RUNDIR
+    rundir = Path(config_module.RUNDIR)
     rundir.mkdir(mode=0o700)
     rundir.chmod(0o1777)
     path = good_config(tmp_path)
@@ -195,7 +195,7 @@ def test_unprivileged_user_cannot_plant_a_configuration(
     tmp_path: Path, public_parent: Path
 ) -> None:
     path = good_config(tmp_path, node="real")
-    rundir = config_module.RUNDIR
+    rundir = Path(config_module.RUNDIR)
     load_config(str(path), {})
     [cache] = cache_files()
     planted = cache.read_text().replace('"real"', '"planted"')
@@ -316,7 +316,7 @@ def test_prolog_does_not_import_yaml_while_the_cache_is_valid(tmp_path: Path) ->
 
 
 def test_cache_key_is_the_path_and_the_overrides(tmp_path: Path) -> None:
-    name = ConfigCache(tmp_path, Path("/etc/a.yaml"), {}).file.name
-    assert ConfigCache(tmp_path / "x", Path("/etc/a.yaml"), {}).file.name == name
-    assert ConfigCache(tmp_path, Path("/etc/b.yaml"), {}).file.name != name
-    assert ConfigCache(tmp_path, Path("/etc/a.yaml"), {"period": "5"}).file.name != name
+    name = ConfigCache(tmp_path, Path("/etc/a.yaml"), {}).name
+    assert ConfigCache(tmp_path / "x", Path("/etc/a.yaml"), {}).name == name
+    assert ConfigCache(tmp_path, Path("/etc/b.yaml"), {}).name != name
+    assert ConfigCache(tmp_path, Path("/etc/a.yaml"), {"period": "5"}).name != name

@@ -130,7 +130,7 @@ def test_env_claims_in_readme_and_example_match_the_table() -> None:
 def test_sample_covers_every_option_with_non_default_values() -> None:
     assert set(SAMPLE) == set(OPTIONS)
     sample = validate_config(SAMPLE, "sample")
-    defaults = Config(datadir=Path("/"), cachedir=Path("/"))
+    defaults = Config(datadir="/", cachedir="/")
     for key in OPTIONS:
         assert getattr(sample, key) != getattr(defaults, key), key
 
@@ -138,7 +138,7 @@ def test_sample_covers_every_option_with_non_default_values() -> None:
 @pytest.mark.parametrize("key", sorted(OPTIONS))
 def test_show_parses_back_for_defaults_and_sample(key: str) -> None:
     option = OPTIONS[key]
-    for config in (Config(datadir=Path("/d"), cachedir=Path("/c")), validate_config(SAMPLE, "s")):
+    for config in (Config(datadir="/d", cachedir="/c"), validate_config(SAMPLE, "s")):
         value = getattr(config, key)
         assert option.parse(option.show(value)) == value
 
@@ -173,8 +173,8 @@ def test_config_as_dict_has_every_option_and_round_trips() -> None:
 
 def test_defaults_of_paths_follow_the_module_constants(monkeypatch: pytest.MonkeyPatch) -> None:
     # conftest moves them out of reach; a Config built here must see that.
-    minimal = Config(datadir=Path("/d"), cachedir=Path("/c"))
+    minimal = Config(datadir="/d", cachedir="/c")
     assert minimal.statedir == config_module.DEFAULT_STATEDIR != Path("/var/lib/scratch-stage")
     assert minimal.mountdir == config_module.DEFAULT_MOUNTDIR != Path("/datasets")
     monkeypatch.setattr(config_module, "DEFAULT_STATEDIR", Path("/elsewhere"))
-    assert Config(datadir=Path("/d"), cachedir=Path("/c")).statedir == Path("/elsewhere")
+    assert Config(datadir="/d", cachedir="/c").statedir == Path("/elsewhere")

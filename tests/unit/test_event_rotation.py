@@ -50,7 +50,9 @@ def test_rotation_keeps_keep_files_newest_first(tmp_path: Path) -> None:
     newest = [r["seq"] for r in map(json.loads, (tmp_path / EVENTS_FILE).read_text().splitlines())]
     older = [
         r["seq"]
-        for r in map(json.loads, rotated_path(tmp_path / EVENTS_FILE, 1).read_text().splitlines())
+        for r in map(
+            json.loads, Path(rotated_path(tmp_path / EVENTS_FILE, 1)).read_text().splitlines()
+        )
     ]
     assert newest[-1] == 99 and older[-1] == newest[0] - 1  # .1 holds the events just before
     seqs = sorted(int(str(r["seq"])) for r in lines_of(tmp_path))

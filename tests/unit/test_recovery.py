@@ -112,9 +112,9 @@ def test_settle_reaps_dead_copies(node: Node, tmp_path: Path) -> None:
             "gone": Copy(12, "333", fp, 0.0),
         }
     )
-    node.partial_dir.mkdir()
+    os.mkdir(node.partial_dir)
     for name in [partial_name("alive", 10), partial_name("gone", 12), "stray.99.part"]:
-        (node.partial_dir / name).write_bytes(b"x")
+        (Path(node.partial_dir) / name).write_bytes(b"x")
     (node.config.cachedir / "reused.sqfs").write_bytes(b"renamed but never recorded")
     notes = settle(node, state, full=True)
     assert sorted(n.split(":")[0] for n in notes if "dead process" in n) == ["gone", "reused"]

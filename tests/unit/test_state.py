@@ -66,7 +66,7 @@ def store(tmp_path: Path, rebuild: Rebuilds) -> StateStore:
 
 
 def stored(store: StateStore) -> dict[str, object]:
-    data: dict[str, object] = json.loads(store.path.read_text())
+    data: dict[str, object] = json.loads(Path(store.path).read_text())
     return data
 
 
@@ -244,7 +244,7 @@ def test_missing_file_is_rebuilt(store: StateStore, rebuild: Rebuilds) -> None:
     assert stored(store)["jobs"] == {"recovered": [["x"], "?", 0.0]}
     assert store.read() == state
     assert rebuild.calls == 1
-    assert (store.statedir / LOCK_FILE).exists()
+    assert (Path(store.statedir) / LOCK_FILE).exists()
 
 
 def test_transaction_persists_changes(store: StateStore) -> None:
@@ -259,38 +259,38 @@ def test_transaction_persists_changes(store: StateStore) -> None:
 def test_transaction_writes_only_when_changed(store: StateStore) -> None:
     with store.transaction() as state:
         state.jobs["7"] = Hold(("imagenet",), "bob", 10.0)
-    before = os.stat(store.path)
+    before = os.stat(Path(store.path))
     time.sleep(0.01)
     with store.transaction() as state:
         assert "7" in state.jobs  # read, nothing changed
-    after = os.stat(store.path)
+    after = os.stat(Path(store.path))
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     with store.transaction() as state:
         state.jobs["8"] = Hold(("coco",), "eve", 11.0)
-    assert os.stat(store.path).st_ino != before.st_ino
+    assert os.stat(Path(store.path)).st_ino != before.st_ino
 
 
 def test_exception_in_transaction_writes_nothing(store: StateStore) -> None:
     with store.transaction() as state:
         state.jobs["1"] = Hold(("a",), "u", 0.0)
-    raw = store.path.read_bytes()
+    raw = Path(store.path).read_bytes()
     with pytest.raises(RuntimeError), store.transaction() as state:
         state.jobs.clear()
         raise RuntimeError("boom")
-    assert store.path.read_bytes() == raw
+    assert Path(store.path).read_bytes() == raw
 
 
 def test_unknown_version_is_never_overwritten(store: StateStore, rebuild: Rebuilds) -> None:
-    store.statedir.mkdir()
+    Path(store.statedir).mkdir()
     future = json.dumps({"version": STATE_VERSION + 1, "jobs": {"1": "new format"}}).encode()
-    store.path.write_bytes(future)
+    Path(store.path).write_bytes(future)
     with pytest.raises(UnknownVersion), store.transaction() as state:
         state.jobs["2"] = Hold(("a",), "u", 0.0)
     with pytest.raises(UnknownVersion):
         store.read()
-    assert store.path.read_bytes() == future
+    assert Path(store.path).read_bytes() == future
     assert rebuild.calls == 0
-    assert sorted(os.listdir(store.statedir)) == sorted([LOCK_FILE, STATE_FILE])
+    assert sorted(os.listdir(Path(store.statedir))) == sorted([LOCK_FILE, STATE_FILE])
 
 
 @pytest.mark.parametrize(
@@ -306,13 +306,15 @@ def test_unknown_version_is_never_overwritten(store: StateStore, rebuild: Rebuil
 def test_corrupt_state_is_rebuilt_and_kept_aside(
     store: StateStore, rebuild: Rebuilds, caplog: pytest.LogCaptureFixture, content: bytes
 ) -> None:
-    store.statedir.mkdir()
-    store.path.write_bytes(content)
+    Path(store.statedir).mkdir()
+    Path(store.path).write_bytes(content)
     with caplog.at_level(logging.ERROR, logger="scratch_stage.host.state"):
         state = store.read()
     assert rebuild.calls == 1
     assert "recovered" in state.jobs
-    aside = [p for p in store.statedir.iterdir() if p.name.startswith(f"{STATE_FILE}.corrupt-")]
+    aside = [
+        p for p in Path(store.statedir).iterdir() if p.name.startswith(f"{STATE_FILE}.corrupt-")
+    ]
     assert len(aside) == 1
     assert aside[0].read_bytes() == content
     assert NodeState.from_json(stored(store)) == state
@@ -323,8 +325,8 @@ def test_corrupt_state_is_rebuilt_and_kept_aside(
 
 
 def test_corrupt_state_in_a_transaction(store: StateStore, rebuild: Rebuilds) -> None:
-    store.statedir.mkdir()
-    store.path.write_text("{not json")
+    Path(store.statedir).mkdir()
+    Path(store.path).write_text("{not json")
     with store.transaction() as state:
         state.jobs["5"] = Hold(("a",), "u", 0.0)
     assert rebuild.calls == 1
@@ -360,16 +362,16 @@ HOLD_LOCK = textwrap.dedent(
 
 
 def test_lock_timeout_when_another_process_holds_the_lock(store: StateStore) -> None:
-    store.statedir.mkdir(mode=0o700)
+    Path(store.statedir).mkdir(mode=0o700)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(store.statedir / LOCK_FILE)],
+        [sys.executable, "-c", HOLD_LOCK, str(Path(store.statedir) / LOCK_FILE)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        busy = StateStore(store.statedir, lock_timeout=0.3, rebuild=NodeState)
+        busy = StateStore(Path(store.statedir), lock_timeout=0.3, rebuild=NodeState)
         started = time.monotonic()
         with pytest.raises(LockTimeout) as info, busy.transaction():
             pass
@@ -435,12 +437,12 @@ def test_any_unparseable_state_is_set_aside_and_rebuilt(
     store: StateStore, rebuild: Rebuilds, content: bytes
 ) -> None:
     # Observed on main: OverflowError / RecursionError escaped and every prolog exited 3.
-    store.statedir.mkdir(mode=0o700)
-    store.path.write_bytes(content)
+    Path(store.statedir).mkdir(mode=0o700)
+    Path(store.path).write_bytes(content)
     with store.transaction() as state:
         assert "recovered" in state.jobs
     assert rebuild.calls == 1
-    assert list(store.statedir.glob("state.json.corrupt-*"))
+    assert list(Path(store.statedir).glob("state.json.corrupt-*"))
 
 
 def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -461,10 +463,10 @@ def test_enospc_keeps_the_old_state_and_is_a_one_line_node_fault(
 ) -> None:
     import errno
 
-    store.statedir.mkdir(mode=0o700)
+    Path(store.statedir).mkdir(mode=0o700)
     with store.transaction() as state:
         state.pins["a"] = Pin(1.0)
-    before = store.path.read_bytes()
+    before = Path(store.path).read_bytes()
 
     def no_space(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -473,25 +475,25 @@ def test_enospc_keeps_the_old_state_and_is_a_one_line_node_fault(
     with pytest.raises(NodeFault) as info, store.transaction() as state:
         state.pins["b"] = Pin(2.0)
     assert "no space left" in str(info.value) and "\n" not in str(info.value)
-    assert store.path.read_bytes() == before
-    assert [p.name for p in store.statedir.iterdir() if p.name.endswith(".tmp")] == []
+    assert Path(store.path).read_bytes() == before
+    assert [p.name for p in Path(store.statedir).iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_statedir_and_lock_are_private(store: StateStore) -> None:
     with store.transaction():
         pass
-    assert stat.S_IMODE(store.statedir.stat().st_mode) == 0o700
-    assert stat.S_IMODE((store.statedir / LOCK_FILE).stat().st_mode) == 0o600
-    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(store.statedir).stat().st_mode) == 0o700
+    assert stat.S_IMODE((Path(store.statedir) / LOCK_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(store.path).stat().st_mode) == 0o600
 
 
 def test_a_loose_statedir_is_made_private(
     store: StateStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store.statedir.mkdir(mode=0o755)
-    store.statedir.chmod(0o755)
-    (store.statedir / LOCK_FILE).write_text("")
+    Path(store.statedir).mkdir(mode=0o755)
+    Path(store.statedir).chmod(0o755)
+    (Path(store.statedir) / LOCK_FILE).write_text("")
     with store.transaction():
         pass
-    assert stat.S_IMODE(store.statedir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(Path(store.statedir).stat().st_mode) == 0o700
     assert "made 0700" in caplog.text
