@@ -172,6 +172,11 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
+        # counters of datasets gone from datadir and the cache go too: the state stays small
+        gone = set(state.counters.datasets) - set(catalog.images) - set(state.cached)
+        state.counters.forget(
+            gone - set(heat) - {n for h in state.jobs.values() for n in h.datasets}
+        )
         backoff = {n: f for n, f in state.failures.items() if f.retry_at > now}
         blocked = {n: _backoff_text(f, now) for n, f in backoff.items()}
         blocked.update(

@@ -66,19 +66,27 @@ class Mark:
         return cls(str(diskseq), str(backing), int(sectors))
 
 
+_INDEX = {name: i for i, name in enumerate(DATASET_FIELDS)}
+_NUMBERS = (int, float)
+
+
 class Counters:
-    """The node's counters (all monotonic but `rebalance`, the last pass's record)."""
+    """The node's counters (all monotonic but `rebalance`, the last pass's record).
+
+    Per dataset one row of numbers in DATASET_FIELDS order (`fields` in the JSON names
+    them): every prolog parses and writes these, so they are kept compact.
+    """
 
     __slots__ = ("datasets", "devices", "rebalance", "refusals")
 
     def __init__(
         self,
-        datasets: dict[str, dict[str, float]] | None = None,
+        datasets: dict[str, list[float]] | None = None,
         refusals: dict[str, int] | None = None,
         devices: dict[str, Mark] | None = None,
         rebalance: dict[str, Any] | None = None,
     ) -> None:
-        self.datasets: dict[str, dict[str, float]] = datasets if datasets is not None else {}
+        self.datasets: dict[str, list[float]] = datasets if datasets is not None else {}
         self.refusals: dict[str, int] = refusals if refusals is not None else {}
         self.devices: dict[str, Mark] = devices if devices is not None else {}
         # {"time": wall clock at the end, "duration": seconds, "outcome": ..., "passes": n}
@@ -92,12 +100,24 @@ class Counters:
 
     def add(self, name: str, counter: str, amount: float = 1) -> None:
         """Add AMOUNT to dataset NAME's COUNTER (one of DATASET_FIELDS)."""
-        assert counter in DATASET_FIELDS, counter
-        values = self.datasets.setdefault(name, {})
-        values[counter] = values.get(counter, 0) + amount
+        row = self.datasets.get(name)
+        if row is None:
+            row = self.datasets[name] = [0 for _ in DATASET_FIELDS]
+        row[_INDEX[counter]] += amount
 
     def get(self, name: str, counter: str) -> float:
-        return self.datasets.get(name, {}).get(counter, 0)
+        row = self.datasets.get(name)
+        return row[_INDEX[counter]] if row is not None else 0
+
+    def values(self, name: str) -> dict[str, float]:
+        """Dataset NAME's counters by name (zeros included)."""
+        row: list[float] = self.datasets.get(name) or [0 for _ in DATASET_FIELDS]
+        return dict(zip(DATASET_FIELDS, row))
+
+    def forget(self, names: set[str]) -> None:
+        """Drop the counters of datasets NAMES (gone from datadir and from the cache)."""
+        for name in names:
+            self.datasets.pop(name, None)
 
     def refused(self, reason: str) -> None:
         assert reason in REFUSAL_REASONS, reason
@@ -115,7 +135,8 @@ class Counters:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "datasets": {n: dict(v) for n, v in self.datasets.items()},
+            "fields": list(DATASET_FIELDS),
+            "datasets": {n: list(v) for n, v in self.datasets.items()},
             "refusals": dict(self.refusals),
             "devices": {d: m.to_json() for d, m in self.devices.items()},
             "rebalance": dict(self.rebalance),
@@ -123,26 +144,37 @@ class Counters:
 
     @classmethod
     def from_json(cls, data: Any) -> Counters:
-        """DATA as written by to_json (absent in older state files: empty); ValueError if bad."""
+        """DATA as written by to_json (absent in older state files: empty); ValueError if bad.
+
+        Rows of other `fields` (another version's) are mapped by name; unknown ones dropped.
+        """
         if data is None:
             return cls()
         if not isinstance(data, dict):
             raise ValueError("counters is not an object")
-        datasets: dict[str, dict[str, float]] = {}
-        for name, values in data.get("datasets", {}).items():
-            datasets[str(name)] = {
-                str(k): _number(v) for k, v in values.items() if k in DATASET_FIELDS
-            }
+        fields = data.get("fields", DATASET_FIELDS)
+        width = len(DATASET_FIELDS)
+        datasets: dict[str, list[float]] = {}
+        same = list(fields) == list(DATASET_FIELDS)
+        for name, row in data.get("datasets", {}).items():
+            if (
+                type(row) is not list
+                or len(row) != len(fields)
+                or not all(type(v) in _NUMBERS for v in row)
+            ):
+                raise ValueError(f"counters of {name!r} are not {len(fields)} numbers")
+            if same:
+                datasets[str(name)] = row
+            else:
+                mapped: list[float] = [0 for _ in range(width)]
+                for field_name, value in zip(fields, row):
+                    if field_name in _INDEX:
+                        mapped[_INDEX[field_name]] = value
+                datasets[str(name)] = mapped
         refusals = {str(k): int(v) for k, v in data.get("refusals", {}).items()}
         devices = {str(d): Mark.from_json(m) for d, m in data.get("devices", {}).items()}
         rebalance = dict(data.get("rebalance", {}))
         return cls(datasets, refusals, devices, rebalance)
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"counter {value!r} is not a number")
-    return value
 
 
 def layer_of_path(datadir: str, cachedir: str) -> Callable[[str], str | None]:

@@ -102,8 +102,10 @@ def test_older_state_without_counters_reads_as_empty() -> None:
     "bad",
     [
         [],
-        {"datasets": {"a": {"jobs_cached": "many"}}},
-        {"datasets": {"a": {"jobs_cached": True}}},
+        {"datasets": {"a": {"jobs_cached": 1}}},
+        {"datasets": {"a": [1, 2]}},
+        {"datasets": {"a": ["many"] * 10}},
+        {"datasets": {"a": [True] * 10}},
         {"devices": {"loop0": ["1", "/x", "many"]}},
         {"devices": {"loop0": ["1"]}},
     ],
@@ -115,6 +117,16 @@ def test_malformed_counters_make_the_state_malformed(bad: object) -> None:
         NodeState.from_json(data)
 
 
-def test_unknown_counter_names_are_dropped() -> None:
-    c = Counters.from_json({"datasets": {"a": {"jobs_cached": 2, "bogus": 1}}})
-    assert c.datasets == {"a": {"jobs_cached": 2}}
+def test_rows_of_another_version_are_mapped_by_field_name() -> None:
+    c = Counters.from_json({"fields": ["bogus", "jobs_cached"], "datasets": {"a": [1, 2]}})
+    assert c.get("a", "jobs_cached") == 2 and c.values("a")["jobs_slow"] == 0
+    assert c.to_json()["datasets"]["a"] == [2 if f == "jobs_cached" else 0
+                                             for f in c.to_json()["fields"]]  # fmt: skip
+
+
+def test_forget_drops_a_dataset_row() -> None:
+    c = Counters()
+    c.add("a", "evictions")
+    c.add("b", "evictions")
+    c.forget({"a", "zzz"})
+    assert set(c.datasets) == {"b"}
