@@ -54,10 +54,13 @@ def check_config(config: Config) -> list[Finding]:
     return found
 
 
-# slurmctld RPCs a node's demand costs per pass: squeue loads the job list, sinfo the node
-# and partition lists (pyslurm loads the same three).
-DEMAND_RPCS = {"squeue": 3, "pyslurm": 3, "file": 0, "none": 0}
-FEATURE_RPCS = 1  # scontrol show node, when node_features is on and the refresh is due
+# slurmctld RPCs a node's demand costs per pass, counted with `sdiag` on the 22.05 test
+# cluster: `squeue -t PD` and `sinfo` together make 4 (REQUEST_JOB_INFO 1,
+# REQUEST_NODE_INFO 1, REQUEST_PARTITION_INFO 2). pyslurm loads jobs and partitions (2).
+DEMAND_RPCS = {"squeue": 4, "pyslurm": 2, "file": 0, "none": 0}
+# `scontrol show node -o NODE` makes 2 (node and partition info); with node_features only
+# when the cached set changed or REFRESH passed (agent/features.py), plus an update.
+FEATURE_RPCS = 2
 PUBLISHER_INTERVAL = 30  # scratch-stage-demand.timer
 
 

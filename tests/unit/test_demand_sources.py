@@ -239,12 +239,12 @@ def test_config_check_names_the_demand_source_and_its_cost(tmp_path: Path) -> No
 
     squeue = config(tmp_path, interval=60.0)
     assert demand_note(squeue) == (
-        "demand: squeue on every node: about 3 slurmctld RPCs per node per pass (every 60s): "
-        "3/min per node, 300/min at 100 nodes, 3,000/min at 1,000; a published file "
-        "(`demand: {source: file}`, scratch-stage-demand.timer on one host) costs 3 per 30s "
+        "demand: squeue on every node: about 4 slurmctld RPCs per node per pass (every 60s): "
+        "4/min per node, 400/min at 100 nodes, 4,000/min at 1,000; a published file "
+        "(`demand: {source: file}`, scratch-stage-demand.timer on one host) costs 4 per 30s "
         "in all"
     )
-    assert "6,000/min at 1,000" in demand_note(config(tmp_path, interval=30.0))
+    assert "8,000/min at 1,000" in demand_note(config(tmp_path, interval=30.0))
     published = config(tmp_path, demand=DemandConfig(source="file"))
     assert demand_note(published).startswith(
         f"demand: file {tmp_path}/.scratch-stage-demand.json (one publisher asks slurmctld"
