@@ -378,12 +378,18 @@ def format_info(view: InfoView, *, now: float) -> str:
     lines += [f"  {printable(m.source)} <- {printable(m.backing or '?')}" for m in view.mount_stack]
     lines.append("recent events:" + ("" if view.events else " -"))
     for event in view.events:
-        details = " ".join(f"{k}={_detail(k, v)}" for k, v in sorted(event.details.items()))
+        details = " ".join(
+            f"{k}={_detail(k, v)}"
+            for k, v in sorted(event.details.items())
+            if k not in _EVENT_SHOWN_ELSEWHERE
+        )
         lines.append(printable(f"  {_when(event.at)} {event.kind} {details}".rstrip()))
     return "\n".join(lines)
 
 
 _EVENT_TIMES = ("expires", "retry_at")  # event fields that hold an epoch time
+# The RFC 3339 time and the node name are for log shipping: `info` shows the time already.
+_EVENT_SHOWN_ELSEWHERE = ("time", "node")
 
 
 def _detail(key: str, value: object) -> str:

@@ -161,12 +161,12 @@ def format_signed_size(n: float) -> str:
 
 def format_rate(bytes_per_second: float) -> str:
     """A read rate: '1.5 MiB/s'."""
-    return format_size(max(bytes_per_second, 0.0)) + "/s"
+    return format_size(bytes_per_second if bytes_per_second > 0 else 0.0) + "/s"
 
 
 def format_jobs(expected: float) -> str:
     """Expected queued jobs (demand): '0.37 jobs'."""
-    return f"{max(expected, 0.0):.2f} jobs"
+    return f"{expected if expected > 0 else 0.0:.2f} jobs"
 
 
 def format_duration(seconds: float) -> str:

@@ -132,8 +132,8 @@ def build_tree(root: Path) -> None:
          "seconds": 2.5},
         {"ts": NOW - 3600, "event": "mount", "dataset": "alpha",
          "detail": "cached copy mounted over the image"},
-        {"ts": NOW - 600, "event": "request", "dataset": "alpha", "job": "4242",
-         "user": "alice"},
+        {"ts": NOW - 600, "time": "2027-01-15T07:50:00.000Z", "event": "request",
+         "node": "node7", "dataset": "alpha", "job": "4242", "user": "alice"},
         {"ts": NOW - 60, "event": "pin", "dataset": "beta", "expires": NOW + 2 * 86400},
     ]  # fmt: skip
     (state / "events.log").write_text("".join(json.dumps(e) + "\n" for e in events))

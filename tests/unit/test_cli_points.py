@@ -334,3 +334,40 @@ def test_root_sees_hostile_file_names_escaped(public_tree: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stderr
     assert "problem: \\x1b]0;owned\\x07\\x1b[2Jx.sqfs: " in done.stderr
+
+
+# --- what a pass and a copy did: typed records, formatted only here ----------------------
+
+
+def test_done_and_failed_records_read_as_sentences() -> None:
+    from scratch_stage.cli import format_done, format_failed
+    from scratch_stage.policy.report import DoneRecord, FailedRecord
+
+    assert format_done(DoneRecord("copied", "a", "mounted cached copy over 1 layer(s)")) == (
+        "copied a, mounted cached copy over 1 layer(s)"
+    )
+    assert format_done(DoneRecord("already-cached", "a")) == "a already cached and mounted"
+    assert format_done(DoneRecord("evicted", "b", "not worth a copy")) == (
+        "evicted b (not worth a copy)"
+    )
+    assert format_done(DoneRecord("unmounted", "c", "idle")) == "unmounted c (idle)"
+    assert format_done(DoneRecord("features", None, "ds_a,ds_b")) == "features: ds_a,ds_b"
+    assert format_failed(FailedRecord("stage", "a", "no space")) == "stage a: no space"
+    assert format_failed(FailedRecord("features", None, "scontrol: x")) == (
+        "node features: scontrol: x"
+    )
+
+
+def test_a_stage_outcome_reads_as_one_line() -> None:
+    from pathlib import Path
+
+    from scratch_stage.agent.mounts import MountStep
+    from scratch_stage.agent.stager import Staged
+    from scratch_stage.cli import format_staged
+
+    over = MountStep("a", Path("/c/a.sqfs"), cached=True, replace=0, below=1)
+    assert (
+        format_staged(Staged("a", True, over)) == "a: copied, mounted cached copy over 1 layer(s)"
+    )
+    assert format_staged(Staged("a", False, None)) == "a: already cached and mounted"
+    assert format_staged(Staged("a", True, None)) == "a: copied, already mounted"

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_stage.core.units import format_size, parse_capacity, parse_duration, parse_size
+from scratch_stage.core.units import (
+    format_duration,
+    format_jobs,
+    format_rate,
+    format_signed_size,
+    format_size,
+    parse_capacity,
+    parse_duration,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -146,3 +155,29 @@ def test_format_size(n: int, expected: str) -> None:
 
 def test_format_size_stays_in_tib_for_huge_values() -> None:
     assert format_size(3 * 1024**5) == "3072.0 TiB"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (1.5, "1.5s"), (45, "45s"), (90 * 60, "1h30m"), (172800, "2d"),
+     (604800 + 3601, "1w1h1s")],
+)  # fmt: skip
+def test_format_duration(seconds: float, shown: str) -> None:
+    assert format_duration(seconds) == shown
+    if shown[-1] in "smhdw" and shown[:-1].replace(".", "").isdigit():
+        assert parse_duration(shown) == seconds  # one unit: it reads back
+
+
+def test_format_duration_refuses_what_is_no_duration() -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            format_duration(bad)
+
+
+def test_signed_sizes_rates_and_jobs() -> None:
+    assert format_signed_size(3.5 * 1024**3) == "+3.5 GiB"
+    assert format_signed_size(-65536) == "-64.0 KiB"
+    assert format_signed_size(0) == "+0 B"
+    assert format_rate(1.5 * 1024**2) == "1.5 MiB/s" and format_rate(-3) == "0 B/s"
+    assert format_jobs(1.254) == "1.25 jobs" and format_jobs(-0.0) == "0.00 jobs"
+    assert "e+" not in format_signed_size(1e15) + format_rate(1e15)
