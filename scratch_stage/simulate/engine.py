@@ -116,15 +116,17 @@ class _Replay:
                 return now + self.step
         upcoming = min(node.unplaced.next_change(now), node.next_placement())
         if now - node.last_boundary < self.config.period or not node.demand_settled(now):
-            return self._proven(now, upcoming)  # heat or a placed job's discount still moving
+            return self._proven(now, node.next_placement())  # heat or demand still moving
         return grid_ceil(upcoming, self.step) if upcoming < math.inf else math.inf
 
-    def _proven(self, now: float, upcoming: float) -> float:
-        """The next tick whose pass could differ from this one's (no event in between)."""
+    def _proven(self, now: float, placement: float) -> float:
+        """The next tick whose pass could differ from this one's, if no job starts or ends
+        and no copy lands before it (each of those is followed by a tick anyway); at most
+        the tick of the next PLACEMENT here."""
         step = self.step
         if self.repeats is None:
             return now + step
-        limit = grid_ceil(upcoming, step) if upcoming < math.inf else math.inf
+        limit = grid_ceil(placement, step) if placement < math.inf else math.inf
         proven = now
         for ticks in PROOF_TICKS:
             last = min(now + ticks * step, limit - step)

@@ -70,6 +70,21 @@ class UnplacedDemand:
         i = bisect.bisect_right(self.ticks, now) - 1
         return self.values[i] if i >= 0 else {}
 
+    def span(self, start: float, end: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Each dataset's lowest and highest demand at any time in START..END."""
+        first = bisect.bisect_right(self.ticks, start) - 1
+        last = bisect.bisect_right(self.ticks, end) - 1
+        seen = [self.values[k] for k in range(max(first, 0), last + 1)]
+        if first < 0 and seen:
+            seen.append({})  # before the first tick: no demand
+        high: dict[str, float] = {}
+        for values in seen:
+            for name, v in values.items():
+                if v > high.get(name, 0.0):
+                    high[name] = v
+        low = {n: min(values.get(n, 0.0) for values in seen) for n in high}
+        return low, high
+
     def next_change(self, now: float) -> float:
         i = bisect.bisect_right(self.ticks, now)
         return self.ticks[i] if i < len(self.ticks) else math.inf

@@ -138,8 +138,8 @@ class SimNode:
         self, start: float, end: float
     ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
         """Lowest and highest heat, and demand, of each dataset at any time in START..END,
-        assuming no job starts or ends, no placement and no change of unplaced demand
-        in between (the replay evaluates a tick after each of those anyway).
+        assuming no job starts or ends and no placement in between (the replay evaluates
+        a tick after each of those anyway); unplaced demand is taken at its extremes.
 
         Heat is piecewise linear in time (each read's overlap with the window changes
         slope only at its start, its end, and those plus `period`): its extremes are at
@@ -162,8 +162,7 @@ class SimNode:
                 for x in points
             ]
             heat[name] = (min(levels), max(levels))
-        unplaced = self.unplaced.at(start)
-        low, high = dict(unplaced), dict(unplaced)
+        low, high = self.unplaced.span(start, end)
         pending, horizon = self.work.pending, self.config.horizon
         for i in self._pending_active:
             p = pending[i]

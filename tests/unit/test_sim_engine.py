@@ -14,7 +14,13 @@ from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState
 from scratch_stage.policy import planner
 from scratch_stage.policy.plan_input import plan_input
 from scratch_stage.simulate import run as run_module
-from scratch_stage.simulate.inputs import NodeJob, SimConfig, split_by_node, unplaced_demand
+from scratch_stage.simulate.inputs import (
+    NodeJob,
+    SimConfig,
+    UnplacedDemand,
+    split_by_node,
+    unplaced_demand,
+)
 from scratch_stage.simulate.metrics import PolicyResult
 from scratch_stage.simulate.node import Action, Costs, PolicyError, SimNode
 from scratch_stage.simulate.policies import POLICIES, Ours
@@ -276,3 +282,11 @@ def test_scratch_manager_loops_every_5_seconds_whatever_the_interval() -> None:
     config = SimConfig(capacity=150 * GB, interval=600.0)
     report = simulate(tiny_trace(), config, ["scratch_manager", "lru"], bound=False)
     assert report.results["scratch_manager"].slow_read_bytes == pytest.approx(105 * RATE1)
+
+
+def test_unplaced_demand_span_takes_the_extremes_over_a_stretch() -> None:
+    demand = UnplacedDemand((60.0, 120.0, 180.0), ({"a": 0.5}, {"a": 0.2, "b": 1.0}, {}))
+    assert demand.span(0.0, 30.0) == ({}, {})
+    assert demand.span(0.0, 60.0) == ({"a": 0.0}, {"a": 0.5})
+    assert demand.span(60.0, 150.0) == ({"a": 0.2, "b": 0.0}, {"a": 0.5, "b": 1.0})
+    assert demand.span(120.0, 130.0) == ({"a": 0.2, "b": 1.0}, {"a": 0.2, "b": 1.0})
