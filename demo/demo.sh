@@ -173,6 +173,8 @@ show "$S" status
 show sinfo -N -o '%N %T'
 
 step "Operating it: the cluster view (features, queue) and this node's Prometheus metrics"
+echo "(the queue as the demand timer would publish it now: nothing pending any more)"
+"$S" demand --publish-configured >/dev/null
 show "$S" cluster
 show "$S" metrics --write
 echo "\$ grep ^scratch_stage $run/metrics/scratch_stage.prom | grep -v ' 0\$'  # the non-zero ones"
