@@ -190,6 +190,14 @@ def knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]
     """Exact 0/1 knapsack over integer weights: ITEMS are (name, weight, value)."""
     if sum(weight for _, weight, value in items if value > 0) <= capacity:
         return {name for name, _, value in items if value > 0}  # everything fits: same answer
+    # The planner's branch and bound, exact on these integer weights (the DP's optimum),
+    # and far faster on a handful of items; the DP below if it runs out of nodes.
+    views = [planner.View(name, weight, 0.0, 0.0, False) for name, weight, _ in items]
+    values = {name: value for name, _, value in items}
+    order = sorted(views, key=lambda v: (-values[v.name] / max(v.size, 1), v.name))
+    found = planner.choose_search(order, values, capacity, 20_000)
+    if found is not None:
+        return found
     best = [0.0] * (capacity + 1)
     taken: list[bytearray] = []
     for _, weight, value in items:
@@ -242,7 +250,8 @@ class ScratchManager:
         self.blacklist.update(node.refused)
         unit = max(1, node.capacity // self.units)
         items = []
-        for name, size in sorted(node.sizes.items()):
+        for name in sorted({*(n for n, h in inputs.heat.items() if h > 0), *node.cached}):
+            size = node.sizes[name]  # the rest are worth 0: never items
             if name in self.blacklist and name not in node.cached:
                 continue
             value = inputs.heat.get(name, 0.0) + (MIB if name in node.cached else 0.0)
@@ -251,6 +260,34 @@ class ScratchManager:
         chosen = knapsack(items, self.units)
         order = sorted(chosen, key=lambda n: (-inputs.heat.get(n, 0.0), n))
         return reconcile(node, order)
+
+    def repeats(
+        self, node: SimNode, heat: Mapping[str, tuple[float, float]],
+        demand: Mapping[str, tuple[float, float]],
+    ) -> bool:  # fmt: skip
+        """Its answer repeats while every dataset that could be worth something surely
+        is and all of them fit (the knapsack takes them all), and the heat ranges of
+        those to copy are disjoint (their order cannot change)."""
+        if any(n not in self.blacklist for n in node.refused):
+            return False  # a refusal since the last pass: the blacklist grows
+        unit = max(1, node.capacity // self.units)
+        weight = 0
+        to_copy = []
+        for name in {*(n for n, (_, high) in heat.items() if high > 0), *node.cached}:
+            if name in self.blacklist and name not in node.cached:
+                continue
+            low, high = heat.get(name, (0.0, 0.0))
+            if name not in node.cached:
+                if low <= 1e-9 * high:
+                    return False  # may be worth nothing at some tick
+                to_copy.append((low, high))
+            units = node.sizes[name] // unit
+            if units <= self.units:
+                weight += units
+        if weight > self.units:
+            return False
+        to_copy.sort()
+        return all(a[1] < b[0] for a, b in zip(to_copy, to_copy[1:]))
 
 
 class AgedUses:

@@ -23,7 +23,7 @@ from scratch_stage.simulate.inputs import (
 )
 from scratch_stage.simulate.metrics import PolicyResult
 from scratch_stage.simulate.node import Action, Costs, PolicyError, SimNode
-from scratch_stage.simulate.policies import POLICIES, Ours
+from scratch_stage.simulate.policies import POLICIES, Ours, ScratchManager
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
@@ -235,17 +235,26 @@ def test_passes_proven_to_repeat_are_skipped_and_change_nothing() -> None:
     # Ours with the built-in value skips ticks whose plan it proves would repeat the last
     # one; the same value under another name plans at every tick: same replay, fewer plans.
     sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
-    every_tick = {"every": lambda: Ours(value=lambda v, p: planner.default_value(v, p))}
-    fewer = 0
+    every_tick = {
+        "every": lambda: Ours(value=lambda v, p: planner.default_value(v, p)),
+        "manager every": EveryTickManager,
+    }
+    fewer = {"ours": 0, "scratch_manager": 0}
     for seed, share, noise in ((1, 0.05, 0.0), (2, 0.1, 600.0), (3, 0.2, 0.0)):
         trace = generate(WorkloadSpec(jobs=150, nodes=3, datasets=25, seed=seed), sizes)
         config = SimConfig(capacity=int(trace.catalog_bytes() * share), estimate_noise=noise)
-        report = simulate(trace, config, {"ours": Ours, **every_tick}, bound=False)
-        ours, every = report.results["ours"], report.results["every"]
-        assert _costs(ours) == _costs(every)
-        assert ours.copies > 0
-        fewer += every.decisions - ours.decisions
-    assert fewer > 0
+        policies = {"ours": Ours, "scratch_manager": ScratchManager, **every_tick}
+        report = simulate(trace, config, policies, bound=False)
+        for name, every in (("ours", "every"), ("scratch_manager", "manager every")):
+            proven, all_ticks = report.results[name], report.results[every]
+            assert _costs(proven) == _costs(all_ticks)
+            assert proven.copies > 0
+            fewer[name] += all_ticks.decisions - proven.decisions
+    assert fewer["ours"] > 0 and fewer["scratch_manager"] > 0
+
+
+class EveryTickManager(ScratchManager):
+    repeats = None  # type: ignore[assignment]
 
 
 def test_workers_replay_the_same_as_one_process() -> None:
