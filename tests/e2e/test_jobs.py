@@ -522,9 +522,9 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
 
 
 def test_prolog_run_in_job_serves_the_job(base: Path, slurm_kit: SlurmKit) -> None:
-    # PrologFlags=RunInJob (Slurm 25.x) runs the prolog inside the job's extern step
+    # PrologFlags=RunInJob (Slurm >= 24.05) runs the prolog inside the job's extern step
     if slurm_kit.install.version == "22.05":
-        pytest.skip("Slurm 22.05 has no PrologFlags=RunInJob")
+        pytest.skip("Slurm 22.05 has no PrologFlags=RunInJob (added in 24.05)")
     images = {name: base / "src" / name for name in DATASETS}
     name = f"runinjob{slurm_kit.install.version}"
     site = build_site(base, name, images, lua=False, kit=slurm_kit, prolog_flags="RunInJob")
