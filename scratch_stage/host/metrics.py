@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratch_stage.core.errors import ScratchStageError
+from scratch_stage.host.state import not_own_directory
 
 METRICS_FILE = "scratch_stage.prom"
 PREFIX = "scratch_stage_"
@@ -93,12 +94,9 @@ def check_metrics_dir(directory: str | os.PathLike[str]) -> None:
         st = os.stat(directory)
     except OSError as e:
         raise MetricsError(f"metrics_dir {directory}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MetricsError(f"metrics_dir {directory} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise MetricsError(
-            f"metrics_dir {directory} belongs to uid {st.st_uid}, not {os.geteuid()}: not written"
-        )
+    problem = not_own_directory(st)
+    if problem:
+        raise MetricsError(f"metrics_dir {directory} {problem}: not written")
     if stat.S_IMODE(st.st_mode) & 0o022:
         raise MetricsError(
             f"metrics_dir {directory} is writable by group or others (mode "

@@ -378,6 +378,15 @@ class StateStore:
         faults.point("after-state-write")
 
 
+def not_own_directory(st: os.stat_result) -> str:
+    """Why ST is not a directory of this process's user ("" when it is one)."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to uid {os.geteuid()}"
+    return ""
+
+
 def ensure_private_dir(path: str | PathLike[str], what: str) -> None:
     """PATH exists as a directory of this user, mode 0700; loosened modes are tightened.
 
@@ -389,10 +398,9 @@ def ensure_private_dir(path: str | PathLike[str], what: str) -> None:
         st = os.stat(path)
     except OSError as e:
         raise NodeFault(f"{what} {path} unusable: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise NodeFault(f"{what} {path} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise NodeFault(f"{what} {path} belongs to uid {st.st_uid}, not to uid {os.geteuid()}")
+    problem = not_own_directory(st)
+    if problem:
+        raise NodeFault(f"{what} {path} {problem}")
     if stat.S_IMODE(st.st_mode) & 0o077:
         log.warning(
             "%s %s had mode %o: made 0700 and its lock files replaced (other users could "
