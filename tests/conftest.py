@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,3 +30,14 @@ def forbid_real_defaults(
     for name in list(os.environ):
         if name.startswith(config.ENV_PREFIX):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def restore_stop_signals() -> Iterator[None]:
+    """A command run in-process (`run_cli` of prestage, rebalance...) turns SIGTERM and SIGINT
+    into a flag (host/interrupts.py); put pytest's own handlers back after each test, so a
+    later test's forked workers still die on SIGTERM and Ctrl-C still stops the run."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -8,6 +8,7 @@ one process); where fork is unavailable they run in this process.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
@@ -78,10 +79,18 @@ def _bound_one(index: int) -> Bound:
     return lower_bound(relax, iterations=_TASK["iterations"])
 
 
+def _default_signals() -> None:
+    """A worker dies on SIGTERM whatever handler it inherited: Pool.terminate() relies on it
+    (a forked worker that kept a flag-setting handler waits on its queue for ever)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
+
+
 def _each_node(func: Callable[[int], Any], count: int, workers: int) -> Iterator[Any]:
     """FUNC(i) for every node index, in order; by forked workers if asked and possible."""
     if workers <= 1 or count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         yield from map(func, range(count))
         return
-    with multiprocessing.get_context("fork").Pool(min(workers, count)) as pool:
+    context = multiprocessing.get_context("fork")
+    with context.Pool(min(workers, count), initializer=_default_signals) as pool:
         yield from pool.imap(func, range(count))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from scratch_stage.host import interrupts
 from scratch_stage.host.catalog import Fingerprint
 from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState
 from scratch_stage.policy import planner
@@ -299,3 +301,15 @@ def test_unplaced_demand_span_takes_the_extremes_over_a_stretch() -> None:
     assert demand.span(0.0, 60.0) == ({"a": 0.0}, {"a": 0.5})
     assert demand.span(60.0, 150.0) == ({"a": 0.2, "b": 0.0}, {"a": 0.5, "b": 1.0})
     assert demand.span(120.0, 130.0) == ({"a": 0.2, "b": 1.0}, {"a": 0.2, "b": 1.0})
+
+
+def _worker_dies_on_sigterm(index: int) -> bool:
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_workers_die_on_sigterm_even_when_the_parent_turned_it_into_a_flag() -> None:
+    # A command run in-process before (rebalance, prestage) leaves SIGTERM as a flag
+    # (tests/conftest.py puts it back after the test). Workers that inherited it ignored
+    # Pool.terminate(), and a replay could hang for ever on one still waiting on its queue.
+    interrupts.install()
+    assert list(run_module._each_node(_worker_dies_on_sigterm, 4, workers=2)) == [True] * 4
