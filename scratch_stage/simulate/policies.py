@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Callable
 
 from scratch_stage.policy import planner
@@ -364,17 +364,25 @@ class Belady:
             index[name] = ([r[0] for r in rows], [r[1] for r in rows], suffix)
         return index
 
-    def decide(
-        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
-    ) -> Action | None:
+    def _upcoming(
+        self, node: SimNode, now: float
+    ) -> Iterator[tuple[str, list[float], int, list[int]]]:
+        """Per dataset: its jobs' start times, the index of the first not started yet (those
+        started at this instant are in the running remainder) and the suffix sums of reads."""
         if self.future is None:
             self.future = self._index(node.work.jobs)
-        remaining = _running_remainder(node, now)
-        next_use: dict[str, float] = {}
         for name, (times, ids, suffix) in self.future.items():
             i = bisect.bisect_left(times, now)
             while i < len(times) and times[i] == now and ids[i] in node.running:
-                i += 1  # started at this instant: counted in the running remainder
+                i += 1
+            yield name, times, i, suffix
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        remaining = _running_remainder(node, now)
+        next_use: dict[str, float] = {}
+        for name, times, i, suffix in self._upcoming(node, now):
             later = suffix[i] + remaining.get(name, 0.0)
             if later > (0 if name in node.cached else node.sizes[name]):
                 soon = now if name in node.held or i == len(times) else times[i]
@@ -397,14 +405,9 @@ class FutureBytes(Belady):
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None:
-        if self.future is None:
-            self.future = self._index(node.work.jobs)
         remaining = _running_remainder(node, now)
         density: dict[str, float] = {}
-        for name, (times, ids, suffix) in self.future.items():
-            i = bisect.bisect_left(times, now)
-            while i < len(times) and times[i] == now and ids[i] in node.running:
-                i += 1  # started at this instant: counted in the running remainder
+        for name, times, i, suffix in self._upcoming(node, now):
             j = bisect.bisect_left(times, now + self.lookahead)
             size = node.sizes[name]
             gain = suffix[i] - suffix[max(i, j)] + remaining.get(name, 0.0)
