@@ -17,6 +17,11 @@ splits by dataset; each part is a total-variation function whose minimum over [0
 is at a 0/1 point (it is a Lovász extension), found by a two-state dynamic programme
 over the dataset's reads. Subgradient steps on lam tighten L; a repaired primal (scaled
 down where over capacity) gives an upper bound on LP*, reported as the gap.
+
+copy_time_bound is tighter and the one reported: the same Lagrangian taken directly over
+0/1 schedules in continuous time where a copy takes size/bandwidth, holds its room from
+its start, and starts no earlier than the node's first event; it starts from the prices
+above, so it is never below lower_bound.
 """
 
 from __future__ import annotations
@@ -52,10 +57,18 @@ class Relaxation:
     intervals: int
     rho: Mapping[str, tuple[tuple[int, ...], tuple[float, ...]]]
     read_bytes: float
+    times: tuple[float, ...] = ()  # interval k is [times[k], times[k+1]]
 
     @classmethod
-    def of(cls, jobs: Sequence[NodeJob], sizes: Mapping[str, int], capacity: int) -> Relaxation:
+    def of(
+        cls, jobs: Sequence[NodeJob], sizes: Mapping[str, int], capacity: int,
+        start: float | None = None,
+    ) -> Relaxation:  # fmt: skip
+        """START (if earlier than every job) opens a first interval without reads: the
+        replay's first moment, from which copies can run (copy_time_bound)."""
         times = sorted({t for j in jobs for t in (j.start, j.end)})
+        if start is not None and times and start < times[0]:
+            times.insert(0, start)
         rho: dict[str, dict[int, float]] = {}
         total = 0.0
         for job in jobs:
@@ -71,7 +84,7 @@ class Relaxation:
                 for k in range(first, last):  # interval k is [times[k], times[k+1]]
                     per[k] = per.get(k, 0.0) + scale * (times[k + 1] - times[k])
         flat = {n: (tuple(sorted(p)), tuple(p[k] for k in sorted(p))) for n, p in rho.items()}
-        return cls(sizes, capacity, max(0, len(times) - 1), flat, total)
+        return cls(sizes, capacity, max(0, len(times) - 1), flat, total, tuple(times))
 
     def cost(self, x: Mapping[str, Sequence[float]]) -> float:
         """The relaxed cost of fractions X[d][k] (k over all intervals), capacity unchecked."""
@@ -122,17 +135,25 @@ def _dataset_dual(
 
 def lower_bound(relax: Relaxation, *, iterations: int = 80, tolerance: float = 1e-3) -> Bound:
     """Best Lagrangian bound found by Polyak subgradient steps, and the primal upper bound."""
+    return _instant_copies(relax, iterations, tolerance)[0]
+
+
+def _instant_copies(
+    relax: Relaxation, iterations: int, tolerance: float
+) -> tuple[Bound, list[float]]:
+    """lower_bound, and the prices at which its best value was found."""
     n = relax.intervals
     if n == 0 or not relax.rho:
-        return Bound(relax.read_bytes, relax.read_bytes, 0)
+        return Bound(relax.read_bytes, relax.read_bytes, 0), [0.0] * n
     lam = [0.0] * n
+    best_lam = lam
     best_lower, best_upper = -float("inf"), relax.read_bytes
     theta, stalled, used = 1.0, 0, 0
     while used < iterations:
         used += 1
         value, occupancy, ranges = _lagrangian(relax, lam)
         if value > best_lower:
-            best_lower, stalled = value, 0
+            best_lower, best_lam, stalled = value, lam, 0
         else:
             stalled += 1
             if stalled >= 8:  # Polyak's target is the primal bound: shrink when overshooting
@@ -146,7 +167,146 @@ def lower_bound(relax: Relaxation, *, iterations: int = 80, tolerance: float = 1
             break
         step = theta * (best_upper - value) / norm
         lam = [max(0.0, lv + step * g) for lv, g in zip(lam, grad)]
-    return Bound(max(0.0, best_lower), best_upper, used)
+    return Bound(max(0.0, best_lower), best_upper, used), best_lam
+
+
+def copy_time_bound(
+    relax: Relaxation, bandwidth: float, *, iterations: int = 80, tolerance: float = 1e-3
+) -> tuple[Bound, Bound]:
+    """The bound with copy time (docs/simulate.md), and lower_bound's, in that order.
+
+    A copy of d takes size/BANDWIDTH, holds its room from its start, and the first one
+    starts no earlier than relax.times[0] (the replay's first moment). The Lagrangian
+    relaxes only capacity, so for every price vector it is at most every schedule's
+    cost; it starts from lower_bound's best prices, where it is at least lower_bound
+    (each per-dataset minimum only gains terms), so the result is never below it.
+    The upper field is the instant-copy relaxation's (an upper bound on *its* optimum,
+    not on this one's).
+    """
+    instant, lam = _instant_copies(relax, iterations, tolerance)
+    n = relax.intervals
+    if n == 0 or not relax.rho:
+        return instant, instant
+    best_lower = instant.lower
+    # Target level for Polyak's step (this relaxation's optimum is unknown): above the
+    # best value by a margin that halves whenever the steps stop improving.
+    margin = max(instant.upper - instant.lower, 0.05 * instant.lower, 1.0)
+    stalled, used = 0, 0
+    while used < iterations:
+        used += 1
+        value, occupancy = _delayed_lagrangian(relax, lam, bandwidth)
+        if value > best_lower * (1 + 1e-6):
+            best_lower, stalled = value, 0
+        else:
+            stalled += 1
+            if stalled >= 8:
+                margin, stalled = margin / 2, 0
+        if margin <= tolerance * max(best_lower, 1.0):
+            break
+        grad = [o - relax.capacity for o in occupancy]
+        norm = sum(g * g for g in grad)
+        if norm == 0:
+            break
+        step = (best_lower + margin - value) / norm
+        lam = [max(0.0, lv + step * g) for lv, g in zip(lam, grad)]
+    lower = max(0.0, best_lower)
+    return Bound(lower, instant.upper, used), instant
+
+
+class _Prices:
+    """Cumulative price Lambda(t) of one byte held from the first time to T (prices are
+    per interval; spread evenly over it)."""
+
+    def __init__(self, times: Sequence[float], lam: Sequence[float]) -> None:
+        self.times = times
+        self.lam = lam
+        self.prefix = [0.0]
+        for v in lam:
+            self.prefix.append(self.prefix[-1] + v)
+
+    def at(self, t: float) -> float:
+        times = self.times
+        if t <= times[0]:
+            return 0.0
+        if t >= times[-1]:
+            return self.prefix[-1]
+        k = bisect.bisect_right(times, t) - 1
+        return self.prefix[k] + self.lam[k] * (t - times[k]) / (times[k + 1] - times[k])
+
+
+def _delayed_dual(
+    ks: Sequence[int], rhos: Sequence[float], times: Sequence[float], prices: _Prices,
+    copy: float,
+) -> tuple[float, list[tuple[float, int]]]:  # fmt: skip
+    """Min per-byte Lagrangian cost of one dataset whose copy takes COPY seconds, and the
+    chosen blocks (landing time, index of the time it is dropped at).
+
+    A block landing at T and dropped at E costs 1 + r(T) - Lambda(T - COPY) + Lambda(E) -
+    r(E) (r: the share of the image read so far); the first landing is at or after
+    times[0] + COPY. The minimum lies where every T is a breakpoint of its term (the ends
+    of a read interval, times[0] + COPY, or a time + COPY) and every E the end of a read
+    interval, so a two-state scan over those points finds it.
+    """
+    earliest = times[0] + copy
+    f0, f1 = 0.0, float("inf")
+    links: list[tuple[float, int, int]] = []  # (landing, drop index, previous link or -1)
+    chain0 = -1  # the last block of state 0's schedule, as an index into links
+    open1 = (0.0, -1)  # state 1's landing and the chain before it
+    read = 0.0  # r at the start of the current read interval
+    for k, rho in zip(ks, rhos):
+        lo, hi = times[k], times[k + 1]
+        span = hi - lo
+        if hi >= earliest:
+            start = max(lo, earliest)
+            points = [start, hi]
+            first = bisect.bisect_right(times, start - copy)
+            last = bisect.bisect_left(times, hi - copy)
+            points.extend(times[i] + copy for i in range(first, last))
+            best, where = float("inf"), start
+            for p in points:
+                cost = read + rho * (p - lo) / span - prices.at(p - copy)
+                if cost < best:
+                    best, where = cost, p
+            if f0 + 1.0 + best < f1:
+                f1, open1 = f0 + 1.0 + best, (where, chain0)
+        read += rho
+        close = f1 + prices.prefix[k + 1] - read
+        if close < f0:
+            links.append((open1[0], k + 1, open1[1]))
+            f0, chain0 = close, len(links) - 1
+    blocks: list[tuple[float, int]] = []
+    while chain0 >= 0:
+        landing, end, chain0 = links[chain0]
+        blocks.append((landing, end))
+    return f0, blocks
+
+
+def _delayed_lagrangian(
+    relax: Relaxation, lam: Sequence[float], bandwidth: float
+) -> tuple[float, list[float]]:
+    """L(lam) with copy time, and the minimiser's mean room held per interval."""
+    times = relax.times
+    prices = _Prices(times, lam)
+    delta = [0.0] * (relax.intervals + 1)
+    partial = [0.0] * relax.intervals
+    value = relax.read_bytes - relax.capacity * prices.prefix[-1]
+    for name, (ks, rhos) in relax.rho.items():
+        size = relax.sizes[name]
+        copy = size / bandwidth
+        per_byte, blocks = _delayed_dual(ks, rhos, times, prices, copy)
+        value += size * per_byte
+        for landing, end in blocks:
+            held = landing - copy  # the room is held from the copy's start
+            j = min(bisect.bisect_right(times, held) - 1, relax.intervals - 1)
+            share = (times[j + 1] - held) / (times[j + 1] - times[j])
+            partial[j] += size * share
+            delta[j + 1] += size
+            delta[end] -= size
+    occupancy, running = [], 0.0
+    for d, extra in zip(delta, partial):
+        running += d
+        occupancy.append(running + extra)
+    return value, occupancy
 
 
 def _lagrangian(

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from scratch_stage.simulate.inputs import NodeJob, SimConfig, grid_ceil
+from scratch_stage.simulate.inputs import NodeJob, SimConfig, grid_ceil, replay_start
 from scratch_stage.simulate.node import Action, Costs, SimNode
 
 # Events at one instant, in this order: jobs end (releasing holds), copies finish (a job
@@ -68,8 +68,7 @@ class _Replay:
         ends: list[tuple[float, int]] = []
         next_start, next_tick = 0, math.inf
         if self.ticks and jobs:
-            first = min(jobs[0].start, node.next_placement(), node.unplaced.next_change(-math.inf))
-            next_tick = grid_ceil(first, self.step)
+            next_tick = grid_ceil(replay_start(node.work, node.unplaced), self.step)
         while next_start < len(jobs) or ends:
             t_start = jobs[next_start].start if next_start < len(jobs) else math.inf
             t_end = ends[0][0] if ends else math.inf

@@ -90,6 +90,14 @@ class UnplacedDemand:
         return self.ticks[i] if i < len(self.ticks) else math.inf
 
 
+def replay_start(work: NodeWorkload, unplaced: UnplacedDemand) -> float:
+    """The node's first event: its first job start, placement, or change of unplaced
+    demand. No policy acts, so no copy starts, before it (the bound relies on this)."""
+    first = work.jobs[0].start if work.jobs else math.inf
+    placed = work.pending[0].visible if work.pending else math.inf
+    return min(first, placed, unplaced.next_change(-math.inf))
+
+
 def grid_ceil(t: float, interval: float) -> float:
     """The first rebalance tick at or after T."""
     return math.ceil(t / interval) * interval

@@ -13,9 +13,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
-from scratch_stage.simulate.bound import Bound, Relaxation, lower_bound
+from scratch_stage.simulate.bound import Bound, Relaxation, copy_time_bound
 from scratch_stage.simulate.engine import Policy, replay_node
-from scratch_stage.simulate.inputs import NodeWorkload, SimConfig, split_by_node, unplaced_demand
+from scratch_stage.simulate.inputs import (
+    NodeWorkload,
+    SimConfig,
+    replay_start,
+    split_by_node,
+    unplaced_demand,
+)
 from scratch_stage.simulate.metrics import PolicyResult, Report
 from scratch_stage.simulate.node import Costs, SimNode
 from scratch_stage.simulate.policies import POLICIES
@@ -57,10 +63,10 @@ def simulate(
                         trace.catalog_bytes())  # fmt: skip
         if bound:
             started = time.perf_counter()
-            total = Bound(0.0, 0.0, 0)
-            for part in _each_node(_bound_one, len(work), workers):
-                total = total + part
-            report.bound = total
+            total, instant = Bound(0.0, 0.0, 0), Bound(0.0, 0.0, 0)
+            for part, old in _each_node(_bound_one, len(work), workers):
+                total, instant = total + part, instant + old
+            report.bound, report.instant_bound = total, instant
             report.bound_seconds = time.perf_counter() - started
     finally:
         _TASK.clear()
@@ -73,10 +79,13 @@ def _replay_one(index: int) -> Costs:
     return replay_node(node, _TASK["factory"]())
 
 
-def _bound_one(index: int) -> Bound:
+def _bound_one(index: int) -> tuple[Bound, Bound]:
+    """The node's bound with copy time, and with instant copies."""
     work: NodeWorkload = _TASK["work"][index]
-    relax = Relaxation.of(work.jobs, _TASK["sizes"], _TASK["config"].capacity)
-    return lower_bound(relax, iterations=_TASK["iterations"])
+    config: SimConfig = _TASK["config"]
+    start = replay_start(work, _TASK["unplaced"])
+    relax = Relaxation.of(work.jobs, _TASK["sizes"], config.capacity, start)
+    return copy_time_bound(relax, config.bandwidth, iterations=_TASK["iterations"])
 
 
 def _default_signals() -> None:
