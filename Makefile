@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 # (the package is installed for Debian's python3); rpm (rpmbuild) and rpmlint: `make rpm` and
 # tests/unit/test_rpm.py.
 # prometheus, prometheus-node-exporter: the metrics tests (tests/privileged/test_prometheus.py).
+# aria2: the engine comparison of bench/coop_staging.py.
 # All are installed by slurm/testcluster install-packages: service starts forbidden.
 APT_PACKAGES := squashfs-tools python3-venv util-linux gcc make lua5.1 lua5.3 \
 	dpkg-dev lintian rpm rpmlint python3-click python3-yaml \
-	prometheus prometheus-node-exporter
+	prometheus prometheus-node-exporter aria2
 
 .PHONY: demo test test-slurm25 lint typecheck unit bench setup system-deps slurm-deps slurm-build clean deb rpm
 

@@ -239,6 +239,81 @@ def _demand(value: Any) -> DemandConfig:
     return DemandConfig(source, path, max_age)
 
 
+@record(frozen=True)
+class CoopConfig:
+    """Cooperative staging (docs/design.md, "Cooperative staging"): off unless enabled."""
+
+    enabled: bool = False
+    dir: str | None = None  # default <datadir>/.scratch-stage-coop
+    readers: int = 1  # nodes reading one image version from datadir at once
+    lease_seconds: float = 60.0  # a reader lease not renewed for this long is stale
+    host: str = ""  # address other nodes reach this node's engine at; empty: the node name
+    port: int = 0  # the engine's listening port; 0: any free port
+    stall_seconds: float = 30.0  # a peer transfer without progress this long falls back
+    seed_seconds: float = 120.0  # at most this long serving peers after our copy
+
+
+_COOP_KEYS = (
+    "enabled", "dir", "readers", "lease_seconds", "host", "port", "stall_seconds",
+    "seed_seconds",
+)  # fmt: skip
+
+
+def _coop(value: Any) -> CoopConfig:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping with {', '.join(_COOP_KEYS)}")
+    unknown = sorted(set(value) - set(_COOP_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))}")
+    defaults = CoopConfig()
+    parsers: dict[str, Callable[[Any], Any]] = {
+        "enabled": _boolean,
+        "dir": lambda v: _path(v) if v is not None else None,
+        "readers": _count(1, 64),
+        "lease_seconds": _DURATION,
+        "host": _host,
+        "port": _count(0, 65535),
+        "stall_seconds": _DURATION,
+        "seed_seconds": parse_duration,
+    }
+    parsed: dict[str, Any] = {}
+    problems = []
+    for key, parse in parsers.items():
+        if key not in value:
+            parsed[key] = getattr(defaults, key)
+            continue
+        try:
+            parsed[key] = parse(value[key])
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+    if problems:
+        raise _SubkeyErrors(problems)
+    return CoopConfig(**parsed)
+
+
+def _count(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if type(value) is str and value.strip().isdigit():
+            value = int(value)
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+def _host(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or any(c.isspace() for c in value) or len(value) > 253:
+        raise ValueError(f"must be a host name or address, got {value!r}")
+    return value
+
+
+def _show_coop(value: CoopConfig) -> dict[str, Any]:
+    return {key: getattr(value, key) for key in _COOP_KEYS}
+
+
 def _callable_name(value: Any) -> str:
     if not isinstance(value, str) or (value and value.count(":") != 1):
         raise ValueError(f"must be 'module:function', got {value!r}")
@@ -419,6 +494,17 @@ class Config:
             "`pyslurm` ask slurmctld from every node (pyslurm only when it matches Slurm's "
             "major.minor, else squeue)", _demand,
             env=False, show=_show_demand, default_doc="`file`",
+        ),
+    )  # fmt: skip
+    coop: CoopConfig = field(
+        default=CoopConfig(),
+        metadata=_meta(
+            "`{enabled: false, dir: ..., readers: 1, lease_seconds: 60, host: ..., port: 0, "
+            "stall_seconds: 30, seed_seconds: 120}`: cooperative staging -- at most `readers` "
+            "nodes read one image from datadir at once, the others copy it from them "
+            "(BitTorrent through libtorrent, optional); `dir` default "
+            "`<datadir>/.scratch-stage-coop`, owned by a trusted owner", _coop,
+            env=False, show=_show_coop, default_doc="off",
         ),
     )  # fmt: skip
     squeue_command: tuple[str, ...] = field(

@@ -342,3 +342,20 @@ def test_values_json_cannot_hold_exactly_are_not_cached(tmp_path: Path) -> None:
     assert list(Path(config_module.RUNDIR).glob("config*.json")) == []
     with pytest.raises(ConfigError, match="123"):  # still an error, not "123" as a name
         config_module.load_config(str(path), {})
+
+
+def test_coop_section_reports_every_bad_subkey(tmp_path: Path) -> None:
+    from scratch_stage.host.config import CoopConfig, InvalidConfig, validate_config
+
+    base = {"datadir": "/d", "cachedir": "/c"}
+    assert validate_config(base, "x").coop == CoopConfig()
+    good = validate_config({**base, "coop": {"enabled": True, "readers": 2}}, "x").coop
+    assert good.enabled and good.readers == 2 and good.lease_seconds == 60.0
+    bad = {"readers": 0, "port": 70000, "lease_seconds": -1, "host": "a b", "enabled": "maybe"}
+    with pytest.raises(InvalidConfig) as e:
+        validate_config({**base, "coop": bad}, "x")
+    text = str(e.value)
+    for key in ("readers", "port", "lease_seconds", "host", "enabled"):
+        assert f"coop.{key}" in text, key
+    with pytest.raises(InvalidConfig, match="unknown key"):
+        validate_config({**base, "coop": {"reader": 1}}, "x")

@@ -53,6 +53,16 @@ SAMPLE: dict[str, Any] = {
     "access": {"imagenet": ["vision", "ml"], "coco.v2": "ml"},
     "trusted_owners": {"users": ["datasteward"], "groups": ["data"]},
     "demand": {"source": "file", "path": "/shared/demand.json", "max_age": "10m"},
+    "coop": {
+        "enabled": True,
+        "dir": "/shared/coop",
+        "readers": 2,
+        "lease_seconds": "2m",
+        "host": "10.0.0.5",
+        "port": 6881,
+        "stall_seconds": 10,
+        "seed_seconds": "5m",
+    },
     "squeue_command": "/opt/slurm/bin/squeue",
     "sinfo_command": "/opt/slurm/bin/sinfo",
     "scontrol_command": "/opt/slurm/bin/scontrol",
@@ -115,7 +125,7 @@ def test_example_file_documents_exactly_the_options() -> None:
 
 def test_env_claims_in_readme_and_example_match_the_table() -> None:
     not_overridable = {key for key, option in OPTIONS.items() if not option.env}
-    assert not_overridable == {"access", "demand", "trusted_owners"}
+    assert not_overridable == {"access", "coop", "demand", "trusted_owners"}
     readme = README.read_text()
     paragraph = next(p for p in readme.split("\n\n") if "SCRATCH_STAGE_<KEY>" in p)
     named = set(re.findall(r"`([a-z_]+)`", paragraph)) & set(OPTIONS)

@@ -1,0 +1,186 @@
+"""The peer-transfer engine: BitTorrent through libtorrent (optional, like pyslurm).
+
+scratch-stage writes no transfer protocol: libtorrent moves the pieces, checks each one
+against the piece hashes of the image version's digest (`host/lease.py`'s meta) before it
+is written or served, re-requests a piece that fails from another peer, and bans a peer
+that sends bad pieces. What is here only builds the torrent from piece hashes computed
+while the first node copied the image, and runs one session per staging process.
+
+Who may download: a torrent's info dictionary carries a random secret (`x-scratch-stage`),
+so its info-hash -- which a BitTorrent peer must present in its handshake -- is known only
+to whoever can read the meta file (root, in a root-only directory). Every connection is
+encrypted (`pe`: forced, RC4 over the whole stream), so the hash is not sent in the clear,
+DHT, local peer discovery, UPnP/NAT-PMP and peer exchange are off, and the torrent is
+private: peers come only from the registry (`Entry.peers`). A user on any node who does not
+know the info-hash gets nothing (tests/privileged/test_coop.py tries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from scratch_stage.core.errors import StagingError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+PIECE_SIZE = 4 * 1024 * 1024
+_SECRET_KEY = b"x-scratch-stage"
+
+
+def load() -> Any | None:
+    """The libtorrent module, or None when it is not installed."""
+    try:
+        import libtorrent
+    except ImportError:
+        return None
+    return libtorrent
+
+
+def piece_size(size: int) -> int:
+    """The piece length for an image of SIZE bytes: 4 MiB, larger so there are <= 8192."""
+    length = PIECE_SIZE
+    while size > length * 8192:
+        length *= 2
+    return length
+
+
+class PieceHasher:
+    """SHA-1 piece hashes and the whole file's SHA-256, fed the bytes in order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.length = piece_size(size)
+        self.pieces: list[bytes] = []
+        self.whole = hashlib.sha256()
+        self._piece = hashlib.sha1()
+        self._filled = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.whole.update(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.length - self._filled)
+            self._piece.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.length:
+                self.pieces.append(self._piece.digest())
+                self._piece = hashlib.sha1()
+                self._filled = 0
+
+    def finish(self) -> tuple[list[bytes], str]:
+        """(piece hashes, sha256 hex) of everything fed."""
+        if self._filled:
+            self.pieces.append(self._piece.digest())
+            self._filled = 0
+        return self.pieces, self.whole.hexdigest()
+
+
+def make_torrent(lt: Any, filename: str, size: int, length: int, pieces: list[bytes]) -> bytes:
+    """A private v1 torrent of one file FILENAME from its piece hashes, with a fresh secret."""
+    files = lt.file_storage()
+    files.add_file(filename, size)
+    with warnings.catch_warnings():  # libtorrent 2.1 deprecates this form; 2.0 has no other
+        warnings.simplefilter("ignore", DeprecationWarning)
+        creator = lt.create_torrent(files, length, flags=lt.create_torrent.v1_only)
+    if creator.num_pieces() != len(pieces):
+        raise StagingError(f"{filename}: {len(pieces)} piece hashes for {creator.num_pieces()}")
+    for index, digest in enumerate(pieces):
+        creator.set_hash(index, digest)
+    creator.set_priv(True)
+    entry = creator.generate()
+    entry[b"info"][_SECRET_KEY] = secrets.token_hex(32).encode()
+    return bytes(lt.bencode(entry))
+
+
+def info_hash(lt: Any, torrent: bytes) -> str:
+    return str(lt.torrent_info(lt.bdecode(torrent)).info_hash())
+
+
+def _settings(lt: Any, host: str, port: int) -> dict[str, Any]:
+    return {
+        "listen_interfaces": f"{host}:{port}",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "in_enc_policy": int(lt.enc_policy.forced),
+        "out_enc_policy": int(lt.enc_policy.forced),
+        "allowed_enc_level": int(lt.enc_level.rc4),
+        "prefer_rc4": True,
+        # Peers on one host (tests) or one subnet: no per-IP connection limit.
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": int(lt.alert_category.error | lt.alert_category.status),
+        "user_agent": "scratch-stage",
+        "peer_fingerprint": "-SS0100-",
+    }
+
+
+class Session:
+    """One libtorrent session serving and fetching one image version."""
+
+    def __init__(self, lt: Any, host: str, port: int) -> None:
+        self.lt = lt
+        self.session = lt.session(_settings(lt, host, port))
+        self.handle: Any = None
+        deadline = time.monotonic() + 5
+        while self.session.listen_port() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.port = int(self.session.listen_port())
+        if self.port == 0:
+            self.close()
+            raise StagingError(f"peer engine could not listen on {host}:{port}")
+
+    def add(self, torrent: bytes, save_path: str, *, seeding: bool) -> None:
+        """Serve (SEEDING: the file at SAVE_PATH is complete and verified) or fetch into it."""
+        lt = self.lt
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(lt.bdecode(torrent))
+        params.save_path = save_path
+        if seeding:
+            params.flags |= lt.torrent_flags.seed_mode
+        self.handle = self.session.add_torrent(params)
+
+    def connect(self, peers: Iterable[tuple[str, int]]) -> None:
+        for host, port in peers:
+            try:
+                self.handle.connect_peer((host, port))
+            except (RuntimeError, OSError):
+                continue
+
+    def progress(self) -> tuple[int, bool, int]:
+        """(bytes verified, complete, peers connected)."""
+        status = self.handle.status()
+        done = bool(status.is_seeding or status.is_finished)
+        return int(status.total_wanted_done), done, int(status.num_peers)
+
+    def uploaded(self) -> int:
+        return int(self.handle.status().all_time_upload)
+
+    def flush(self) -> None:
+        """Write everything downloaded to disk and close the files."""
+        if self.handle is not None:
+            self.handle.flush_cache()
+            self.handle.pause()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            with contextlib.suppress(RuntimeError):
+                self.session.remove_torrent(self.handle)
+            self.handle = None
+        # The session's threads stop when the last reference goes.
+        self.session.pause()
+        del self.session
+
+
+def save_file(save_path: str, filename: str) -> str:
+    return os.path.join(save_path, filename)
