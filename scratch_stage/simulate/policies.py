@@ -195,6 +195,16 @@ def knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]
     views = [planner.View(name, weight, 0.0, 0.0, False) for name, weight, _ in items]
     values = {name: value for name, _, value in items}
     order = sorted(views, key=lambda v: (-values[v.name] / max(v.size, 1), v.name))
+    # Its answer within 2000 nodes is its answer within 20 000; if it needs more, an
+    # optimum that is the only one is what any exact search returns (found in O(items x
+    # capacity)); only ties go on to the search as before, so the answer never changes.
+    found = planner.choose_search(order, values, capacity, 2_000)
+    if found is not None:
+        return found
+    forward = _best_by_weight(items, capacity)
+    optimum = _optimum(items, forward, capacity)
+    if unique_optimum(items, optimum, capacity, forward):
+        return optimum
     found = planner.choose_search(order, values, capacity, 20_000)
     if found is not None:
         return found
@@ -216,6 +226,72 @@ def knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]
             chosen.add(name)
             c -= weight
     return chosen
+
+
+def _best_by_weight(items: Sequence[tuple[str, int, float]], capacity: int) -> list[list[float]]:
+    """best[j][c]: the most that ITEMS[:j] (name, weight, value) are worth within weight c."""
+    best = [[0.0] * (capacity + 1)]
+    for _, w, v in items:
+        row = best[-1]
+        if w > capacity:
+            best.append(row)
+            continue
+        # row[c] or row[c - w] + v, whichever is more (zip stops at capacity)
+        best.append(row[:w] + [a if a >= b else b for a, b in zip(row[w:], map(v.__add__, row))])
+    return best
+
+
+def _optimum(
+    items: Sequence[tuple[str, int, float]], best: Sequence[Sequence[float]], capacity: int
+) -> set[str]:
+    """An optimal subset, read back from _best_by_weight's table."""
+    chosen: set[str] = set()
+    c = capacity
+    for j in range(len(items), 0, -1):
+        if best[j][c] != best[j - 1][c]:
+            name, w, _ = items[j - 1]
+            chosen.add(name)
+            c -= w
+    return chosen
+
+
+def unique_optimum(
+    items: Sequence[tuple[str, int, float]], chosen: set[str], capacity: int,
+    forward: Sequence[Sequence[float]] | None = None,
+) -> bool:  # fmt: skip
+    """CHOSEN (names of ITEMS: name, integer weight, value) fits and is worth more, by
+    more than rounding, than every other subset that fits.
+
+    Every other subset differs from CHOSEN in some item, so it suffices that the best
+    subset without each chosen item, and the best with each other item, are worth less.
+    Those come from the best values by weight of the items before and after each one
+    (two dynamic programmes over the weights, one forward, one backward).
+    """
+    if sum(w for n, w, _ in items if n in chosen) > capacity:
+        return False
+    if any(n not in chosen and v <= 0 for n, w, v in items):
+        items = [(n, w, v) for n, w, v in items if n in chosen or v > 0]  # never taken
+        forward = None
+    if any(n in chosen and v <= 0 for n, _, v in items):
+        return False
+    worth = sum(v for n, _, v in items if n in chosen)
+    margin = 1e-9 * abs(worth) + 1e-6
+    if forward is None:
+        forward = _best_by_weight(items, capacity)
+    backward = _best_by_weight(items[::-1], capacity)
+    count = len(items)
+    for j, (name, w, v) in enumerate(items):
+        before, after = forward[j], backward[count - 1 - j]
+        if name in chosen:  # the best subset without it
+            other = max(map(operator.add, before, reversed(after)))
+        elif w > capacity:
+            continue
+        else:  # the best subset with it
+            room = capacity - w
+            other = v + max(map(operator.add, before[: room + 1], reversed(after[: room + 1])))
+        if other > worth - margin:
+            return False
+    return True
 
 
 def reconcile(node: SimNode, chosen: Sequence[str]) -> Action:
@@ -242,6 +318,7 @@ class ScratchManager:
 
     def __init__(self) -> None:
         self.blacklist: set[str] = set()
+        self.chosen: set[str] | None = None  # the last pass's knapsack answer
 
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
@@ -258,6 +335,7 @@ class ScratchManager:
             if value > 0 and size // unit <= self.units:
                 items.append((name, size // unit, value))
         chosen = knapsack(items, self.units)
+        self.chosen = chosen
         order = sorted(chosen, key=lambda n: (-inputs.heat.get(n, 0.0), n))
         return reconcile(node, order)
 
@@ -267,27 +345,50 @@ class ScratchManager:
     ) -> bool:  # fmt: skip
         """Its answer repeats while every dataset that could be worth something surely
         is and all of them fit (the knapsack takes them all), and the heat ranges of
-        those to copy are disjoint (their order cannot change)."""
+        those to copy are disjoint (their order cannot change).
+
+        When they do not all fit: while the last pass's answer stays the knapsack's only
+        optimum for every value in the ranges (unique_optimum), with its datasets to copy
+        surely worth something and their heat ranges disjoint. Any exact knapsack then
+        returns it, so skipping those passes changes nothing.
+        """
         if any(n not in self.blacklist for n in node.refused):
             return False  # a refusal since the last pass: the blacklist grows
         unit = max(1, node.capacity // self.units)
         weight = 0
         to_copy = []
+        unsure = False
+        items: list[tuple[str, int, float, float]] = []  # name, units, lowest, highest value
         for name in {*(n for n, (_, high) in heat.items() if high > 0), *node.cached}:
             if name in self.blacklist and name not in node.cached:
                 continue
             low, high = heat.get(name, (0.0, 0.0))
+            extra = MIB if name in node.cached else 0.0
+            units = node.sizes[name] // unit
             if name not in node.cached:
                 if low <= 1e-9 * high:
-                    return False  # may be worth nothing at some tick
-                to_copy.append((low, high))
-            units = node.sizes[name] // unit
+                    unsure = True  # may be worth nothing at some tick
+                to_copy.append((low, high, name))
             if units <= self.units:
                 weight += units
-        if weight > self.units:
+                items.append((name, units, low + extra, high + extra))
+        if weight <= self.units:
+            if unsure:
+                return False
+            to_copy.sort()
+            return all(a[1] < b[0] for a, b in zip(to_copy, to_copy[1:]))
+        chosen = self.chosen
+        if chosen is None:
             return False
-        to_copy.sort()
-        return all(a[1] < b[0] for a, b in zip(to_copy, to_copy[1:]))
+        copying = sorted((low, high) for low, high, name in to_copy if name in chosen)
+        if any(low <= 1e-9 * high for low, high in copying):
+            return False  # a chosen copy may be worth nothing (not an item) at some tick
+        if any(a[1] >= b[0] for a, b in zip(copying, copying[1:])):
+            return False
+        # Against the answer, the worst case: its items at their lowest, the rest at
+        # their highest (an item that may vanish is then simply not taken).
+        worst = [(n, w, low if n in chosen else high) for n, w, low, high in sorted(items)]
+        return unique_optimum(worst, chosen, self.units)
 
 
 class AgedUses:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import signal
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratch_stage.host import interrupts
 from scratch_stage.host.catalog import Fingerprint
 from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState
 from scratch_stage.policy import planner
 from scratch_stage.policy.plan_input import plan_input
+from scratch_stage.simulate import policies
 from scratch_stage.simulate import run as run_module
 from scratch_stage.simulate.inputs import (
     NodeJob,
@@ -313,3 +319,87 @@ def test_workers_die_on_sigterm_even_when_the_parent_turned_it_into_a_flag() -> 
     # Pool.terminate(), and a replay could hang for ever on one still waiting on its queue.
     interrupts.install()
     assert list(run_module._each_node(_worker_dies_on_sigterm, 4, workers=2)) == [True] * 4
+
+
+def reference_knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]:
+    """scratch_manager's knapsack before the unique-optimum shortcut (verbatim)."""
+    if sum(weight for _, weight, value in items if value > 0) <= capacity:
+        return {name for name, _, value in items if value > 0}
+    views = [planner.View(name, weight, 0.0, 0.0, False) for name, weight, _ in items]
+    values = {name: value for name, _, value in items}
+    order = sorted(views, key=lambda v: (-values[v.name] / max(v.size, 1), v.name))
+    found = planner.choose_search(order, values, capacity, 20_000)
+    if found is not None:
+        return found
+    best = [0.0] * (capacity + 1)
+    taken: list[bytearray] = []
+    for _, weight, value in items:
+        if weight == 0:
+            best = [b + value for b in best]
+            taken.append(bytearray([1]) * (capacity + 1))
+            continue
+        shifted = [b + value for b in best[: capacity + 1 - weight]]
+        tail = best[weight:]
+        taken.append(bytearray([0]) * weight + bytearray(map(operator.gt, shifted, tail)))
+        best = best[:weight] + list(map(max, tail, shifted))
+    chosen: set[str] = set()
+    c = capacity
+    for (name, weight, _), row in zip(reversed(items), reversed(taken)):
+        if row[c]:
+            chosen.add(name)
+            c -= weight
+    return chosen
+
+
+def test_scratch_manager_replays_as_with_its_old_knapsack_at_every_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Over-full knapsacks (small cached copies piling up) are where its passes are proven
+    # to repeat by unique_optimum and where its knapsack answers by the unique optimum:
+    # the replay must be the one the old knapsack, asked at every tick, gives.
+    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    trace = generate(
+        WorkloadSpec(jobs=240, nodes=2, datasets=60, seed=1, max_duration=21600), sizes
+    )
+    config = SimConfig(capacity=int(trace.catalog_bytes() * 0.05))
+    proofs = []
+    real = policies.unique_optimum
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        proofs.append(real(*args, **kwargs))
+        return proofs[-1]
+
+    monkeypatch.setattr(policies, "unique_optimum", counted)
+    new = simulate(trace, config, {"new": ScratchManager}, bound=False).results["new"]
+    assert sum(proofs) > 20 and not all(proofs)
+    monkeypatch.setattr(policies, "knapsack", reference_knapsack)
+    old = simulate(trace, config, {"old": EveryTickManager}, bound=False).results["old"]
+    assert _costs(new) == _costs(old)
+    assert new.copies > 0 and new.decisions < old.decisions / 2
+
+
+knapsack_items = st.lists(
+    st.tuples(st.integers(0, 60), st.sampled_from([1.0, 2.0, 3.0, 0.5, 7.25])),
+    min_size=1, max_size=9,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(knapsack_items, st.integers(1, 150))
+def test_knapsack_answers_as_before_and_unique_optimum_is_exact(
+    raw: list[tuple[int, float]], capacity: int
+) -> None:
+    # Few distinct values: ties are everywhere, so the answer must come from the same
+    # search as before whenever the optimum is not the only one.
+    items = [(f"d{i}", w, v) for i, (w, v) in enumerate(raw)]
+    assert policies.knapsack(items, capacity) == reference_knapsack(items, capacity)
+    worth = {}
+    for k in range(len(items) + 1):
+        for subset in itertools.combinations(items, k):
+            if sum(w for _, w, _ in subset) <= capacity:
+                worth[frozenset(n for n, _, _ in subset)] = sum(v for _, _, v in subset)
+    top = max(worth.values())
+    best = [s for s, v in worth.items() if v == top]
+    for chosen in worth:
+        expected = len(best) == 1 and chosen == best[0]
+        assert policies.unique_optimum(items, set(chosen), capacity) == expected
