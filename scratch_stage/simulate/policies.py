@@ -55,11 +55,12 @@ class Ours:
         """The planner's answer repeats for all heat and demand within these ranges.
 
         Only for the built-in value (it grows with heat and demand, so each dataset's value
-        ranges between its value at the lows and at the highs) and default knobs.
+        ranges between its value at the lows and at the highs), with any knobs (the proof
+        only holds when no knapsack's answer could move, whatever its limits).
         """
-        if self.value is not None or self.params is not None:
+        if self.value is not None:
             return False
-        params = planner.PlanParams(horizon=node.config.horizon)
+        params = self.params or planner.PlanParams(horizon=node.config.horizon)
         node_input = node.plan_input()
         fresh = node_input.fresh
         bounds = {}

@@ -403,3 +403,22 @@ def test_knapsack_answers_as_before_and_unique_optimum_is_exact(
     for chosen in worth:
         expected = len(best) == 1 and chosen == best[0]
         assert policies.unique_optimum(items, set(chosen), capacity) == expected
+
+
+def test_ours_with_other_knobs_skips_passes_and_changes_nothing() -> None:
+    # The knob sweep (bench/knob_sweep.py) replays ours with other horizons and
+    # hysteresis: its proofs hold for any knobs of the built-in value.
+    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    trace = generate(WorkloadSpec(jobs=150, nodes=3, datasets=25, seed=3), sizes)
+    config = SimConfig(capacity=int(trace.catalog_bytes() * 0.05), horizon=7200.0)
+    params = planner.PlanParams(horizon=7200.0, hysteresis=0.4)
+    policies = {
+        "proven": lambda: Ours(params=params),
+        "every": lambda: Ours(params, value=lambda v, p: planner.default_value(v, p)),
+        "default": Ours,
+    }
+    report = simulate(trace, config, policies, bound=False)
+    proven, every = report.results["proven"], report.results["every"]
+    assert _costs(proven) == _costs(every)
+    assert proven.decisions < every.decisions
+    assert _costs(proven) != _costs(report.results["default"])  # the knob took effect
