@@ -715,6 +715,9 @@ def daemon(ctx: Context) -> int:
 def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured: bool) -> int:
     """Queued-job demand per dataset (this node's weight, and cluster-wide counts).
 
+    With --json also `peers`: for each dataset a pending job planned onto this node
+    reads, the other nodes backfill planned jobs reading it onto.
+
     A publisher asks slurmctld (squeue, or pyslurm when configured) whatever source this
     host's configuration names for reading.
     """
@@ -745,7 +748,14 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
     here = node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
     counts = summarize(snapshot)
     if as_json:
-        _emit_json({"node": node.config.node, "node_demand": here, "pending_jobs": counts})
+        peers = {
+            name: list(snapshot.peers_of(node.config.node, name))
+            for name, planned in snapshot.peers().items()
+            if node.config.node in planned
+        }
+        _emit_json(
+            {"node": node.config.node, "node_demand": here, "pending_jobs": counts, "peers": peers}
+        )
         return 0
     rows = [("DATASET", "PENDING JOBS", f"DEMAND ON {node.config.node}")] + [
         (name, str(counts.get(name, 0)), format_jobs(here.get(name, 0.0)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import secrets
 import stat
 import time
@@ -60,7 +61,27 @@ class Snapshot:
             "taken_at": self.taken_at,
             "partitions": {p: list(n) for p, n in self.partitions.items()},
             "jobs": [asdict(j) for j in self.jobs],
+            "peers": {name: list(nodes) for name, nodes in self.peers().items()},
         }
+
+    def peers(self) -> dict[str, tuple[str, ...]]:
+        """Dataset -> the nodes backfill has planned a pending job reading it onto.
+
+        Derived from the jobs' SchedNodes (published as `peers`, docs/design.md section 8):
+        which nodes will want the same image soon. Each node once, in natural order
+        (n2 before n10); a dataset no planned job reads is absent.
+        """
+        planned: dict[str, set[str]] = {}
+        for job in self.jobs:
+            if job.sched_nodes:
+                for name in job.datasets:
+                    planned.setdefault(name, set()).update(job.sched_nodes)
+        return {name: tuple(sorted(planned[name], key=_natural)) for name in sorted(planned)}
+
+    def peers_of(self, node: str, name: str) -> tuple[str, ...]:
+        """The other nodes planned to read NAME soon ([] when NODE is not among them)."""
+        planned = self.peers().get(name, ())
+        return tuple(n for n in planned if n != node) if node in planned else ()
 
     @classmethod
     def from_json(cls, data: Any) -> Snapshot:
@@ -80,6 +101,12 @@ class Snapshot:
         )
         partitions = {str(p): tuple(map(str, n)) for p, n in data["partitions"].items()}
         return cls(jobs, partitions, float(data["taken_at"]))
+
+
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a node name with its digit runs as numbers: n2 < n10."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts if p)
 
 
 def parse_slurm_time(text: str) -> float | None:
@@ -175,9 +202,10 @@ def parse_sinfo(text: str) -> dict[str, tuple[str, ...]]:
 def node_demand(snapshot: Snapshot, node: str, *, now: float, horizon: float) -> dict[str, float]:
     """Expected number of jobs reading each dataset on NODE soon (pure).
 
-    A job already planned onto NODE by backfill counts fully (plus SCHEDULED_HERE_WEIGHT),
-    one planned elsewhere not at all; otherwise it counts by the share of its partitions'
-    nodes it will take. Each is discounted by how far its expected start lies beyond now,
+    A job already planned onto NODE by backfill (SchedNodes; a many-node job lists all the
+    nodes it is planned on) counts fully (plus SCHEDULED_HERE_WEIGHT) on each of them, and
+    not at all on any other node; otherwise it counts by the share of its partitions' nodes
+    it will take. Each is discounted by how far its expected start lies beyond now,
     on the scale of HORIZON (unknown start: the horizon itself).
     """
     demand: dict[str, float] = {}

@@ -423,3 +423,47 @@ def test_a_user_cannot_reach_another_nodes_restricted_mount(cluster: Cluster) ->
         cluster.release(tag)
     cluster.wait_completed(owner)
     cluster.wait_idle()
+
+
+# ---------------------------------------------------------------- placement-aware demand
+
+
+def test_a_pending_job_is_prefetched_on_exactly_its_planned_nodes(cluster: Cluster) -> None:
+    # the blocker fills all four nodes; time limits let backfill plan the 3-node job onto
+    # three of them (SchedNodes), so its demand counts there and not on the fourth
+    blocker = cluster.job("blocker", "-N4", "--exclusive", "--time=2")
+    try:
+        assert cluster.started("blocker") == blocker
+        job = cluster.job("pending", "-N3", "--time=1", "--comment=datasets:p", dataset="p")
+        cluster.release("pending")  # it ends as soon as it has read p
+
+        def planned() -> list[str]:
+            hosts = cluster.admin("squeue", "-h", "-j", job, "-o", "%Y").strip()
+            if hosts in ("", "(null)", "N/A"):
+                return []
+            return cluster.admin("scontrol", "show", "hostnames", hosts).split()
+
+        nodes = wait_for("backfill to plan the pending job (squeue's SchedNodes, %Y)", planned, 30)
+        assert len(nodes) == 3 and set(nodes) < set(NODES), nodes
+        published = cluster.base / "demand.json"
+        cluster.scratch_stage("n1", "demand", "--publish", str(published))
+        assert json.loads(published.read_text())["peers"] == {"p": nodes}
+        for node in NODES:
+            assert cluster.status(node)["p"]["cached"] is False, node
+            report = json.loads(cluster.scratch_stage(node, "rebalance", "--json"))
+            assert report["failed"] == [], (node, report)
+            assert ("p" in report["stage"]) is (node in nodes), (node, report)
+            view = json.loads(cluster.scratch_stage(node, "demand", "--json"))
+            expected = [n for n in nodes if n != node] if node in nodes else None
+            assert view["peers"].get("p") == expected, (node, view)
+        assert cluster.job_field(job, "JobState") == "PENDING"  # prefetched before it starts
+        for node in NODES:
+            assert cluster.status(node)["p"]["cached"] is (node in nodes), node
+    finally:
+        cluster.release("blocker")
+    cluster.wait_completed(blocker)
+    assert cluster.started("pending") == job
+    cluster.wait_completed(job)
+    expected_read = f"{cluster.checksums['p']} {HELLO.format('p').strip()}"
+    assert cluster.reads("pending") == dict.fromkeys(nodes, expected_read)
+    cluster.wait_idle()

@@ -63,6 +63,35 @@ def test_job_scheduled_here_outweighs_partition_share_and_elsewhere_counts_zero(
     assert "c" not in demand
 
 
+EIGHT = {"debug": tuple(f"n{i}" for i in range(1, 9))}
+
+
+def test_a_planned_many_node_job_counts_on_its_planned_nodes_and_no_other() -> None:
+    planned = job("1", ("a",), nodes=4, sched=("n2", "n3", "n5", "n8"))
+    unplanned = job("2", ("b",), nodes=4)
+    snap = Snapshot((planned, unplanned), EIGHT, NOW)
+    demand = {n: node_demand(snap, n, now=NOW, horizon=H) for n in EIGHT["debug"]}
+    assert {n for n, d in demand.items() if d.get("a", 0) > 0} == {"n2", "n3", "n5", "n8"}
+    assert len({demand[n]["a"] for n in ("n2", "n3", "n5", "n8")}) == 1  # equally on each
+    # not yet planned: half the partition's nodes will run it, so half a job on each
+    assert all(d["b"] == pytest.approx(0.5) for d in demand.values())
+
+
+def test_peers_list_the_planned_nodes_of_each_dataset() -> None:
+    snap = Snapshot(
+        (job("1", ("a", "b"), nodes=2, sched=("n10", "n2")), job("2", ("a",), sched=("n3",)),
+         job("3", ("c",), nodes=4), job("4", ("a",), sched=("n2",))),
+        EIGHT, NOW,
+    )  # fmt: skip
+    assert snap.peers() == {"a": ("n2", "n3", "n10"), "b": ("n2", "n10")}  # c: not planned
+    assert snap.peers_of("n2", "a") == ("n3", "n10")
+    assert snap.peers_of("n4", "a") == ()  # n4 is not planned to read a
+    assert snap.peers_of("n2", "c") == ()
+    published = snap.to_json()
+    assert published["peers"] == {"a": ["n2", "n3", "n10"], "b": ["n2", "n10"]}
+    assert Snapshot.from_json(json.loads(json.dumps(published))) == snap
+
+
 def test_sooner_jobs_weigh_more_and_other_partitions_not_at_all() -> None:
     snap = Snapshot(
         (job("1", ("a",), start=NOW + 60), job("2", ("b",), start=NOW + 3 * H),
