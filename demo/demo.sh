@@ -2,8 +2,10 @@
 # The scratch-stage story on a real Slurm cluster: a throw-away single-node Slurm 22.05
 # (slurm/testcluster) whose Prolog/Epilog run scratch-stage, with the --datasets SPANK
 # plugin and the job_submit.lua check enabled. Jobs are submitted by the unprivileged user
-# ssuser. Everything lives under one temporary directory; on exit (also on failure or ^C)
-# the cluster is stopped by its recorded PIDs, every mount under the directory is
+# ssuser. At the end a second, 4-node cluster on this machine (each node its own slurmd,
+# mount namespace, cache and state) runs a 4-node job. Everything lives under one temporary
+# directory; on exit (also on failure or ^C) the clusters are stopped by their recorded
+# PIDs (which unmounts what the nodes mounted), every mount under the directory is
 # unmounted, and the directory is removed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +23,7 @@ pids=""
 cleanup() {
   set +e
   printf '\n\033[1m== Tear down\033[0m\n'
+  [ -d "$run/cluster4" ] && "$TC" down "$run/cluster4" --purge
   [ -d "$run/cluster" ] && "$TC" down "$run/cluster" --purge
   # Unmount every layer under the demo directory, top first (loop devices autoclear).
   while findmnt -rn -o TARGET | grep -q "^$run/"; do
@@ -28,11 +31,13 @@ cleanup() {
   done
   rm -rf --one-file-system "$run"
   local alive=""
-  for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+  for p in $pids; do # an exited orphan stays a zombie until PID 1 reaps it: not running
+    [ -r "/proc/$p/stat" ] && [ "$(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f1)" != Z ] && alive="$alive $p"
+  done
   if [ -n "$alive" ] || findmnt -rn -o TARGET | grep -q "^$run/"; then
     echo "demo: left behind: pids$alive, mounts: $(findmnt -rn -o TARGET | grep "^$run/")" >&2
   else
-    echo "nothing left running (munged, slurmctld, slurmd stopped), nothing mounted under $run"
+    echo "nothing left running (munged, slurmctld, slurmds stopped), nothing mounted under $run"
   fi
 }
 trap cleanup EXIT
@@ -40,7 +45,8 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 # As the job user, from its work directory, talking to this cluster.
-user() { (cd "$run/cluster/work" && runuser -u "$USER_NAME" -- env SLURM_CONF="$SLURM_CONF" "$@"); }
+work=$run/cluster/work
+user() { (cd "$work" && runuser -u "$USER_NAME" -- env SLURM_CONF="$SLURM_CONF" "$@"); }
 ushow() { printf '%s$ %s\n' "$USER_NAME" "$*"; user "$@"; }
 submit() { # sbatch ARGS as the user, shown on stderr; the job id on stdout
   local id
@@ -58,7 +64,7 @@ wait_job() { # job id: until it has ended (and its epilog has run)
   echo "demo: job $1 did not end in 60s" >&2
   return 1
 }
-output() { printf -- '--- output of job %s\n' "$1"; cat "$run/cluster/work/$1.out"; }
+output() { printf -- '--- output of job %s\n' "$1"; cat "$work/$1.out"; }
 
 mkdir -p "$run"/{data,cache,datasets,state,plugin,src,metrics}
 chmod 0755 "$run"/{data,datasets,plugin,metrics}
@@ -181,5 +187,43 @@ echo "\$ grep ^scratch_stage $run/metrics/scratch_stage.prom | grep -v ' 0\$'  #
 grep ^scratch_stage "$run/metrics/scratch_stage.prom" | grep -v ' 0$' | head -20
 echo "(node_exporter --collector.textfile.directory=$run/metrics serves them; rules and a"
 echo " Grafana dashboard are in contrib/, the README's 'Operating it' has the queries)"
+step "Four nodes on this machine: a 4-node job gets its dataset on every node"
+echo "(slurm/testcluster with TESTCLUSTER_NODES=4: slurmds n1..n4, each in its own mount namespace"
+echo " where $run/cluster4/node is that node's directory: mountdir, cachedir, statedir, config;"
+echo " datadir $run/data is shared by all, like a parallel filesystem)"
+for n in n1 n2 n3 n4; do mkdir -p "$run/cluster4/nodes/$n"/{mount,cache,state}; done
+cat >"$run/node-config.yaml" <<CONF
+datadir: $run/data
+cachedir: @NODEDIR@/cache
+mountdir: @NODEDIR@/mount
+statedir: @NODEDIR@/state
+capacity: 1GiB
+node: @NODE@
+demand: {source: squeue}
+CONF
+"$S" install-site-files "$run/site4" --bin "$S" --config "$run/cluster4/node/scratch-stage.yaml" >/dev/null
+TESTCLUSTER_NODES=4 TESTCLUSTER_NODE_CONFIG="$run/node-config.yaml" \
+  TESTCLUSTER_PROLOG="$run/site4/slurm/prolog.sh" TESTCLUSTER_EPILOG="$run/site4/slurm/epilog.sh" \
+  TESTCLUSTER_USER="$USER_NAME" show "$TC" up "$run/cluster4"
+eval "$("$TC" env "$run/cluster4")"
+pids="$pids $("$TC" status "$run/cluster4" | grep -o 'pid [0-9]*' | cut -d' ' -f2 | tr '\n' ' ')"
+work=$run/cluster4/work
+show sinfo -N -o '%N %T'
+task="echo \$(hostname): \$(sha256sum < $run/cluster4/node/mount/imagenet-mini/train/img1.bin | cut -c1-16)..."
+j4=$(submit -N4 --output=%j.out --comment=datasets:imagenet-mini --wrap "srun sh -c '$task' | sort; sleep 3")
+for ((i = 0; i < 100; i++)); do [ "$(job_state "$j4")" = RUNNING ] && break; sleep 0.2; done
+sleep 1
+for n in n1 n2 n3 n4; do
+  printf '$ testcluster exec %s -- scratch-stage status   # holders of imagenet-mini on %s\n' "$n" "$n"
+  "$TC" exec "$run/cluster4" "$n" -- "$S" status --json \
+    | python3 -c 'import json,sys; d={x["name"]: x for x in json.load(sys.stdin)["datasets"]}["imagenet-mini"]; print("  holders", d["holders"], "state", d["state"])'
+done
+wait_job "$j4"
+output "$j4"
+echo "--- the image itself: $(sha256sum "$run/src/imagenet-mini/train/img1.bin" | cut -c1-16)..."
+echo "(cooperative staging, issue #13: when all four nodes copy imagenet-mini into their caches"
+echo " today, shared storage is read four times; the published demand file's \"peers\" list"
+echo " tells each node which others want the same image, the hook for peer-to-peer copies)"
+
 echo
 echo "demo finished in $((SECONDS - t0))s"
