@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 from scratch_stage.agent.node import Node
 from scratch_stage.agent.recovery import process_start
@@ -28,6 +28,7 @@ from scratch_stage.host.logger import get_logger
 from scratch_stage.host.state import CachedCopy, Copy, Failure, NodeState
 
 if TYPE_CHECKING:
+    from scratch_stage.agent.coop import Seeder
     from scratch_stage.agent.mounts import MountStep
 
 log = get_logger(__name__)
@@ -79,21 +80,43 @@ def stage(
     partial = Path(node.partial_dir) / partial_name(name, os.getpid())
     started = time.monotonic()
     progress = _with_progress_events(node, name, progress)
+    final = Path(node.cached_path(name))
+    seeder = None
     try:
-        copy_image(
-            image,
-            partial,
-            Path(node.cached_path(name)),
-            node=node,
-            deadline=deadline,
-            progress=progress,
-        )
+        if node.config.coop.enabled:
+            from scratch_stage.agent.coop import coop_copy
+
+            seeder = coop_copy(node, image, partial, final, deadline=deadline, progress=progress)
+        else:
+            copy_image(image, partial, final, node=node, deadline=deadline, progress=progress)
     except BaseException as e:
         _abandon(node, name, partial, e)
         raise
     elapsed = time.monotonic() - started
     node.events.emit("stage-done", name, bytes=image.size, seconds=round(elapsed, 3))
-    return _commit(node, image, copied=True, seconds=elapsed)
+    try:
+        staged = _commit(node, image, copied=True, seconds=elapsed)
+    except BaseException:
+        if seeder is not None:
+            seeder.close()
+        raise
+    if seeder is not None:
+        _serve_peers(node, name, seeder, deadline)
+    return staged
+
+
+def _serve_peers(node: Node, name: str, seeder: Seeder, deadline: float | None) -> None:
+    """Serve the new copy to the peers still fetching it (never a failure of the stage)."""
+    seconds = node.config.coop.seed_seconds
+    if deadline is not None:  # a prolog waiting for its copy does not wait for others too
+        seconds = min(seconds, max(deadline - time.monotonic(), 0.0))
+    try:
+        served = seeder.linger(seconds)
+    except Exception as e:  # an engine error after our copy is mounted costs only peers
+        log.warning("%s: serving peers stopped: %s", name, e)
+        return
+    if served:
+        node.events.emit("coop-served", name, bytes=served)
 
 
 def _with_progress_events(node: Node, name: str, progress: Progress | None) -> Progress:
@@ -241,15 +264,32 @@ def _commit(node: Node, image: Image, *, copied: bool, seconds: float = 0.0) -> 
     return Staged(image.name, copied, step)
 
 
+class Hasher(Protocol):
+    """What `copy_image` feeds the bytes it reads: hashlib's sha256, or the coop PieceHasher."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
 def copy_image(
     image: Image, partial: Path, final: Path, *, node: Node,
     deadline: float | None = None, progress: Progress | None = None,
+    hasher: Hasher | None = None, before_rename: Callable[[str], None] | None = None,
 ) -> None:  # fmt: skip
-    """Copy IMAGE to PARTIAL, verify it, move it to FINAL; PARTIAL removed on any failure."""
+    """Copy IMAGE to PARTIAL, verify it, move it to FINAL; PARTIAL removed on any failure.
+
+    HASHER (default: a sha256 with `verify: sha256`) is fed every byte read from the image,
+    and the copy on disk is re-read and must have the same sha256; BEFORE_RENAME is given
+    that sha256 when the copy is verified (it may refuse it with StagingError).
+    """
     os.makedirs(partial.parent, mode=0o700, exist_ok=True)
+    if hasher is None and node.config.verify == "sha256":
+        hasher = hashlib.sha256()
     try:
-        digest = _copy_bytes(image, partial, node, deadline, progress)
+        digest = _copy_bytes(image, partial, node, deadline, progress, hasher)
         _verify(image, partial, digest)
+        if before_rename is not None and digest is not None:
+            before_rename(digest)
         os.utime(partial, ns=(image.fingerprint.mtime_ns, image.fingerprint.mtime_ns))
         faults.point("before-rename")
         os.replace(partial, final)
@@ -263,11 +303,11 @@ def copy_image(
 
 
 def _copy_bytes(
-    image: Image, partial: Path, node: Node, deadline: float | None, progress: Progress | None
-) -> str | None:
+    image: Image, partial: Path, node: Node, deadline: float | None, progress: Progress | None,
+    hasher: Hasher | None,
+) -> str | None:  # fmt: skip
     """Copy chunk by chunk, dropping pages as it goes; the sha256 of what was read if asked."""
     chunk = node.config.chunk_size
-    hasher = hashlib.sha256() if node.config.verify == "sha256" else None
     with _open_pair(Path(image.path), partial) as (src, dst):
         if Fingerprint.of(os.fstat(src)) != image.fingerprint:
             raise StagingError(f"{image.name}: image changed since it was checked; not copied")
@@ -304,12 +344,12 @@ def _throttle(bandwidth: int, done: int, started: float) -> None:
             time.sleep(ahead)
 
 
-def _copy_chunk(src: int, dst: int, offset: int, length: int, hasher: object | None) -> int:
+def _copy_chunk(src: int, dst: int, offset: int, length: int, hasher: Hasher | None) -> int:
     if hasher is None:
         # In-kernel copy: no user-space buffer on the hot path.
         return os.sendfile(dst, src, offset, length)
     data = os.pread(src, length, offset)
-    hasher.update(data)  # type: ignore[attr-defined]
+    hasher.update(data)
     view = memoryview(data)
     while view:
         view = view[os.write(dst, view) :]

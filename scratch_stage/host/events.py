@@ -20,7 +20,9 @@ EVENTS_FILE = "events.log"
 ROTATE_LOCK = "events.lock"
 KINDS = frozenset(
     ["request", "mount", "unmount", "stage-start", "stage-progress", "stage-done",
-     "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered", "reconcile"]
+     "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered", "reconcile",
+     "coop-lease", "coop-fetch", "coop-fetched", "coop-stalled", "coop-bad-copy",
+     "coop-served"]
 )  # fmt: skip
 # Bounds one line so that O_APPEND writes stay single and a hostile comment cannot bloat it.
 _MAX_FIELD = 200

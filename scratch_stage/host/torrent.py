@@ -75,6 +75,10 @@ class PieceHasher:
                 self._piece = hashlib.sha1()
                 self._filled = 0
 
+    def hexdigest(self) -> str:
+        """The whole file's sha256 (the pieces are finished too)."""
+        return self.finish()[1]
+
     def finish(self) -> tuple[list[bytes], str]:
         """(piece hashes, sha256 hex) of everything fed."""
         if self._filled:
@@ -104,8 +108,11 @@ def info_hash(lt: Any, torrent: bytes) -> str:
     return str(lt.torrent_info(lt.bdecode(torrent)).info_hash())
 
 
-def _settings(lt: Any, host: str, port: int) -> dict[str, Any]:
+def _settings(lt: Any, host: str, port: int, rate: int) -> dict[str, Any]:
     return {
+        # The staging bandwidth cap (`bandwidth`) holds for peer copies too; 0: none.
+        "upload_rate_limit": rate,
+        "download_rate_limit": rate,
         "listen_interfaces": f"{host}:{port}",
         "enable_dht": False,
         "enable_lsd": False,
@@ -128,9 +135,9 @@ def _settings(lt: Any, host: str, port: int) -> dict[str, Any]:
 class Session:
     """One libtorrent session serving and fetching one image version."""
 
-    def __init__(self, lt: Any, host: str, port: int) -> None:
+    def __init__(self, lt: Any, host: str, port: int, rate: int = 0) -> None:
         self.lt = lt
-        self.session = lt.session(_settings(lt, host, port))
+        self.session = lt.session(_settings(lt, host, port, rate))
         self.handle: Any = None
         deadline = time.monotonic() + 5
         while self.session.listen_port() == 0 and time.monotonic() < deadline:
@@ -140,12 +147,16 @@ class Session:
             self.close()
             raise StagingError(f"peer engine could not listen on {host}:{port}")
 
-    def add(self, torrent: bytes, save_path: str, *, seeding: bool) -> None:
-        """Serve (SEEDING: the file at SAVE_PATH is complete and verified) or fetch into it."""
+    def add(self, torrent: bytes, path: str, *, seeding: bool) -> None:
+        """Serve the file at PATH (SEEDING: complete and verified) or fetch into it.
+
+        The torrent's one file is renamed to PATH's name, so every node keeps its own names.
+        """
         lt = self.lt
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(lt.bdecode(torrent))
-        params.save_path = save_path
+        params.save_path = os.path.dirname(path)
+        params.renamed_files = {0: os.path.basename(path)}
         if seeding:
             params.flags |= lt.torrent_flags.seed_mode
         self.handle = self.session.add_torrent(params)
@@ -164,7 +175,7 @@ class Session:
         return int(status.total_wanted_done), done, int(status.num_peers)
 
     def uploaded(self) -> int:
-        return int(self.handle.status().all_time_upload)
+        return 0 if self.handle is None else int(self.handle.status().all_time_upload)
 
     def flush(self) -> None:
         """Write everything downloaded to disk and close the files."""
@@ -172,15 +183,15 @@ class Session:
             self.handle.flush_cache()
             self.handle.pause()
 
-    def close(self) -> None:
+    def remove(self) -> None:
+        """Stop serving or fetching the torrent (the session keeps listening)."""
         if self.handle is not None:
             with contextlib.suppress(RuntimeError):
                 self.session.remove_torrent(self.handle)
             self.handle = None
+
+    def close(self) -> None:
+        self.remove()
         # The session's threads stop when the last reference goes.
         self.session.pause()
         del self.session
-
-
-def save_file(save_path: str, filename: str) -> str:
-    return os.path.join(save_path, filename)

@@ -61,15 +61,15 @@ def test_transfer_between_two_sessions_and_a_secret_info_hash(tmp_path: Path) ->
     seed = torrent.Session(lt, "127.0.0.1", 0)
     get = torrent.Session(lt, "127.0.0.1", 0)
     try:
-        seed.add(one, str(tmp_path / "seed"), seeding=True)
-        get.add(one, str(tmp_path / "get"), seeding=False)
+        seed.add(one, str(tmp_path / "seed" / "img.sqfs"), seeding=True)
+        get.add(one, str(tmp_path / "get" / "copy.part"), seeding=False)
         get.connect([("127.0.0.1", seed.port)])
         assert wait_for([get], 30)
         get.flush()
     finally:
         seed.close()
         get.close()
-    assert (tmp_path / "get" / "img.sqfs").read_bytes() == data
+    assert (tmp_path / "get" / "copy.part").read_bytes() == data
 
 
 @needs_engine
@@ -87,8 +87,8 @@ def test_corrupted_seed_never_completes_a_download(tmp_path: Path) -> None:
     seed = torrent.Session(lt, "127.0.0.1", 0)
     get = torrent.Session(lt, "127.0.0.1", 0)
     try:
-        seed.add(meta, str(tmp_path / "seed"), seeding=True)
-        get.add(meta, str(tmp_path / "get"), seeding=False)
+        seed.add(meta, str(tmp_path / "seed" / "img.sqfs"), seeding=True)
+        get.add(meta, str(tmp_path / "get" / "img.sqfs"), seeding=False)
         get.connect([("127.0.0.1", seed.port)])
         assert not wait_for([get], 5)
         done, complete, _ = get.progress()

@@ -1,0 +1,333 @@
+"""Cooperative staging: one image onto many nodes, read from shared storage about once.
+
+`coop_copy` replaces the stager's plain copy when `coop.enabled` (docs/design.md,
+"Cooperative staging"). For one image version, every node that wants it meets in the
+coordination entry on shared storage (`host/lease.py`):
+
+1. If the version's digest (`meta.json`) is published and peers are registered, fetch the
+   image from them with the engine (`host/torrent.py`, each piece checked against its hash).
+   A transfer that makes no progress for `stall_seconds` is abandoned.
+2. Otherwise (or after a failed transfer), take a reader lease and copy from datadir like an
+   independent node, hashing pieces as the bytes go by (no extra read of shared storage);
+   the first node to finish publishes the digest. Without a lease, wait and look again.
+3. Every copy, however made, is verified before the stager mounts it: size, squashfs
+   header, and the sha256 of the copy on disk against the published digest (a mismatch is
+   a failed copy, with the stager's backoff).
+4. After the copy is mounted, the node serves it to the peers still fetching it (`linger`),
+   at most `seed_seconds`.
+
+Without libtorrent every node copies from datadir, still at most `readers` at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from scratch_stage.agent.node import Node
+from scratch_stage.core.errors import StagingError
+from scratch_stage.host import interrupts, torrent
+from scratch_stage.host.catalog import Image, check_squashfs_header, read_header
+from scratch_stage.host.lease import (
+    COOP_DIRNAME,
+    CoopUnavailable,
+    Entry,
+    Lease,
+    Peer,
+    entry_key,
+    open_entry,
+)
+from scratch_stage.host.logger import get_logger
+
+log = get_logger(__name__)
+
+_POLL = 0.2
+_HEARTBEAT = 2.0
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+def coop_dir(node: Node) -> str:
+    return node.config.coop.dir or os.path.join(node.config.datadir, COOP_DIRNAME)
+
+
+class Seeder:
+    """This node's engine serving its verified copy to the peers still fetching it."""
+
+    def __init__(self, node: Node, entry: Entry, session: torrent.Session, host: str) -> None:
+        self.node = node
+        self.entry = entry
+        self.session = session
+        self.host = host
+
+    def linger(self, seconds: float) -> int:
+        """Serve until no registered peer is still fetching, at most SECONDS; bytes served."""
+        me = self.node.config.node
+        stale = max(self.node.config.coop.stall_seconds, 3 * _HEARTBEAT)
+        end = time.monotonic() + seconds
+        beat = 0.0
+        try:
+            while time.monotonic() < end:
+                interrupts.check()
+                now = time.time()
+                if time.monotonic() - beat >= _HEARTBEAT:
+                    beat = time.monotonic()
+                    self.entry.register_peer(Peer(me, self.host, self.session.port, True, now))
+                peers = [p for p in self.entry.peers() if p.node != me]
+                waiting = [p for p in peers if not p.done and now - p.time < stale]
+                if not waiting:
+                    break
+                self.session.connect((p.host, p.port) for p in waiting)
+                time.sleep(_POLL)
+        finally:
+            served = self.session.uploaded()
+            self.close()
+        return served
+
+    def close(self) -> None:
+        self.entry.unregister_peer(self.node.config.node)
+        self.session.close()
+
+
+def coop_copy(
+    node: Node, image: Image, partial: Path, final: Path, *,
+    deadline: float | None, progress: Any,
+) -> Seeder | None:  # fmt: skip
+    """Make FINAL a verified copy of IMAGE (through PARTIAL); the seeder to linger, if any."""
+    from scratch_stage.agent.stager import copy_image
+
+    cfg = node.config.coop
+    try:
+        entry = open_entry(
+            coop_dir(node), entry_key(image.name, image.fingerprint), node.trust,
+            cfg.lease_seconds,
+        )  # fmt: skip
+    except CoopUnavailable as e:
+        _warn_once("dir", "cooperative staging off: %s; copying from datadir independently", e)
+        copy_image(image, partial, final, node=node, deadline=deadline, progress=progress)
+        return None
+    lt = torrent.load()
+    if lt is None:
+        _warn_once(
+            "engine", "cooperative staging: libtorrent is not installed; copying from "
+            "datadir, %d node(s) at a time", cfg.readers,
+        )  # fmt: skip
+    host = cfg.host or node.config.node
+    session = None
+    if lt is not None:
+        try:
+            session = torrent.Session(lt, host, cfg.port, node.config.bandwidth)
+        except StagingError as e:
+            _warn_once("listen", "cooperative staging: %s; copying from datadir", e)
+    try:
+        _make_copy(node, entry, session, host, image, partial, final, deadline, progress)
+    except BaseException:
+        if session is not None:
+            entry.unregister_peer(node.config.node)
+            session.close()
+        raise
+    if session is None:
+        return None
+    meta = entry.read_meta()
+    if meta is None:
+        session.close()
+        return None
+    session.add(_torrent_of(meta), str(final), seeding=True)
+    seeder = Seeder(node, entry, session, host)
+    entry.register_peer(Peer(node.config.node, host, session.port, True, time.time()))
+    return seeder
+
+
+def _make_copy(
+    node: Node, entry: Entry, session: torrent.Session | None, host: str, image: Image,
+    partial: Path, final: Path, deadline: float | None, progress: Any,
+) -> None:  # fmt: skip
+    cfg = node.config.coop
+    me = node.config.node
+    tried_peers = False
+    waited = False
+    no_peer_since: float | None = None
+    beat = 0.0
+    while True:
+        interrupts.check()
+        now = time.monotonic()
+        if session is not None and now - beat >= _HEARTBEAT:
+            # Wanting it: whoever has the copy keeps serving while we are registered.
+            beat = now
+            entry.register_peer(Peer(me, host, session.port, False, time.time()))
+        if deadline is not None and now >= deadline:
+            raise StagingError(f"{image.name}: staging budget ran out waiting for a reader lease")
+        meta = entry.read_meta()
+        if meta is not None and session is not None and not tried_peers:
+            if any(p.node != me for p in entry.peers()):
+                if _fetch(node, entry, session, host, image, meta, partial, final, deadline):
+                    return
+                tried_peers = True  # the next fallback is datadir, under the lease
+            else:
+                # The digest is out, its publisher registers as a peer in a moment.
+                no_peer_since = now if no_peer_since is None else no_peer_since
+                if now - no_peer_since < cfg.stall_seconds:
+                    time.sleep(_POLL)
+                    continue
+        lease = entry.try_acquire(cfg.readers, me)
+        if lease is not None and meta is None and session is not None and entry.read_meta():
+            # Published between our look and the lease (by the reader before us): fetch it.
+            entry.release(lease)
+            continue
+        if lease is not None:
+            _copy_under_lease(node, entry, lease, image, partial, final, deadline, progress)
+            return
+        if not waited:
+            waited = True
+            log.info("%s: waiting for a reader lease or a peer's copy", image.name)
+        time.sleep(_POLL)
+
+
+def _copy_under_lease(
+    node: Node, entry: Entry, lease: Lease, image: Image, partial: Path, final: Path,
+    deadline: float | None, progress: Any,
+) -> None:  # fmt: skip
+    """Copy IMAGE from datadir holding LEASE (renewed as the copy goes), hashing its pieces."""
+    from scratch_stage.agent.stager import copy_image
+
+    node.events.emit("coop-lease", image.name, slot=f"{lease.slot}.{lease.generation}")
+    every = node.config.coop.lease_seconds / 3
+    renewed = [time.monotonic()]
+
+    def renewing(done: int, total: int) -> None:
+        if time.monotonic() - renewed[0] >= every:
+            renewed[0] = time.monotonic()
+            if not entry.renew(lease):
+                log.warning("%s: reader lease lost (renewed too late)", image.name)
+        if progress is not None:
+            progress(done, total)
+
+    hasher = torrent.PieceHasher(image.size)
+    try:
+        copy_image(
+            image, partial, final, node=node, deadline=deadline, progress=renewing,
+            hasher=hasher,
+            before_rename=lambda digest: _publish(entry, image, hasher, digest, final),
+        )  # fmt: skip
+    finally:
+        entry.release(lease)
+
+
+def _publish(entry: Entry, image: Image, hasher: torrent.PieceHasher, digest: str,
+             final: Path) -> None:  # fmt: skip
+    """Publish this version's digest, or check the copy against the one already published."""
+    meta = entry.read_meta()
+    if meta is None:
+        lt = torrent.load()
+        pieces, _ = hasher.finish()
+        body = b""
+        if lt is not None:
+            body = torrent.make_torrent(lt, final.name, image.size, hasher.length, pieces)
+        meta = entry.publish_meta({
+            "name": image.name, "size": image.size, "sha256": digest,
+            "fingerprint": image.fingerprint.to_json(),
+            "torrent": base64.b64encode(body).decode(),
+        })  # fmt: skip
+    if meta.get("sha256") != digest or meta.get("size") != image.size:
+        raise StagingError(f"{image.name}: copy's sha256 differs from the published digest")
+
+
+def _torrent_of(meta: dict[str, Any]) -> bytes:
+    try:
+        return base64.b64decode(str(meta.get("torrent", "")), validate=True)
+    except ValueError:
+        return b""
+
+
+def _fetch(
+    node: Node, entry: Entry, session: torrent.Session, host: str, image: Image,
+    meta: dict[str, Any], partial: Path, final: Path, deadline: float | None,
+) -> bool:  # fmt: skip
+    """Fetch IMAGE from peers into PARTIAL, verify it, move it to FINAL; False on failure."""
+    from scratch_stage.agent.stager import _fsync_dir
+
+    body = _torrent_of(meta)
+    if not body or meta.get("size") != image.size:
+        return False
+    cfg = node.config.coop
+    me = node.config.node
+    os.makedirs(partial.parent, mode=0o700, exist_ok=True)
+    # Root-only from the first byte: the engine writes into the file we created.
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    started = time.monotonic()
+    node.events.emit("coop-fetch", image.name, peers=len(entry.peers()))
+    ok = False
+    try:
+        session.add(body, str(partial), seeding=False)
+        best, best_at, beat = -1, time.monotonic(), 0.0
+        while True:
+            interrupts.check()
+            now = time.monotonic()
+            if now - beat >= _HEARTBEAT:
+                beat = now
+                entry.register_peer(Peer(me, host, session.port, False, time.time()))
+                session.connect((p.host, p.port) for p in entry.peers() if p.node != me)
+            done, complete, _ = session.progress()
+            if complete:
+                break
+            if done > best:
+                best, best_at = done, now
+            if now - best_at >= cfg.stall_seconds:
+                log.warning(
+                    "%s: peer transfer stalled at %d of %d bytes; falling back to datadir",
+                    image.name, max(best, 0), image.size,
+                )  # fmt: skip
+                node.events.emit("coop-stalled", image.name, done=max(best, 0))
+                return False
+            if deadline is not None and now >= deadline:
+                raise StagingError(f"{image.name}: staging budget ran out fetching from peers")
+            time.sleep(_POLL)
+        session.flush()
+        session.remove()
+        problem = _check_copy(image, partial, str(meta.get("sha256")))
+        if problem:
+            log.warning("%s: copy from peers refused: %s", image.name, problem)
+            node.events.emit("coop-bad-copy", image.name, reason=problem)
+            return False
+        os.utime(partial, ns=(image.fingerprint.mtime_ns, image.fingerprint.mtime_ns))
+        os.replace(partial, final)
+        _fsync_dir(final.parent)
+        ok = True
+        node.events.emit(
+            "coop-fetched", image.name, bytes=image.size,
+            seconds=round(time.monotonic() - started, 3),
+        )  # fmt: skip
+        return True
+    finally:
+        session.remove()
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            # A partial file left behind: fetch again from scratch next time.
+            entry.register_peer(Peer(me, host, session.port, False, 0.0))
+
+
+def _check_copy(image: Image, path: Path, sha256: str) -> str | None:
+    """Why the fetched copy at PATH is not IMAGE (size, header, sha256), or None."""
+    from scratch_stage.agent.stager import _sha256_uncached
+
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    size = os.stat(path).st_size
+    if size != image.size:
+        return f"{size} bytes, image {image.size}"
+    problem = check_squashfs_header(read_header(path), size)
+    if problem:
+        return problem
+    if _sha256_uncached(path) != sha256:
+        return "sha256 differs from the published digest"
+    return None
