@@ -4,6 +4,11 @@
     .venv/bin/python bench/simulate_policies.py sweeps      # sweep-heavy workloads
     .venv/bin/python bench/simulate_policies.py hard        # drift, bursts, partial reads
     .venv/bin/python bench/simulate_policies.py scale --jobs 100000
+    .venv/bin/python bench/simulate_policies.py tables sweeps hard --summary
+
+Several workload sets run one after another; --summary ends with one markdown table of
+every run: each policy's slow-storage TB and its ratio to the bound with copy time, the
+two bounds, and ours against LRU, scratch_manager and future-bytes.
 
 Every trace is generated from a fixed seed; the catalog's sizes are drawn from
 tests/data/dataset-sizes.csv (a real HPC cluster's catalog).
@@ -12,11 +17,12 @@ tests/data/dataset-sizes.csv (a real HPC cluster's catalog).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 from scratch_stage.simulate.inputs import SimConfig
-from scratch_stage.simulate.metrics import format_table
+from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
 
@@ -33,6 +39,9 @@ HARD = (
 )
 
 
+RUNS: list[tuple[str, Report]] = []
+
+
 def run(spec: WorkloadSpec, share: float, title: str, **knobs: float) -> None:
     started = time.perf_counter()
     trace = generate(spec, load_sizes(SIZES))
@@ -40,31 +49,66 @@ def run(spec: WorkloadSpec, share: float, title: str, **knobs: float) -> None:
     report = simulate(trace, SimConfig(capacity=capacity, **knobs))  # type: ignore[arg-type]
     print(f"## {title}: zipf {spec.zipf}, {spec.jobs} jobs, sweeps {spec.sweep_share:.0%}")
     print(format_table(report))
-    print(f"(total {time.perf_counter() - started:.1f}s)\n", flush=True)
+    print(f"(total {time.perf_counter() - started:.1f}s, load average "
+          f"{os.getloadavg()[0]:.1f})\n", flush=True)  # fmt: skip
+    RUNS.append((title, report))
+
+
+def summary(runs: list[tuple[str, Report]]) -> str:
+    """One markdown table: a column per run, slow TB (x the bound with copy time)."""
+    lines = ["| policy | " + " | ".join(t for t, _ in runs) + " |",
+             "|---|" + "---:|" * len(runs)]  # fmt: skip
+    names = list(runs[0][1].results)
+    for name in names:
+        cells = []
+        for _, r in runs:
+            slow = r.results[name].slow_bytes
+            ratio = f" ({slow / r.bound.lower:.2f})" if r.bound and r.bound.lower > 0 else ""
+            cells.append(f"{slow / 1e12:.0f}{ratio}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    copy_time = [f"{r.bound.lower / 1e12:.0f}" if r.bound else "-" for _, r in runs]
+    instant = [f"{r.instant_bound.lower / 1e12:.0f}" if r.instant_bound else "-" for _, r in runs]
+    lines.append("| bound, copy time | " + " | ".join(copy_time) + " |")
+    lines.append("| bound, instant copies | " + " | ".join(instant) + " |")
+    for other in ("lru", "scratch_manager", "future-bytes"):
+        cells = []
+        for _, r in runs:
+            ours, theirs = r.results["ours"].slow_bytes, r.results[other].slow_bytes
+            cells.append(f"{(ours - theirs) / theirs:+.1%}")
+        lines.append(f"| ours vs {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("tables", "sweeps", "hard", "scale"))
+    parser.add_argument("what", nargs="+", choices=("tables", "sweeps", "hard", "scale"))
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--tolerance", type=float, default=0.0)
+    parser.add_argument("--summary", action="store_true", help="end with a markdown table")
     args = parser.parse_args()
-    if args.what == "tables":
+    for what in args.what:
+        workloads(what, args.jobs, args.tolerance)
+    if args.summary and RUNS:
+        print(summary(RUNS))
+
+
+def workloads(what: str, jobs: int, tolerance: float) -> None:
+    if what == "tables":
         for title, zipf, share in TABLES:
             spec = WorkloadSpec(**{**BASE.__dict__, "zipf": zipf})
-            run(spec, share, title, tolerance=args.tolerance)
-    elif args.what == "sweeps":
+            run(spec, share, title, tolerance=tolerance)
+    elif what == "sweeps":
         for title, zipf, share in TABLES:
             spec = WorkloadSpec(**{**BASE.__dict__, "zipf": zipf, "sweep_share": 0.8})
-            run(spec, share, f"sweeps {title}", tolerance=args.tolerance)
-    elif args.what == "hard":
+            run(spec, share, f"sweeps {title}", tolerance=tolerance)
+    elif what == "hard":
         for title, knobs in HARD:
             spec = WorkloadSpec(**{**BASE.__dict__, "zipf": 0.9, **knobs})
             for share in (0.05, 0.10, 0.20):
-                run(spec, share, f"{title}, cache {share:.0%}", tolerance=args.tolerance)
+                run(spec, share, f"{title}, cache {share:.0%}", tolerance=tolerance)
     else:
-        spec = WorkloadSpec(**{**BASE.__dict__, "jobs": args.jobs, "nodes": 64})
-        run(spec, 0.05, f"scale {args.jobs}", tolerance=args.tolerance)
+        spec = WorkloadSpec(**{**BASE.__dict__, "jobs": jobs, "nodes": 64})
+        run(spec, 0.05, f"scale {jobs}", tolerance=tolerance)
 
 
 if __name__ == "__main__":
