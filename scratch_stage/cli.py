@@ -49,7 +49,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Act on this node's cache", ("pin", "unpin", "prestage", "purge", "release", "rebalance")),
     ("Set up", ("config", "image", "install-site-files")),
     ("Run by Slurm and systemd", ("prolog", "epilog", "daemon")),
-    ("Offline tools", ("simulate",)),
+    ("Offline tools", ("simulate", "simulate-fleet")),
 )
 HELP_EPILOG = """\b
 Configuration: --config PATH, else $SCRATCH_STAGE_CONFIG, else
@@ -940,9 +940,10 @@ def image_build(ctx: Context, src: Path, name: str, compression: str, replace: b
 
 
 def _register_simulate() -> None:
-    from scratch_stage.simulate.command import simulate
+    from scratch_stage.simulate.command import simulate, simulate_fleet
 
     cli.add_command(simulate)
+    cli.add_command(simulate_fleet)
 
 
 _register_simulate()

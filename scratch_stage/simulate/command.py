@@ -90,3 +90,97 @@ def simulate(
         horizon=_duration(horizon), bandwidth=bandwidth, backfill_window=_duration(backfill_window),
         estimate_noise=_duration(estimate_noise), tolerance=tolerance, seed=seed,
     )  # fmt: skip
+
+
+def _bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A size ('150GB') or a rate ('10GB/s', '10GB'), in bytes; only --peer-bandwidth may
+    be zero (no peers)."""
+    from scratch_stage.core.units import parse_size
+
+    if value is None:
+        return None
+    try:
+        amount = parse_size(value[:-2] if value.endswith("/s") else value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if amount == 0 and param.name != "peer_bandwidth":
+        raise click.BadParameter(f"must be more than zero: {value!r}")
+    if amount > 10**21:
+        raise click.BadParameter(f"must be at most 10^21 bytes: {value!r}")
+    return amount
+
+
+@click.command("simulate-fleet")
+@click.option(
+    "--nodes",
+    "node_counts",
+    multiple=True,
+    type=click.IntRange(1, 10**7),
+    help="Nodes staging the image at once (repeatable; default 512).",
+)
+@click.option("--size", default="150GB", show_default=True, callback=_bytes, help="Image size.")
+@click.option(
+    "--shared-bandwidth",
+    default="10GB/s",
+    show_default=True,
+    callback=_bytes,
+    help="Shared storage's total read bandwidth, split among its readers.",
+)
+@click.option(
+    "--node-bandwidth",
+    default="2GB/s",
+    show_default=True,
+    callback=_bytes,
+    help="What one node can receive: its link or SSD write rate, the lower.",
+)
+@click.option(
+    "--peer-bandwidth",
+    default=None,
+    callback=_bytes,
+    help="What one node can send to peers (default: --node-bandwidth; 0: no peers).",
+)
+@click.option(
+    "--readers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 10**7),
+    help="Concurrent shared-storage readers of one image (the lease).",
+)
+@click.option(
+    "--piece", default="16MiB", show_default=True, callback=_bytes,
+    help="Transfer unit between peers.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def simulate_fleet(
+    node_counts: tuple[int, ...], size: int, shared_bandwidth: int, node_bandwidth: int,
+    peer_bandwidth: int | None, readers: int, piece: int, as_json: bool,
+) -> int:  # fmt: skip
+    """Many nodes staging one image at once: independent vs cooperative.
+
+    A fluid model (docs/simulate.md, "Fleet staging"): shared storage's bandwidth is split
+    among its readers, each node receives at most --node-bandwidth and sends at most
+    --peer-bandwidth. Modes: independent (every node reads shared storage at once), lease
+    only (at most --readers at a time, no peers), cooperative (lease holders read the image
+    once, peers pass it on). Nothing is read or written: any user may run it."""
+    import json
+
+    from scratch_stage.simulate.fleet import Fleet, FleetError, format_fleets, to_json
+
+    peers = node_bandwidth if peer_bandwidth is None else peer_bandwidth
+    try:
+        fleets = [
+            Fleet(
+                nodes=n,
+                size=size,
+                shared_bandwidth=float(shared_bandwidth),
+                node_bandwidth=float(node_bandwidth),
+                peer_bandwidth=float(peers),
+                readers=readers,
+                piece=piece,
+            )
+            for n in dict.fromkeys(node_counts or (512,))
+        ]
+    except FleetError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(json.dumps(to_json(fleets), indent=2) if as_json else format_fleets(fleets))
+    return 0

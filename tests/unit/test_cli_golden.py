@@ -22,6 +22,9 @@ NOBODY = 65534
 # Read at import: the autouse fixture of tests/conftest.py clears SCRATCH_STAGE_* variables.
 UPDATE = os.environ.get("SCRATCH_STAGE_UPDATE_GOLDEN") == "1"
 
+FLEET_JSON = ["simulate-fleet", "--nodes", "3", "--readers", "2", "--size", "1GB",
+              "--shared-bandwidth", "1GB/s", "--node-bandwidth", "1GB/s",
+              "--peer-bandwidth", "500MB/s", "--json"]  # fmt: skip
 CASES: dict[str, tuple[list[str], int | None]] = {
     "help": (["--help"], None),
     "no-command": ([], None),
@@ -61,6 +64,15 @@ CASES: dict[str, tuple[list[str], int | None]] = {
     # the view itself needs Slurm: tests/e2e (test_cluster_view_...) and test_cluster_view.py
     "cluster-bad-window": (["cluster", "--window", "soon"], None),
     "metrics-write-unconfigured": (["metrics", "--write"], None),
+    "simulate-fleet": (["simulate-fleet", "--nodes", "4", "--nodes", "512"], None),
+    "simulate-fleet-json": (FLEET_JSON, None),
+    "simulate-fleet-no-peers": (
+        ["simulate-fleet", "--nodes", "8", "--size", "2GiB", "--peer-bandwidth", "0"],
+        NOBODY,
+    ),
+    "simulate-fleet-bad-size": (["simulate-fleet", "--size", "lots"], None),
+    "simulate-fleet-zero-bandwidth": (["simulate-fleet", "--shared-bandwidth", "0GB/s"], None),
+    "simulate-fleet-too-many-nodes": (["simulate-fleet", "--nodes", "99999999"], None),
     "install-site-files-both": (
         ["install-site-files", "<root>/site", "--bin", "/x", "--prefix", "/y"],
         None,
