@@ -43,6 +43,11 @@ def _duration(text: str) -> float:
 )
 @click.option("--bandwidth", default="1GB", show_default=True, help="Copy speed per second.")
 @click.option(
+    "--shared-bandwidth",
+    default=None,
+    help="Shared storage's total bandwidth: report when the nodes' copies together want more.",
+)
+@click.option(
     "--backfill-window",
     default="1h",
     show_default=True,
@@ -78,8 +83,9 @@ def _duration(text: str) -> float:
 )
 def simulate(
     trace: Path, capacity: str, policies: tuple[str, ...], interval: str, period: str,
-    horizon: str, bandwidth: str, backfill_window: str, estimate_noise: str, tolerance: float,
-    seed: int, workers: int, no_bound: bool, as_json: bool, plot: Path | None,
+    horizon: str, bandwidth: str, shared_bandwidth: str | None, backfill_window: str,
+    estimate_noise: str, tolerance: float, seed: int, workers: int, no_bound: bool,
+    as_json: bool, plot: Path | None,
 ) -> int:  # fmt: skip
     """Replay TRACE through the real planner and baseline policies, against a lower bound."""
     from scratch_stage.simulate.report import run_simulation
@@ -87,7 +93,8 @@ def simulate(
     return run_simulation(
         trace, capacity=capacity, policies=policies or POLICY_NAMES, as_json=as_json, plot=plot,
         bound=not no_bound, workers=workers, interval=_duration(interval), period=_duration(period),
-        horizon=_duration(horizon), bandwidth=bandwidth, backfill_window=_duration(backfill_window),
+        horizon=_duration(horizon), bandwidth=bandwidth, shared_bandwidth=shared_bandwidth,
+        backfill_window=_duration(backfill_window),
         estimate_noise=_duration(estimate_noise), tolerance=tolerance, seed=seed,
     )  # fmt: skip
 

@@ -27,7 +27,7 @@ class PolicyResult(Costs):
     def add(self, costs: Costs) -> None:
         for f in fields(Costs):
             mine, theirs = getattr(self, f.name), getattr(costs, f.name)
-            if f.name == "series":
+            if f.name in ("series", "spans"):
                 mine.extend(theirs)
             elif f.name == "peak_used":
                 self.peak_used = max(mine, theirs)

@@ -30,6 +30,18 @@ class Action:
 
 
 @dataclass
+class CopySpan:
+    """One copy on one node: started, landed (mounted), and left the cache (evicted; inf
+    if still cached when the replay ends). `sharing.shared_load` reads them across nodes."""
+
+    node: str
+    name: str
+    start: float
+    landed: float
+    left: float = math.inf
+
+
+@dataclass
 class Costs:
     """What a node's replay cost, in bytes and seconds (metrics.PolicyResult sums them)."""
 
@@ -44,6 +56,7 @@ class Costs:
     peak_used: int = 0
     decisions: int = 0
     series: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    spans: list[CopySpan] = field(default_factory=list, repr=False)
 
     @property
     def slow_bytes(self) -> float:
@@ -87,6 +100,7 @@ class SimNode:
         self.costs = Costs()
         self._pending_next = 0
         self._pending_active: list[int] = []
+        self._span: dict[str, CopySpan] = {}  # the current copy of each name here
 
     # --- what policies see -------------------------------------------------------------
 
@@ -206,6 +220,7 @@ class SimNode:
                 raise PolicyError(f"{self.work.name}: cannot evict {name} (held or not cached)")
             del self.cached[name]
             self.used -= self.sizes[name]
+            self._span.pop(name).left = now
             self.costs.evictions += 1
             self.version += 1
         if action.replace:
@@ -228,6 +243,8 @@ class SimNode:
             self.used += size
             self.costs.peak_used = max(self.costs.peak_used, self.used)
             self.inflight = (name, now, now + size / self.config.bandwidth)
+            self._span[name] = CopySpan(self.work.name, name, now, self.inflight[2])
+            self.costs.spans.append(self._span[name])
             self.costs.copies += 1
             self.costs.copied_bytes += size
             self.costs.series.append((now, float(size)))

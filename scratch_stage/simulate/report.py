@@ -14,6 +14,7 @@ from scratch_stage.core.units import parse_capacity, parse_size
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
+from scratch_stage.simulate.sharing import format_shared, shared_load
 from scratch_stage.simulate.trace import Trace, read_trace
 
 
@@ -34,23 +35,40 @@ def capacity_bytes(text: str, trace: Trace) -> int:
 
 def run_simulation(
     path: Path, *, capacity: str, policies: Sequence[str], as_json: bool, plot: Path | None,
-    bound: bool, bandwidth: str, workers: int = 1, **knobs: Any,
+    bound: bool, bandwidth: str, workers: int = 1, shared_bandwidth: str | None = None,
+    **knobs: Any,
 ) -> int:  # fmt: skip
     """Replay the trace at PATH, print the table (or JSON), write the plot; exit code."""
     trace = read_trace(path)
-    try:
-        speed = float(parse_size(bandwidth))
-    except ValueError as e:
-        raise SimulateUsageError(f"--bandwidth: {e}") from None
+    speed = _rate("--bandwidth", bandwidth)
+    shared = None if shared_bandwidth is None else _rate("--shared-bandwidth", shared_bandwidth)
     config = SimConfig(capacity=capacity_bytes(capacity, trace), bandwidth=speed, **knobs)
     report = simulate(trace, config, list(dict.fromkeys(policies)), bound=bound, workers=workers)
+    loads = {name: shared_load(r.spans, trace.datasets, speed, shared)
+             for name, r in report.results.items()}  # fmt: skip
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        data = report.to_json()
+        for entry in data["policies"]:
+            entry["shared_storage"] = loads[entry["policy"]].to_json()
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         click.echo(format_table(report))
+        click.echo("")
+        click.echo(format_shared(loads, speed, shared))
     if plot is not None:
         write_plot(report, plot)
     return 0
+
+
+def _rate(option: str, text: str) -> float:
+    """Bytes/s from '1GB' or '1GB/s'; more than zero."""
+    try:
+        speed = float(parse_size(text[:-2] if text.endswith("/s") else text))
+    except ValueError as e:
+        raise SimulateUsageError(f"{option}: {e}") from None
+    if speed <= 0:
+        raise SimulateUsageError(f"{option}: must be more than zero: {text!r}")
+    return speed
 
 
 def write_plot(report: Report, path: Path) -> None:
