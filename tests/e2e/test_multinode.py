@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCRATCH_STAGE = REPO / ".venv" / "bin" / "scratch-stage"
 TESTCLUSTER = REPO / "slurm" / "testcluster"
 NODES = ("n1", "n2", "n3", "n4")
-# a: the 4-node job's; b: the 2-node job's; s: restricted to root; p: a pending job's
-DATASETS = ("a", "b", "s", "p")
+# a: the 4-node job's; b: the 2-node job's; s: restricted to root; p: a pending job's;
+# f: only ever named by a forged record
+DATASETS = ("a", "b", "s", "p", "f")
 HELLO = "hello from dataset {}\n"
 ACTIVE_STATES = ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 
@@ -467,3 +468,26 @@ def test_a_pending_job_is_prefetched_on_exactly_its_planned_nodes(cluster: Clust
     expected_read = f"{cluster.checksums['p']} {HELLO.format('p').strip()}"
     assert cluster.reads("pending") == dict.fromkeys(nodes, expected_read)
     cluster.wait_idle()
+
+
+def test_a_comment_cannot_forge_a_planned_many_node_job(cluster: Cluster) -> None:
+    # The attacker (the test user) ends a held job's comment with a line that reads like
+    # squeue's record of a 4-node job planned onto every node, wanting dataset f.
+    forged = "999999|debug|4294967295|4|N/A|n[1-4]|datasets:f"
+    job = cluster.submit("--hold", "--output=/dev/null", f"--comment=datasets:a\n{forged}",
+                         "--wrap", "true")  # fmt: skip
+    try:
+        assert forged in cluster.admin("squeue", "-h", "-j", job, "-o", "%k").splitlines()
+        published = cluster.base / "demand-forged.json"
+        cluster.scratch_stage("n1", "demand", "--publish", str(published))
+        data = json.loads(published.read_text())
+        assert [j["job_id"] for j in data["jobs"]] == [job], data["jobs"]
+        assert "f" not in data["peers"], data["peers"]
+        for node in NODES:
+            report = json.loads(cluster.scratch_stage(node, "rebalance", "--json"))
+            assert "f" not in report["stage"], (node, report)
+            decision = report["decisions"].get("f", {})
+            assert decision.get("demand", 0) == 0, (node, decision)
+            assert cluster.status(node)["f"]["cached"] is False, node
+    finally:
+        cluster.admin("scancel", job)
