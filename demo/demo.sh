@@ -3,7 +3,8 @@
 # (slurm/testcluster) whose Prolog/Epilog run scratch-stage, with the --datasets SPANK
 # plugin and the job_submit.lua check enabled. Jobs are submitted by the unprivileged user
 # ssuser. At the end a second, 4-node cluster on this machine (each node its own slurmd,
-# mount namespace, cache and state) runs a 4-node job. Everything lives under one temporary
+# mount namespace, cache and state) stages one image onto all four nodes cooperatively
+# (shared storage, its own loop-mounted filesystem, read about once) and runs a 4-node job. Everything lives under one temporary
 # directory; on exit (also on failure or ^C) the clusters are stopped by their recorded
 # PIDs (which unmounts what the nodes mounted), every mount under the directory is
 # unmounted, and the directory is removed.
@@ -187,20 +188,34 @@ echo "\$ grep ^scratch_stage $run/metrics/scratch_stage.prom | grep -v ' 0\$'  #
 grep ^scratch_stage "$run/metrics/scratch_stage.prom" | grep -v ' 0$' | head -20
 echo "(node_exporter --collector.textfile.directory=$run/metrics serves them; rules and a"
 echo " Grafana dashboard are in contrib/, the README's 'Operating it' has the queries)"
-step "Four nodes on this machine: a 4-node job gets its dataset on every node"
+step "Four nodes on this machine: one image staged onto all four, shared storage read about once"
 echo "(slurm/testcluster with TESTCLUSTER_NODES=4: slurmds n1..n4, each in its own mount namespace"
-echo " where $run/cluster4/node is that node's directory: mountdir, cachedir, statedir, config;"
-echo " datadir $run/data is shared by all, like a parallel filesystem)"
+echo " where $run/cluster4/node is that node's directory: mountdir, cachedir, statedir, config."
+echo " Shared storage is its own ext4 filesystem on a loop device, so every byte read from it counts)"
+truncate -s 192M "$run/shared.ext4"
+mkfs.ext4 -q -F "$run/shared.ext4"
+mkdir "$run/shared"
+mount -o loop "$run/shared.ext4" "$run/shared" # mount(8) sets autoclear: the unmount frees it
+dev=$(findmnt -n -o SOURCE "$run/shared")
+mkdir -m 0755 "$run/shared/data" "$run/src/shards"
+chmod 0755 "$run/shared"
+head -c $((48 << 20)) /dev/urandom >"$run/src/shards/shard0.bin"
+printf 'datadir: %s\ncachedir: %s\n' "$run/shared/data" "$run/build-cache" >"$run/build4.yaml"
+show "$S" --config "$run/build4.yaml" image build "$run/src/shards" shards --compression fast
 for n in n1 n2 n3 n4; do mkdir -p "$run/cluster4/nodes/$n"/{mount,cache,state}; done
 cat >"$run/node-config.yaml" <<CONF
-datadir: $run/data
+datadir: $run/shared/data
 cachedir: @NODEDIR@/cache
 mountdir: @NODEDIR@/mount
 statedir: @NODEDIR@/state
 capacity: 1GiB
 node: @NODE@
 demand: {source: squeue}
+# cooperative staging: one node reads shared storage under the reader lease, the others
+# copy from it and from each other (BitTorrent, each node's engine on its own address)
+coop: {enabled: true, host: 127.0.0.1@NODEINDEX@, stall_seconds: 10, seed_seconds: 30}
 CONF
+show cat "$run/node-config.yaml"
 "$S" install-site-files "$run/site4" --bin "$S" --config "$run/cluster4/node/scratch-stage.yaml" >/dev/null
 TESTCLUSTER_NODES=4 TESTCLUSTER_NODE_CONFIG="$run/node-config.yaml" \
   TESTCLUSTER_PROLOG="$run/site4/slurm/prolog.sh" TESTCLUSTER_EPILOG="$run/site4/slurm/epilog.sh" \
@@ -209,21 +224,49 @@ eval "$("$TC" env "$run/cluster4")"
 pids="$pids $("$TC" status "$run/cluster4" | grep -o 'pid [0-9]*' | cut -d' ' -f2 | tr '\n' ' ')"
 work=$run/cluster4/work
 show sinfo -N -o '%N %T'
-task="echo \$(hostname): \$(sha256sum < $run/cluster4/node/mount/imagenet-mini/train/img1.bin | cut -c1-16)..."
-j4=$(submit -N4 --output=%j.out --comment=datasets:imagenet-mini --wrap "srun sh -c '$task' | sort; sleep 3")
+image=$run/shared/data/shards.sqfs
+size=$(stat -c %s "$image")
+sync
+dd if="$image" iflag=nocache count=0 status=none # out of the page cache: reads reach the device
+sectors() { awk '{print $3}' "/sys/block/${dev#/dev/}/stat"; }
+before=$(sectors)
+echo "(all four nodes stage 'shards' at once, as their rebalances do when a 4-node job's demand appears)"
+t1=$(date +%s.%N)
+staging=()
+for n in n1 n2 n3 n4; do
+  echo "\$ testcluster exec $n -- scratch-stage prestage shards &"
+  "$TC" exec "$run/cluster4" "$n" -- "$S" prestage shards >"$run/prestage-$n.log" 2>&1 &
+  staging+=($!)
+done
+for p in "${staging[@]}"; do wait "$p" || echo "demo: a prestage failed: $(cat "$run"/prestage-*.log)" >&2; done
+t2=$(date +%s.%N)
+read_bytes=$((($(sectors) - before) * 512))
+for n in n1 n2 n3 n4; do
+  printf '%s: %s\n' "$n" "$(grep -ho '"event": "coop-[a-z]*"' "$run/cluster4/nodes/$n/state/events.log" | cut -d'"' -f4 | sort | uniq -c | tr -s ' ' | tr '\n' ' ')"
+done
+awk -v b="$read_bytes" -v s="$size" -v t="$t2" -v t1="$t1" 'BEGIN { t -= t1
+  printf "shared storage read %.1f MiB for a %.1f MiB image staged on 4 nodes: %.2fx its size (independent copies: 4x); all cached in %.1f s\n", b / 1048576, s / 1048576, b / s, t }'
+echo "(coop-lease: this node read shared storage under the reader lease; coop-fetched: it copied from"
+echo " its peers, every copy verified against the published sha256 before it is mounted)"
+
+step "A 4-node job reads its dataset on every node, from that node's cached copy"
+cat >"$work/task.sh" <<'TASK'
+#!/bin/sh
+# one task per node: what it reads at mountdir/shards, and the file behind that mount
+m=$1 dev=$(findmnt -n -o SOURCE "$1")
+echo "$(hostname): $(sha256sum <"$m/shard0.bin" | cut -c1-16)... via $(cat "/sys/block/${dev#/dev/}/loop/backing_file")"
+TASK
+chmod 0644 "$work/task.sh"
+j4=$(submit -N4 --output=%j.out --comment=datasets:shards --wrap "srun sh $work/task.sh $run/cluster4/node/mount/shards | sort; sleep 3")
 for ((i = 0; i < 100; i++)); do [ "$(job_state "$j4")" = RUNNING ] && break; sleep 0.2; done
 sleep 1
 for n in n1 n2 n3 n4; do
-  printf '$ testcluster exec %s -- scratch-stage status   # holders of imagenet-mini on %s\n' "$n" "$n"
+  printf '$ testcluster exec %s -- scratch-stage status --json   # shards on %s: ' "$n" "$n"
   "$TC" exec "$run/cluster4" "$n" -- "$S" status --json \
-    | python3 -c 'import json,sys; d={x["name"]: x for x in json.load(sys.stdin)["datasets"]}["imagenet-mini"]; print("  holders", d["holders"], "state", d["state"])'
+    | python3 -c 'import json,sys; d={x["name"]: x for x in json.load(sys.stdin)["datasets"]}["shards"]; print("holders", d["holders"], "state", d["state"])'
 done
 wait_job "$j4"
 output "$j4"
-echo "--- the image itself: $(sha256sum "$run/src/imagenet-mini/train/img1.bin" | cut -c1-16)..."
-echo "(cooperative staging, issue #13: when all four nodes copy imagenet-mini into their caches"
-echo " today, shared storage is read four times; the published demand file's \"peers\" list"
-echo " tells each node which others want the same image, the hook for peer-to-peer copies)"
-
+echo "--- the image itself: $(sha256sum "$run/src/shards/shard0.bin" | cut -c1-16)..."
 echo
 echo "demo finished in $((SECONDS - t0))s"
