@@ -68,7 +68,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 internal bug, 4 configuration,
 5 lock timeout. Every error is one line on stderr.
 """
 LEGEND = (
-    "HEAT: bytes/s read over the last heat window. DEMAND: queued jobs expected to read it",
+    "HEAT: bytes/s read over the last heat window. DEMAND: bytes queued jobs are expected to read",
     "here (later starts count less). VALUE: slow reads a cached copy saves over the horizon,",
     "after paying for the copy (negative: not worth one); from the last rebalance.",
 )
@@ -274,7 +274,7 @@ def format_status(view: StatusView) -> str:
     rows = [header] + [
         (
             d.name, format_size(d.size), d.state, _yes(d.cached), ",".join(d.holders) or "-",
-            _yes(d.pinned), format_rate(d.heat), format_jobs(d.demand),
+            _yes(d.pinned), format_rate(d.heat), format_size(max(d.demand, 0.0)),
             "-" if d.value is None else format_signed_size(d.value),
         )
         for d in view.datasets

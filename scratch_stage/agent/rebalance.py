@@ -32,7 +32,7 @@ from scratch_stage.policy.report import (
     skipped_report,
 )
 from scratch_stage.policy.unmounts import UnmountPlan, decide_unmounts
-from scratch_stage.slurm.demand_sources import read_demand
+from scratch_stage.slurm.demand_sources import demand_here, read_snapshot
 
 if TYPE_CHECKING:
     from scratch_stage.agent.mounts import MountStep, UnmountStep
@@ -155,13 +155,15 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
     value = load_value_function(node.config.value_function)
     catalog = scan_catalog(node.config.datadir, trust=node.trust)
     now = node.clock()
-    demand = read_demand(node.config, now, trust=node.trust)
+    snapshot = read_snapshot(node.config, now, trust=node.trust)  # outside the lock
+    sizes = {n: i.fingerprint.size for n, i in catalog.images.items()}
     capacity = node.capacity_bytes()
     params = PlanParams(horizon=node.config.horizon, hysteresis=node.config.hysteresis)
     fingerprints = {n: i.fingerprint for n, i in catalog.images.items()}
     if dry_run:
         state = node.store.read()
         heat = measure_heat(node, state, now, count=False)
+        demand = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
         the_plan = plan(
             plan_input(state, fingerprints, now), heat, demand, capacity,
             params=params, value=value,
@@ -172,6 +174,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
+        demand = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
         # counters of datasets gone from datadir and the cache go too: the state stays small
         gone = set(state.counters.datasets) - set(catalog.images) - set(state.cached)
         state.counters.forget(

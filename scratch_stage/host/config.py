@@ -530,6 +530,15 @@ class Config:
             "extra value of a cached copy, as a share of its size (no oscillation)", _fraction
         ),
     )
+    read_rate: int = field(
+        default=1_000_000_000,
+        metadata=_meta(
+            "prior read rate of a queued job (bytes/s, `1GB`): a job's expected reads are at"
+            " most its time limit x this (`docs/planner.md`)",
+            _positive(parse_size),
+            default_doc="`1GB`",
+        ),
+    )
     value_function: str = field(
         default="",
         metadata=_meta(

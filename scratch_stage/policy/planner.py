@@ -68,7 +68,10 @@ class PlanParams:
 
 
 class View(NamedTuple):
-    """One dataset as the value function sees it (a tuple: the simulator makes millions)."""
+    """One dataset as the value function sees it (a tuple: the simulator makes millions).
+
+    `heat` in bytes/s; `demand` in expected bytes queued jobs will read (docs/planner.md).
+    """
 
     name: str
     size: int
@@ -83,10 +86,11 @@ ValueFunction = Callable[[View, PlanParams], float]
 def default_value(view: View, params: PlanParams) -> float:
     """Slow-storage bytes saved over the horizon by caching VIEW, minus the copy if needed.
 
-    Heat (bytes/s) is expected to go on for the horizon; each unit of demand is a queued
-    job expected to read the dataset once through. A copy costs its size in slow reads.
+    Heat (bytes/s) is expected to go on for the horizon; demand is the bytes queued jobs
+    are expected to read (already weighted by their chance and soonness). A copy costs
+    its size in slow reads.
     """
-    benefit = view.heat * params.horizon + view.demand * view.size
+    benefit = view.heat * params.horizon + view.demand
     if view.cached:
         return benefit + params.hysteresis * view.size
     return benefit - view.size
@@ -110,12 +114,12 @@ class Decision(NamedTuple):
     def reason(self) -> str:
         if self.view is None:
             return self.cause
-        from scratch_stage.core.units import format_jobs, format_rate, format_signed_size
+        from scratch_stage.core.units import format_rate, format_signed_size, format_size
 
         v = self.view
         return (
             f"{self.cause}: value {format_signed_size(self.value)} "
-            f"(heat {format_rate(v.heat)}, demand {format_jobs(v.demand)})"
+            f"(heat {format_rate(v.heat)}, demand {format_size(max(v.demand, 0.0))})"
         )
 
 

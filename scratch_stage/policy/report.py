@@ -52,7 +52,8 @@ class FailedRecord:
 
 
 class Figures(NamedTuple):
-    """A dataset's figures in the last pass: heat (bytes/s), demand (expected queued jobs),
+    """A dataset's figures in the last pass: heat (bytes/s), demand (expected bytes queued
+    jobs will read),
     value (slow bytes a cached copy saves over the horizon; None: not valued)."""
 
     heat: float

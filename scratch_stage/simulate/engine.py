@@ -18,7 +18,8 @@ TRIGGERS = ("tick", "start", "end", "copy")
 
 @dataclass(frozen=True)
 class Inputs:
-    """What a rebalance pass measures: heat (bytes/s) and demand (expected queued jobs)."""
+    """What a rebalance pass measures: heat (bytes/s) and demand (expected bytes queued jobs
+    will read)."""
 
     heat: Mapping[str, float]
     demand: Mapping[str, float]

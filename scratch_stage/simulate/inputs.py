@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from scratch_stage.simulate.trace import MIN_READ_SECONDS, Job, Trace
 
 # Demand weights as scratch_stage.slurm.demand.node_demand gives them (a test holds them equal).
-SCHEDULED_HERE = 2.0
+SCHEDULED_HERE = 1.0
 UNKNOWN_START_FACTOR = math.exp(-1.0)
 
 
@@ -28,6 +28,7 @@ class SimConfig:
     estimate_noise: float = 0.0  # standard deviation (s) of the start estimate's error
     tolerance: float = 0.0  # skip a pass whose inputs moved less than this (relative)
     seed: int = 0
+    read_rate: float = 1e9  # prior read rate of a job: expected reads <= time limit x this
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Pending:
     start: float
     estimate: float
     datasets: tuple[str, ...]
+    limit: float = math.inf  # the job's time limit (inf: none)
 
 
 @dataclass
@@ -59,31 +61,30 @@ class NodeWorkload:
     pending: list[Pending] = field(default_factory=list)
 
 
+# Per dataset: the summed weight of the queued jobs by their time limit (inf: none).
+ByLimit = Mapping[float, float]
+
+
 @dataclass(frozen=True)
 class UnplacedDemand:
-    """Demand of queued jobs not yet placed, identical on every node, sampled at ticks."""
+    """Queued jobs not yet placed, identical on every node, sampled at ticks: per dataset
+    their weight by time limit (each node turns it into bytes with its own history)."""
 
     ticks: tuple[float, ...]
-    values: tuple[Mapping[str, float], ...]
+    values: tuple[Mapping[str, ByLimit], ...]
 
-    def at(self, now: float) -> Mapping[str, float]:
+    def at(self, now: float) -> Mapping[str, ByLimit]:
         i = bisect.bisect_right(self.ticks, now) - 1
         return self.values[i] if i >= 0 else {}
 
-    def span(self, start: float, end: float) -> tuple[dict[str, float], dict[str, float]]:
-        """Each dataset's lowest and highest demand at any time in START..END."""
+    def seen(self, start: float, end: float) -> list[Mapping[str, ByLimit]]:
+        """Every value taken at some time in START..END."""
         first = bisect.bisect_right(self.ticks, start) - 1
         last = bisect.bisect_right(self.ticks, end) - 1
         seen = [self.values[k] for k in range(max(first, 0), last + 1)]
-        if first < 0 and seen:
+        if first < 0:
             seen.append({})  # before the first tick: no demand
-        high: dict[str, float] = {}
-        for values in seen:
-            for name, v in values.items():
-                if v > high.get(name, 0.0):
-                    high[name] = v
-        low = {n: min(values.get(n, 0.0) for values in seen) for n in high}
-        return low, high
+        return seen
 
     def next_change(self, now: float) -> float:
         i = bisect.bisect_right(self.ticks, now)
@@ -122,7 +123,8 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
             work.jobs.append(NodeJob(job.id, job.start, end, reads))
             if visible < job.start and job.reads:
                 datasets = tuple(sorted(job.reads))
-                work.pending.append(Pending(visible, job.start, job.start + noise, datasets))
+                limit = math.inf if job.limit is None else job.limit
+                work.pending.append(Pending(visible, job.start, job.start + noise, datasets, limit))
     for work in nodes.values():
         work.jobs.sort(key=lambda j: (j.start, j.id))
         work.pending.sort(key=lambda p: p.visible)
@@ -132,28 +134,32 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
 def unplaced_demand(trace: Trace, config: SimConfig) -> UnplacedDemand:
     """Queued jobs not yet placed count min(1, nodes/N) x e^-1 on every node."""
     total_nodes = max(1, len(trace.nodes))
-    events: list[tuple[float, float, tuple[str, ...]]] = []
+    events: list[tuple[float, float, tuple[str, ...], float]] = []
     for job in trace.jobs:
         visible = visible_from(job, config)
         if job.submit < visible and job.reads:
             weight = min(1.0, len(job.nodes) / total_nodes) * UNKNOWN_START_FACTOR
             names = tuple(sorted(job.reads))
-            events.append((job.submit, weight, names))
-            events.append((visible, -weight, names))
+            limit = math.inf if job.limit is None else job.limit
+            events.append((job.submit, weight, names, limit))
+            events.append((visible, -weight, names, limit))
     events.sort(key=lambda e: e[0])
     ticks: list[float] = []
-    values: list[dict[str, float]] = []
-    current: dict[str, float] = {}
-    for i, (t, weight, names) in enumerate(events):
+    values: list[dict[str, dict[float, float]]] = []
+    current: dict[str, dict[float, float]] = {}
+    for i, (t, weight, names, limit) in enumerate(events):
         for name in names:
-            v = current.get(name, 0.0) + weight
+            by_limit = current.setdefault(name, {})
+            v = by_limit.get(limit, 0.0) + weight
             if v > 1e-9:
-                current[name] = v
+                by_limit[limit] = v
             else:
-                current.pop(name, None)
+                by_limit.pop(limit, None)
+                if not by_limit:
+                    del current[name]
         tick = grid_ceil(t, config.interval)
         if i + 1 < len(events) and grid_ceil(events[i + 1][0], config.interval) == tick:
             continue
         ticks.append(tick)
-        values.append(dict(current))
+        values.append({n: dict(b) for n, b in current.items()})
     return UnplacedDemand(tuple(ticks), tuple(values))

@@ -6,9 +6,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from scratch_stage.core.expected import expected_read
 from scratch_stage.policy.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
+    ByLimit,
     NodeJob,
     NodeWorkload,
     SimConfig,
@@ -101,6 +103,12 @@ class SimNode:
         self._pending_next = 0
         self._pending_active: list[int] = []
         self._span: dict[str, CopySpan] = {}  # the current copy of each name here
+        # History of finished jobs here, as a node's counters keep it: bytes read and jobs
+        # per dataset; their ratio is the expected reads of a job (docs/simulate.md).
+        self.read_done: dict[str, float] = {}
+        self.jobs_done: dict[str, int] = {}
+        self.history_version = 0
+        self._unplaced_memo: tuple[int, int, dict[str, float]] | None = None
 
     # --- what policies see -------------------------------------------------------------
 
@@ -132,9 +140,31 @@ class SimNode:
                 heat[name] = heat.get(name, 0.0) + rate * overlap / period
         return heat
 
+    def per_job(self, name: str) -> float | None:
+        """Bytes a finished job read from NAME here, on average; None without history."""
+        jobs = self.jobs_done.get(name)
+        return self.read_done[name] / jobs if jobs else None
+
+    def expected(self, name: str, limit: float) -> float:
+        """Bytes a queued job with time limit LIMIT is expected to read from NAME here."""
+        return expected_read(self.sizes[name], limit, self.per_job(name), self.config.read_rate)
+
+    def _bytes(self, values: Mapping[str, ByLimit]) -> dict[str, float]:
+        return {
+            name: sum(w * self.expected(name, limit) for limit, w in by_limit.items())
+            for name, by_limit in values.items()
+        }
+
+    def _unplaced_bytes(self, values: Mapping[str, ByLimit]) -> dict[str, float]:
+        memo = self._unplaced_memo
+        key = (id(values), self.history_version)
+        if memo is None or memo[:2] != key:
+            memo = self._unplaced_memo = (*key, self._bytes(values))
+        return memo[2]
+
     def demand(self, now: float) -> dict[str, float]:
-        """Queued jobs expected here, weighted as node_demand weighs them."""
-        demand = dict(self.unplaced.at(now))
+        """Expected bytes queued jobs will read here, weighted as node_demand weighs them."""
+        demand = dict(self._unplaced_bytes(self.unplaced.at(now)))
         pending = self.work.pending
         while self._pending_next < len(pending) and pending[self._pending_next].visible <= now:
             self._pending_active.append(self._pending_next)
@@ -145,7 +175,7 @@ class SimNode:
             p = pending[i]
             weight = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - now) / horizon)
             for name in p.datasets:
-                demand[name] = demand.get(name, 0.0) + weight
+                demand[name] = demand.get(name, 0.0) + weight * self.expected(name, p.limit)
         return demand
 
     def input_bounds(
@@ -158,7 +188,8 @@ class SimNode:
         Heat is piecewise linear in time (each read's overlap with the window changes
         slope only at its start, its end, and those plus `period`): its extremes are at
         the ends or at such a point. A placed job's demand weight only grows until its
-        estimated start, so demand is lowest at START and highest at END.
+        estimated start, so demand is lowest at START and highest at END (the history,
+        hence each job's expected bytes, changes only when a job ends).
         """
         period = self.config.period
         by_name: dict[str, list[tuple[float, float, float]]] = {}
@@ -176,15 +207,22 @@ class SimNode:
                 for x in points
             ]
             heat[name] = (min(levels), max(levels))
-        low, high = self.unplaced.span(start, end)
+        seen = [self._unplaced_bytes(v) for v in self.unplaced.seen(start, end)]
+        high: dict[str, float] = {}
+        for values in seen:
+            for name, v in values.items():
+                if v > high.get(name, 0.0):
+                    high[name] = v
+        low = {n: min(values.get(n, 0.0) for values in seen) for n in high}
         pending, horizon = self.work.pending, self.config.horizon
         for i in self._pending_active:
             p = pending[i]
             w_low = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - start) / horizon)
             w_high = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - end) / horizon)
             for name in p.datasets:
-                low[name] = low.get(name, 0.0) + w_low
-                high[name] = high.get(name, 0.0) + w_high
+                amount = self.expected(name, p.limit)
+                low[name] = low.get(name, 0.0) + w_low * amount
+                high[name] = high.get(name, 0.0) + w_high * amount
         return heat, {n: (low.get(n, 0.0), high[n]) for n in high}
 
     def demand_settled(self, now: float) -> bool:
@@ -278,7 +316,10 @@ class SimNode:
 
     def end_job(self, job: NodeJob, now: float) -> None:
         del self.running[job.id]
-        for name, _ in job.reads:
+        for name, size in job.reads:
+            self.read_done[name] = self.read_done.get(name, 0.0) + size
+            self.jobs_done[name] = self.jobs_done.get(name, 0) + 1
+            self.history_version += 1
             self.held[name] -= 1
             if not self.held[name]:
                 del self.held[name]

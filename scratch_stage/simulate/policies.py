@@ -64,9 +64,12 @@ class Ours:
         node_input = node.plan_input()
         fresh = node_input.fresh
         bounds = {}
-        # Without heat or a fresh copy, the value is (demand - 1) x size: <= 0 (absent
-        # from the bounds) while demand stays <= 1.
-        wanted = (n for n, (_, high) in demand.items() if high > 1.0 - 1e-9)
+        # Without heat or a fresh copy, the value is demand - size: <= 0 (absent from the
+        # bounds) while demand stays <= size.
+        sizes = node.sizes
+        wanted = (
+            n for n, (_, high) in demand.items() if n in sizes and high > sizes[n] * (1 - 1e-9)
+        )
         for name in {*heat, *wanted, *node_input.cached, *node_input.inflight}:
             size = node.sizes.get(name)
             if size is None:

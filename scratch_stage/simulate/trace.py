@@ -6,6 +6,8 @@ and per dataset what EACH of its nodes read: `passes` over the image or `bytes`.
 
     {"format": "scratch-stage-trace", "version": 1, "datasets": {"imagenet": 150000000000}}
     {"id": "17", "submit": 0, "start": 60, "end": 3660, "nodes": ["n1"], "passes": {"imagenet": 2}}
+
+An optional `limit` is the job's time limit in seconds (>= end - start; absent: none).
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ class Job:
     end: float
     nodes: tuple[str, ...]
     reads: Mapping[str, int]
+    limit: float | None = None  # the time limit asked for (seconds); None: none given
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "id": self.id, "submit": self.submit, "start": self.start, "end": self.end,
             "nodes": list(self.nodes), "bytes": dict(self.reads),
         }  # fmt: skip
+        if self.limit is not None:
+            data["limit"] = self.limit
+        return data
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,12 @@ def parse_job(data: Any, sizes: Mapping[str, int]) -> Job:
     repeated = sorted({n for n in nodes if nodes.count(n) > 1})
     if repeated:
         raise ValueError(f"node {repeated[0]!r} is listed twice in 'nodes'")
-    return Job(str(data["id"]), submit, start, end, tuple(nodes), _reads(data, sizes))
+    limit = data.get("limit")
+    if limit is not None:
+        limit = float(limit)
+        if not 0 < limit < math.inf or limit < end - start:
+            raise ValueError("'limit' must be a finite number of seconds >= end - start")
+    return Job(str(data["id"]), submit, start, end, tuple(nodes), _reads(data, sizes), limit)
 
 
 def _reads(data: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str, int]:

@@ -142,11 +142,17 @@ def _schedule(
         end = start + duration
         heapq.heappush(slots, (end, node, slot))
         yield Job(str(i + 1), round(submit, 3), round(start, 3), round(end, 3),
-                  (f"n{node:04d}",), {name: amount})  # fmt: skip
+                  (f"n{node:04d}",), {name: amount}, time_limit(duration))  # fmt: skip
+
+
+def time_limit(duration: float) -> float:
+    """The time limit a user asks for a job of DURATION: half as much again, rounded up
+    to the hour (deterministic: the traces' jobs do not change with it)."""
+    return HOUR * max(1, math.ceil(round(duration * 1.5, 3) / HOUR))
 
 
 # SWF fields (1-based): https://www.cs.huji.ac.il/labs/parallel/workload/swf.html
-_SUBMIT, _WAIT, _RUN, _PROCS, _REQ_PROCS, _USER, _EXECUTABLE = 1, 2, 3, 4, 7, 11, 13
+_SUBMIT, _WAIT, _RUN, _PROCS, _REQ_PROCS, _REQ_TIME, _USER, _EXECUTABLE = 1, 2, 3, 4, 7, 8, 11, 13
 
 
 def convert_swf(
@@ -176,8 +182,10 @@ def convert_swf(
         free_at.sort()
         chosen, free_at = free_at[:count], free_at[count:]
         free_at.extend((start + run, n) for _, n in chosen)
+        requested = float(fields[_REQ_TIME])
+        limit = requested if requested >= run else None  # -1: not given
         jobs.append(Job(fields[0], submit, start, start + run,
                         tuple(f"n{n:04d}" for _, n in sorted(chosen, key=lambda c: c[1])),
-                        {dataset: round(passes * sizes[dataset])}))  # fmt: skip
+                        {dataset: round(passes * sizes[dataset])}, limit))  # fmt: skip
     jobs.sort(key=lambda j: (j.start, j.end, j.id))
     return Trace(dict(sizes), tuple(jobs))

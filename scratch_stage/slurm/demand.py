@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scratch_stage.core.expected import expected_read
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
 from scratch_stage.host.catalog import Trust
@@ -28,10 +29,13 @@ log = get_logger(__name__)
 DEMAND_VERSION = 1
 # squeue's pending-job fields, comment last: a comment may contain the separator (and
 # newlines: the live source puts a random record marker in front, see squeue_records).
-SQUEUE_FORMAT = "%i|%P|%Q|%D|%S|%Y|%k"
+SQUEUE_FORMAT = "%i|%P|%Q|%D|%S|%Y|%l|%k"
+# The format before the time limit (%l) was read: recorded outputs of it stay parseable.
+SQUEUE_FORMAT_NO_LIMIT = "%i|%P|%Q|%D|%S|%Y|%k"
 SINFO_FORMAT = "%R|%N"
-# How much more a job counts when Slurm's backfill already planned it onto this node.
-SCHEDULED_HERE_WEIGHT = 1.0
+# The prior read rate of a job (bytes/s) when the configuration gives none: what caps a
+# job's expected reads by its time limit (`read_rate`, docs/planner.md).
+DEFAULT_READ_RATE = 1e9
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class PendingJob:
     start: float | None
     sched_nodes: tuple[str, ...]
     datasets: tuple[str, ...]
+    time_limit: float | None = None  # seconds; None: unlimited or unknown
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Snapshot:
                 None if j["start"] is None else float(j["start"]),
                 tuple(j["sched_nodes"]),
                 tuple(j["datasets"]),
+                None if j.get("time_limit") is None else float(j["time_limit"]),
             )
             for j in data["jobs"]
         )
@@ -158,14 +164,18 @@ def squeue_marker() -> str:
     return f"@{secrets.token_hex(8)}@"
 
 
-def parse_squeue(text: str, marker: str = "") -> list[PendingJob]:
-    """Pending jobs with datasets from `squeue -h -t PD -o MARKER+SQUEUE_FORMAT`."""
+def parse_squeue(text: str, marker: str = "", *, limit: bool = True) -> list[PendingJob]:
+    """Pending jobs with datasets from `squeue -h -t PD -o MARKER+SQUEUE_FORMAT` (LIMIT
+    false: SQUEUE_FORMAT_NO_LIMIT, without the time limit)."""
     jobs: list[PendingJob] = []
+    count = 8 if limit else 7
     for record in squeue_records(text, marker):
-        fields = record.split("|", 6)
-        if len(fields) != 7 or not fields[0].strip():
+        fields = record.split("|", count - 1)
+        if len(fields) != count or not fields[0].strip():
             continue
-        job_id, partitions, priority, nodes, start, sched, comment = fields
+        if not limit:
+            fields.insert(6, "")
+        job_id, partitions, priority, nodes, start, sched, time_limit, comment = fields
         datasets = comment_datasets(comment) if "datasets:" in comment else ()
         if not datasets:
             continue
@@ -178,9 +188,30 @@ def parse_squeue(text: str, marker: str = "") -> list[PendingJob]:
                 parse_slurm_time(start),
                 expand_hosts(sched),
                 datasets,
+                parse_time_limit(time_limit),
             )
         )
     return jobs
+
+
+def parse_time_limit(text: str) -> float | None:
+    """Seconds from squeue's %l ('1-02:03:04', '02:03:04', '03:04', '5'); None for
+    'UNLIMITED', 'NOT_SET', 'INVALID' or anything else."""
+    text = text.strip()
+    days, sep, rest = text.partition("-")
+    if not sep:
+        days, rest = "0", text
+    parts = rest.split(":")
+    if not days.isdigit() or not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None
+    if len(parts) == 1:  # minutes
+        seconds = int(parts[0]) * 60
+    elif len(parts) == 2:  # minutes:seconds
+        seconds = int(parts[0]) * 60 + int(parts[1])
+    else:
+        seconds = int(parts[0]) * 3600 + int(parts[1]) * 60 + int(parts[2])
+    total = int(days) * 86400 + seconds
+    return float(total) if total > 0 else None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -199,28 +230,76 @@ def parse_sinfo(text: str) -> dict[str, tuple[str, ...]]:
     return {p: tuple(dict.fromkeys(n)) for p, n in partitions.items()}
 
 
-def node_demand(snapshot: Snapshot, node: str, *, now: float, horizon: float) -> dict[str, float]:
-    """Expected number of jobs reading each dataset on NODE soon (pure).
+def history_per_job(datasets: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Bytes read per job start of each dataset on this node, from the counters' rows
+    (`Counters.datasets`: bytes read through both layers over jobs started); only
+    datasets with at least one job start and one byte read."""
+    from scratch_stage.host.counters import DATASET_FIELDS
 
-    A job already planned onto NODE by backfill (SchedNodes; a many-node job lists all the
-    nodes it is planned on) counts fully (plus SCHEDULED_HERE_WEIGHT) on each of them, and
-    not at all on any other node; otherwise it counts by the share of its partitions' nodes
-    it will take. Each is discounted by how far its expected start lies beyond now,
-    on the scale of HORIZON (unknown start: the horizon itself).
+    index = DATASET_FIELDS.index
+    cached, slow = index("read_cached_bytes"), index("read_slow_bytes")
+    j_cached, j_slow = index("jobs_cached"), index("jobs_slow")
+    out: dict[str, float] = {}
+    for name, row in datasets.items():
+        jobs = row[j_cached] + row[j_slow]
+        read = row[cached] + row[slow]
+        if jobs >= 1 and read > 0:
+            out[name] = read / jobs
+    return out
+
+
+def job_weight(
+    job: PendingJob, node: str, eligible: _Eligibility, now: float, horizon: float
+) -> float:
+    """The chance-and-soonness weight of JOB on NODE: 1 if backfill planned it onto NODE
+    (SchedNodes; a many-node job lists all the nodes it is planned on: 1 on each), 0 if
+    onto other nodes, else the share of its partitions' nodes it takes; times
+    exp(-wait / HORIZON) (unknown start: wait = HORIZON)."""
+    if job.sched_nodes:
+        weight = 1.0 if node in job.sched_nodes else 0.0
+    else:
+        weight = min(1.0, job.nodes / eligible.size(job.partitions))
+    if weight <= 0:
+        return 0.0
+    wait = horizon if job.start is None else max(0.0, job.start - now)
+    return weight * math.exp(-wait / horizon)
+
+
+def node_demand(
+    snapshot: Snapshot,
+    node: str,
+    *,
+    now: float,
+    horizon: float,
+    sizes: Mapping[str, int] | None = None,
+    history: Mapping[str, float] | None = None,
+    read_rate: float = DEFAULT_READ_RATE,
+) -> dict[str, float]:
+    """Expected bytes queued jobs will read from each dataset on NODE (pure).
+
+    Per job and dataset: `job_weight` (placed here 1, elsewhere 0, unplaced its share of
+    the partitions' nodes; discounted by its wait on the scale of HORIZON) times
+    `expected_read` (HISTORY's bytes per job on this node, else one pass of the dataset's
+    size in SIZES, capped by the time limit at READ_RATE). A dataset missing from SIZES
+    (not in this node's datadir) counts 0 bytes. Without SIZES (the `demand` command's
+    summary) each job counts 1: the expected number of jobs.
     """
     demand: dict[str, float] = {}
     eligible = _Eligibility(snapshot.partitions, node)
+    history = history or {}
     for job in snapshot.jobs:
-        if job.sched_nodes:
-            weight = 1.0 + SCHEDULED_HERE_WEIGHT if node in job.sched_nodes else 0.0
-        else:
-            weight = min(1.0, job.nodes / eligible.size(job.partitions))
+        weight = job_weight(job, node, eligible, now, horizon)
         if weight <= 0:
             continue
-        wait = horizon if job.start is None else max(0.0, job.start - now)
-        weight *= math.exp(-wait / horizon)
         for name in job.datasets:
-            demand[name] = demand.get(name, 0.0) + weight
+            if sizes is None:
+                amount = 1.0
+            else:
+                size = sizes.get(name)
+                if size is None:
+                    continue
+                amount = expected_read(size, job.time_limit, history.get(name), read_rate)
+            demand[name] = demand.get(name, 0.0) + weight * amount
     return demand
 
 

@@ -23,6 +23,7 @@ from scratch_stage.slurm.demand import (
     SINFO_FORMAT,
     SQUEUE_FORMAT,
     Snapshot,
+    history_per_job,
     load_demand_file,
     node_demand,
     snapshot_from_cli,
@@ -42,13 +43,34 @@ class Run(Protocol):
 
 
 def read_demand(
-    config: Config, now: float, run: Run = runner.run, trust: Trust | None = None
+    config: Config,
+    now: float,
+    run: Run = runner.run,
+    trust: Trust | None = None,
+    *,
+    sizes: Mapping[str, int],
+    datasets: Mapping[str, Sequence[float]] | None = None,
 ) -> Mapping[str, float]:
-    """This node's demand from the configured source; empty (logged) when unavailable."""
-    snapshot = read_snapshot(config, now, run, trust)
+    """This node's demand in expected bytes per dataset from the configured source (empty,
+    logged, when unavailable); SIZES: the catalog, DATASETS: the counters' rows (history)."""
+    return demand_here(config, read_snapshot(config, now, run, trust), now, sizes, datasets)
+
+
+def demand_here(
+    config: Config,
+    snapshot: Snapshot | None,
+    now: float,
+    sizes: Mapping[str, int],
+    datasets: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, float]:
+    """SNAPSHOT's demand on this node in expected bytes (`node_demand`): the history of
+    bytes read per job from the counters' rows DATASETS, the prior rate `read_rate`."""
     if snapshot is None:
         return {}
-    return node_demand(snapshot, config.node, now=now, horizon=config.horizon)
+    return node_demand(
+        snapshot, config.node, now=now, horizon=config.horizon, sizes=sizes,
+        history=history_per_job(datasets or {}), read_rate=config.read_rate,
+    )  # fmt: skip
 
 
 def read_snapshot(

@@ -63,6 +63,13 @@ def usable_pyslurm(
     return pyslurm, ""
 
 
+def _limit_seconds(minutes: Any) -> float | None:
+    """pyslurm's `Job.time_limit` (minutes; None or a non-number when unlimited) in seconds."""
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+        return None
+    return float(minutes) * 60.0
+
+
 def snapshot_from_pyslurm(pyslurm: Any, now: float) -> Snapshot:
     """The pending jobs with datasets and the partitions, read through pyslurm."""
     jobs = []
@@ -80,6 +87,7 @@ def snapshot_from_pyslurm(pyslurm: Any, now: float) -> Snapshot:
                 float(start) if start else None,
                 expand_hosts(str(job.scheduled_nodes or "")),
                 comment_datasets(comment),
+                _limit_seconds(getattr(job, "time_limit", None)),
             )
         )
     partitions = {

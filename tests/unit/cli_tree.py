@@ -120,7 +120,7 @@ def build_tree(root: Path) -> None:
         s.failures["gamma"] = Failure(2, NOW + 240, "no space left on the cache filesystem")
     decisions = {
         "alpha": {"action": "keep", "value": 3.5 * 1024**3, "reason": "selected",
-                  "heat": 1.5 * MIB, "demand": 1.25},
+                  "heat": 1.5 * MIB, "demand": 1.25 * MIB},
         "beta": {"action": "stage", "value": 1e6, "reason": "pinned", "heat": 0.0,
                  "demand": 0.0},
         "gamma": {"action": "none", "value": -65536.0, "reason": "not worth a copy",

@@ -71,13 +71,11 @@ def test_value_heat_and_demand_have_units_in_status_and_explain(tree: CliTree) -
     for text in (status, explain):
         assert "e+" not in text and "e-" not in text  # no 1e+06
     row = {line.split()[0]: line.split("  ") for line in status.splitlines()[1:4]}
-    assert "1.5 MiB/s" in status and "1.25 jobs" in status
+    assert "1.5 MiB/s" in status and "1.2 MiB" in status
     assert "+3.5 GiB" in " ".join(row["alpha"]) and "-64.0 KiB" in " ".join(row["gamma"])
     assert "VALUE: slow reads a cached copy saves" in status  # the meaning, documented
-    assert "DEMAND: queued jobs expected to read it" in status
-    assert "gamma: none: not worth a copy: value -64.0 KiB (heat 0 B/s, demand 0.00 jobs)" in (
-        explain
-    )
+    assert "DEMAND: bytes queued jobs are expected to read" in status
+    assert "gamma: none: not worth a copy: value -64.0 KiB (heat 0 B/s, demand 0 B)" in (explain)
     # Sizes are never negative: only VALUE (a saving) carries a sign.
     assert not re.search(r"(?<![\w+])-\d[\d.]* (B|KiB|MiB|GiB)\b(?!.*VALUE)", status.split("\n")[4])
 

@@ -68,6 +68,7 @@ SAMPLE: dict[str, Any] = {
     "scontrol_command": "/opt/slurm/bin/scontrol",
     "horizon": "2h",
     "hysteresis": 0.5,
+    "read_rate": "2GB",
     "value_function": "mysite.planning:value",
     "idle_unmount": 0,
     "metrics_dir": "/var/lib/prometheus/node-exporter",

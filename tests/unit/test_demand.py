@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from scratch_stage.host.counters import Counters
 from scratch_stage.slurm.demand import (
     PendingJob,
     Snapshot,
+    history_per_job,
     node_demand,
     parse_sinfo,
     parse_slurm_time,
     parse_squeue,
+    parse_time_limit,
     read_demand_file,
 )
 
@@ -24,8 +27,8 @@ H = 3600.0
 
 def job(job_id: str, datasets: tuple[str, ...], *, start: float | None = NOW,
         sched: tuple[str, ...] = (), partitions: tuple[str, ...] = ("debug",),
-        nodes: int = 1) -> PendingJob:  # fmt: skip
-    return PendingJob(job_id, partitions, 100, nodes, start, sched, datasets)
+        nodes: int = 1, limit: float | None = None) -> PendingJob:  # fmt: skip
+    return PendingJob(job_id, partitions, 100, nodes, start, sched, datasets, limit)
 
 
 PARTITIONS = {"debug": ("n1", "n2", "n3", "n4"), "gpu": ("g1",)}
@@ -33,13 +36,14 @@ PARTITIONS = {"debug": ("n1", "n2", "n3", "n4"), "gpu": ("g1",)}
 
 def test_parse_squeue_keeps_jobs_with_datasets_and_pipes_in_comments() -> None:
     text = (
-        "12|debug|4294901757|1|2026-11-21T10:00:00|n[1-2]|datasets:imagenet\n"
-        "13|debug,gpu|100|2|N/A|(null)|sweep a|b datasets:coco,imagenet extra\n"
-        "14|debug|100|1|N/A|(null)|no datasets here\n"
+        "12|debug|4294901757|1|2026-11-21T10:00:00|n[1-2]|1:00:00|datasets:imagenet\n"
+        "13|debug,gpu|100|2|N/A|(null)|UNLIMITED|sweep a|b datasets:coco,imagenet extra\n"
+        "14|debug|100|1|N/A|(null)|5|no datasets here\n"
         "garbage line\n"
     )
     jobs = parse_squeue(text)
     assert [j.job_id for j in jobs] == ["12", "13"]
+    assert jobs[0].time_limit == 3600.0 and jobs[1].time_limit is None
     assert jobs[0].sched_nodes == ("n1", "n2")
     assert jobs[0].start == parse_slurm_time("2026-11-21T10:00:00")
     assert jobs[1].partitions == ("debug", "gpu")
@@ -58,7 +62,7 @@ def test_job_scheduled_here_outweighs_partition_share_and_elsewhere_counts_zero(
         PARTITIONS, NOW,
     )  # fmt: skip
     demand = node_demand(snap, "n1", now=NOW, horizon=H)
-    assert demand["a"] == 2.0
+    assert demand["a"] == 1.0  # counted once: placed here is certain, not double
     assert demand["b"] == pytest.approx(0.25)
     assert "c" not in demand
 
@@ -125,7 +129,7 @@ def recorded(name: str) -> str:
 
 
 def test_recorded_squeue_after_backfill_schedules_jobs_here() -> None:
-    jobs = parse_squeue(recorded("squeue-pd-o.txt"))
+    jobs = parse_squeue(recorded("squeue-pd-o.txt"), limit=False)
     assert [(j.job_id, j.datasets) for j in jobs] == [
         ("3", ("imagenet",)),
         ("4", ("coco", "imagenet")),
@@ -139,7 +143,7 @@ def test_recorded_squeue_after_backfill_schedules_jobs_here() -> None:
 
 
 def test_recorded_squeue_before_backfill_counts_by_partition() -> None:
-    jobs = parse_squeue(recorded("squeue-pd-o-before-backfill.txt"))
+    jobs = parse_squeue(recorded("squeue-pd-o-before-backfill.txt"), limit=False)
     assert all(j.sched_nodes == () and j.start is None for j in jobs)
     snap = Snapshot(tuple(jobs), parse_sinfo(recorded("sinfo-o.txt")), NOW)
     demand = node_demand(snap, "localhost", now=NOW, horizon=H)
@@ -147,7 +151,73 @@ def test_recorded_squeue_before_backfill_counts_by_partition() -> None:
 
 
 def test_recorded_pipe_in_comment_and_empty_output() -> None:
-    jobs = parse_squeue(recorded("squeue-pd-o-pipe-comment.txt"))
+    jobs = parse_squeue(recorded("squeue-pd-o-pipe-comment.txt"), limit=False)
     assert [j.job_id for j in jobs] == ["3", "4"]  # "datasets:imagenet|not" is malformed
     assert parse_squeue(recorded("squeue-pd-o-empty.txt")) == []
-    assert parse_squeue(recorded("squeue-pd-O.txt")) == parse_squeue(recorded("squeue-pd-o.txt"))
+    assert parse_squeue(recorded("squeue-pd-O.txt"), limit=False) == parse_squeue(
+        recorded("squeue-pd-o.txt"), limit=False
+    )
+
+
+# The recorded files above were taken with SQUEUE_FORMAT_NO_LIMIT (no %l): parse_squeue
+# reads them with limit=False; the live format's %l is read by the e2e tier on Slurm.
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1-02:03:04", 93784.0), ("02:03:04", 7384.0), ("03:04", 184.0), ("5", 300.0),
+     ("UNLIMITED", None), ("NOT_SET", None), ("INVALID", None), ("", None), ("0:00", None),
+     ("1-x", None), ("1:2:3:4", None)],
+)  # fmt: skip
+def test_parse_time_limit_reads_squeue_l(text: str, seconds: float | None) -> None:
+    assert parse_time_limit(text) == seconds
+
+
+GB = 10**9
+SIZES = {"a": 100 * GB, "b": 10 * GB, "c": 1000 * GB}
+
+
+def test_demand_in_bytes_is_one_pass_without_history_capped_by_the_time_limit() -> None:
+    snap = Snapshot(
+        (job("1", ("a",), sched=("n1",)),                       # no limit: one pass
+         job("2", ("b",), sched=("n1",), limit=3600),            # one pass fits an hour
+         job("3", ("c",), sched=("n1",), limit=60)),             # 60 s x 1 GB/s
+        PARTITIONS, NOW,
+    )  # fmt: skip
+    demand = node_demand(snap, "n1", now=NOW, horizon=H, sizes=SIZES, read_rate=GB)
+    assert demand == {"a": 100 * GB, "b": 10 * GB, "c": 60 * GB}
+
+
+def test_demand_uses_the_bytes_jobs_read_here_and_ignores_datasets_not_here() -> None:
+    counters = Counters()
+    counters.add("a", "jobs_slow", 2)
+    counters.add("a", "jobs_cached", 2)
+    counters.add("a", "read_slow_bytes", 30 * GB)
+    counters.add("a", "read_cached_bytes", 10 * GB)  # 40 GB over 4 jobs: 10 GB a job
+    counters.add("b", "jobs_slow", 1)  # started, nothing read yet: no history
+    history = history_per_job(counters.datasets)
+    assert history == {"a": 10 * GB}
+    snap = Snapshot((job("1", ("a", "b", "zz"), sched=("n1",)), job("2", ("a",))), PARTITIONS, NOW)
+    demand = node_demand(snap, "n1", now=NOW, horizon=H, sizes=SIZES, history=history)
+    assert demand["a"] == pytest.approx(10 * GB + 0.25 * 10 * GB)
+    assert demand["b"] == 10 * GB
+    assert "zz" not in demand  # not in this node's datadir
+
+
+def test_a_huge_time_limit_cannot_raise_a_job_above_what_jobs_read_here() -> None:
+    """Attacker's view: a job asking for a year cannot weigh more than one pass (no
+    history) or the bytes a job of the dataset read here (history); many such jobs weigh
+    what many jobs read, each discounted by its chance and soonness like any job."""
+    year = 365 * 86400.0
+    one = Snapshot((job("1", ("c",), start=None, limit=year),), PARTITIONS, NOW)
+    alone = node_demand(one, "n1", now=NOW, horizon=H, sizes=SIZES)["c"]
+    assert alone == pytest.approx(0.25 * math.exp(-1) * SIZES["c"])
+    history = {"c": 5 * GB}
+    assert node_demand(one, "n1", now=NOW, horizon=H, sizes=SIZES, history=history)[
+        "c"
+    ] == pytest.approx(0.25 * math.exp(-1) * 5 * GB)
+    many = Snapshot(
+        tuple(job(str(i), ("c",), start=None, limit=year) for i in range(1000)), PARTITIONS, NOW
+    )
+    flood = node_demand(many, "n1", now=NOW, horizon=H, sizes=SIZES, history=history)["c"]
+    assert flood == pytest.approx(1000 * 0.25 * math.exp(-1) * 5 * GB)

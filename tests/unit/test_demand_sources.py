@@ -55,7 +55,12 @@ def config(tmp_path: Path, **kwargs: object) -> Config:
         if key not in kwargs:
             body = f"cat {RECORDED / name}"
             if command == "squeue":  # like squeue: the literal text before %i starts each record
-                body = f'marker=${{5%%%i*}}; sed "s/^/$marker/" {RECORDED / name}'
+                # The recording predates %l: the jobs' limit (--time=5) as %l prints it goes
+                # in as the 7th field.
+                body = (
+                    f"marker=${{5%%%i*}}; sed -E 's/^(([^|]*[|]){{6}})/\\15:00|/; "
+                    f"s/^/'\"$marker\"'/' {RECORDED / name}"
+                )
             kwargs[key] = script(tmp_path / command, body)
     kwargs.setdefault("demand", DemandConfig(source="squeue"))
     return Config(datadir=tmp_path, cachedir=tmp_path, node="localhost", **kwargs)  # type: ignore[arg-type]
@@ -82,26 +87,30 @@ def test_squeue_source_runs_squeue_and_sinfo_and_weighs_this_node(tmp_path: Path
     [squeue_args] = args_of(tmp_path, "squeue")
     assert re.fullmatch(f"-h -t PD -o @[0-9a-f]{{16}}@{re.escape(SQUEUE_FORMAT)}", squeue_args)
     assert args_of(tmp_path, "sinfo") == [f"-h -o {SINFO_FORMAT}"]
-    demand = read_demand(cfg, START)
+    assert [j.time_limit for j in snapshot.jobs] == [300.0, 300.0]
+    sizes = {"imagenet": 10**12, "coco": 10**12}
+    demand = read_demand(cfg, START, sizes=sizes)
+    # 5 minutes at 1 GB/s: 300 GB of a 1 TB image, job 3 due now, job 4 a little later
     assert demand["imagenet"] > demand["coco"] > 0
+    assert demand["imagenet"] <= 2 * 300e9
     elsewhere = replace(cfg, node="othernode")
-    assert read_demand(elsewhere, START) == {}
+    assert read_demand(elsewhere, START, sizes=sizes) == {}
 
 
 def test_a_newline_in_a_comment_cannot_forge_a_job(tmp_path: Path) -> None:
     # job 7's comment ends in a line that looks like squeue's record of a job 666
-    forged = "666|debug|999999|1|N/A|localhost|datasets:forged"
+    forged = "666|debug|999999|1|N/A|localhost|5|datasets:forged"
     body = (
         "m=${5%%%i*}\n"
-        f'printf "%s\\n" "${{m}}7|debug|100|1|N/A|(null)|datasets:a" "{forged}" '
-        '"${m}8|debug|100|1|N/A|(null)|datasets:b"'
+        f'printf "%s\\n" "${{m}}7|debug|100|1|N/A|(null)|5|datasets:a" "{forged}" '
+        '"${m}8|debug|100|1|N/A|(null)|5|datasets:b"'
     )
     cfg = config(tmp_path, squeue_command=script(tmp_path / "squeue", body))
     snapshot = read_snapshot(cfg, START)
     assert snapshot is not None
     assert [(j.job_id, j.datasets) for j in snapshot.jobs] == [("7", ("a",)), ("8", ("b",))]
     # the same output without the per-call marker is what made the forgery possible
-    unmarked = "7|debug|100|1|N/A|(null)|datasets:a\n" + forged + "\n"
+    unmarked = "7|debug|100|1|N/A|(null)|5|datasets:a\n" + forged + "\n"
     assert [j.job_id for j in snapshot_from_cli(unmarked, "", START).jobs] == ["7", "666"]
     assert squeue_marker() != squeue_marker()
 
@@ -113,7 +122,7 @@ def test_failing_squeue_means_no_demand_and_one_warning(
     cfg = config(tmp_path, squeue_command=script(tmp_path / "squeue", down))
     with caplog.at_level(logging.WARNING, logger="scratch_stage.slurm.demand_sources"):
         assert read_snapshot(cfg, START) is None
-        assert read_demand(cfg, START) == {}
+        assert read_demand(cfg, START, sizes={"imagenet": 1}) == {}
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
     assert all("no demand this pass" in w and "Unable to contact" in w for w in warnings)
@@ -122,7 +131,7 @@ def test_failing_squeue_means_no_demand_and_one_warning(
 
 def test_missing_squeue_means_no_demand(tmp_path: Path) -> None:
     cfg = config(tmp_path, squeue_command=(str(tmp_path / "no-such-squeue"),))
-    assert read_demand(cfg, START) == {}
+    assert read_demand(cfg, START, sizes={"imagenet": 1}) == {}
 
 
 def test_pyslurm_source_falls_back_to_squeue_when_pyslurm_does_not_fit(
@@ -147,7 +156,7 @@ def test_file_source_reads_the_published_snapshot_and_runs_nothing(tmp_path: Pat
     publish_snapshot(published, path)
     cfg = config(tmp_path, demand=DemandConfig(source="file", path=path, max_age=300.0))
     assert read_snapshot(cfg, START + 10, run=forbidden) == published
-    assert read_demand(cfg, START + 10, run=forbidden)["coco"] > 0
+    assert read_demand(cfg, START + 10, run=forbidden, sizes={"coco": 5})["coco"] > 0
     assert read_snapshot(cfg, START + 301, run=forbidden) is None  # too old
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".demand")]  # no temp left
 
@@ -155,7 +164,7 @@ def test_file_source_reads_the_published_snapshot_and_runs_nothing(tmp_path: Pat
 def test_none_source_runs_nothing(tmp_path: Path) -> None:
     cfg = config(tmp_path, demand=DemandConfig(source="none"))
     assert read_snapshot(cfg, START, run=forbidden) is None
-    assert read_demand(cfg, START, run=forbidden) == {}
+    assert read_demand(cfg, START, run=forbidden, sizes={"coco": 5}) == {}
 
 
 def test_publishing_where_it_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:

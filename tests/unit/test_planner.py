@@ -64,7 +64,7 @@ def test_hot_dataset_is_staged_and_cold_one_is_not() -> None:
 
 def test_demand_alone_prefetches_a_dataset_without_heat() -> None:
     catalog = {"queued": fp(10 * MB)}
-    result = run(catalog, NodeState(), {}, {"queued": 2.0}, 100 * MB)
+    result = run(catalog, NodeState(), {}, {"queued": 20.0 * MB}, 100 * MB)  # two passes
     assert result.stage == ("queued",)
 
 
@@ -186,7 +186,7 @@ def test_cause_is_the_short_phrase_and_reason_adds_the_figures() -> None:
     hot, cold = result.decisions["hot"], result.decisions["cold"]
     assert (hot.cause, cold.cause) == ("selected", "not worth a copy")
     assert hot.reason.startswith("selected: value +") and "heat 976.6 KiB/s" in hot.reason
-    assert "demand 0.00 jobs" in hot.reason and "e+" not in hot.reason
+    assert "demand 0 B" in hot.reason and "e+" not in hot.reason
     assert cold.reason.startswith("not worth a copy: value -")
     assert cold.value < 0 < hot.value
 
@@ -246,7 +246,7 @@ def test_default_value_counts_the_copy_only_for_uncached() -> None:
     params = PlanParams(horizon=100.0, hysteresis=0.5)
     assert default_value(View("x", 1000, 10.0, 0.0, False), params) == 0.0
     assert default_value(View("x", 1000, 10.0, 0.0, True), params) == 1500.0
-    assert default_value(View("x", 1000, 0.0, 2.0, False), params) == 1000.0
+    assert default_value(View("x", 1000, 0.0, 2000.0, False), params) == 1000.0  # bytes
 
 
 def test_exact_beats_greedy_where_density_misleads() -> None:

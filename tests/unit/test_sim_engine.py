@@ -211,6 +211,7 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
     work = split_by_node(trace, config)
     unplaced = unplaced_demand(trace, config)
     partitions = {"all": trace.nodes}
+    histories = 0
     for t in [600.0 * k for k in range(1, 40, 3)]:
         pending = []
         for job in trace.jobs:
@@ -218,16 +219,26 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
                 placed = job.start - config.backfill_window <= t
                 pending.append(PendingJob(
                     job.id, ("all",), 0, len(job.nodes), job.start if placed else None,
-                    job.nodes if placed else (), tuple(sorted(job.reads)),
+                    job.nodes if placed else (), tuple(sorted(job.reads)), job.limit,
                 ))  # fmt: skip
         snapshot = Snapshot(tuple(pending), partitions, t)
         for name, node_work in work.items():
             node = SimNode(node_work, trace.datasets, config, unplaced)
+            for done in node_work.jobs:  # the history of the jobs finished here by t
+                if done.end <= t:
+                    node.start_job(done, done.start)
+                    node.end_job(done, done.end)
+            histories += bool(node.jobs_done)
+            history = {n: node.read_done[n] / node.jobs_done[n] for n in node.jobs_done}
             ours = node.demand(t)
-            live = node_demand(snapshot, name, now=t, horizon=config.horizon)
+            live = node_demand(
+                snapshot, name, now=t, horizon=config.horizon, sizes=trace.datasets,
+                history=history, read_rate=config.read_rate,
+            )  # fmt: skip
             assert set(ours) == {k for k, v in live.items() if v > 1e-9}
             for k, v in live.items():
                 assert math.isclose(ours.get(k, 0.0), v, rel_tol=1e-9, abs_tol=1e-9)
+    assert histories  # some nodes had a history of finished jobs to go by
 
 
 def test_all_policies_are_registered() -> None:
@@ -301,12 +312,13 @@ def test_scratch_manager_loops_every_5_seconds_whatever_the_interval() -> None:
     assert report.results["scratch_manager"].slow_read_bytes == pytest.approx(105 * RATE1)
 
 
-def test_unplaced_demand_span_takes_the_extremes_over_a_stretch() -> None:
-    demand = UnplacedDemand((60.0, 120.0, 180.0), ({"a": 0.5}, {"a": 0.2, "b": 1.0}, {}))
-    assert demand.span(0.0, 30.0) == ({}, {})
-    assert demand.span(0.0, 60.0) == ({"a": 0.0}, {"a": 0.5})
-    assert demand.span(60.0, 150.0) == ({"a": 0.2, "b": 0.0}, {"a": 0.5, "b": 1.0})
-    assert demand.span(120.0, 130.0) == ({"a": 0.2, "b": 1.0}, {"a": 0.2, "b": 1.0})
+def test_unplaced_demand_seen_lists_every_value_over_a_stretch() -> None:
+    a1, a2 = {"a": {math.inf: 0.5}}, {"a": {math.inf: 0.2}, "b": {3600.0: 1.0}}
+    demand = UnplacedDemand((60.0, 120.0, 180.0), (a1, a2, {}))
+    assert demand.seen(0.0, 30.0) == [{}]
+    assert demand.seen(0.0, 60.0) == [a1, {}]
+    assert demand.seen(60.0, 150.0) == [a1, a2]
+    assert demand.seen(120.0, 130.0) == [a2]
 
 
 def _worker_dies_on_sigterm(index: int) -> bool:

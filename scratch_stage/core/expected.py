@@ -1,0 +1,19 @@
+"""Bytes a queued job is expected to read from a dataset: one function for the node's
+demand (`slurm.demand.node_demand`) and the simulator's (docs/planner.md, "Demand")."""
+
+from __future__ import annotations
+
+
+def expected_read(
+    size: float, limit: float | None, per_job: float | None, read_rate: float
+) -> float:
+    """Bytes a queued job is expected to read from a dataset of SIZE bytes (pure).
+
+    PER_JOB is what a job of this dataset read on this node on average (its history),
+    None without history: then one pass (SIZE). Either way at most what the job can read
+    within its time limit LIMIT (seconds; None: no limit, no cap) at READ_RATE bytes/s.
+    """
+    expected = size if per_job is None else per_job
+    if limit is not None:
+        expected = min(expected, read_rate * limit)
+    return expected if expected > 0 else 0.0
