@@ -42,7 +42,7 @@ def squeue_text(jobs: int, datasets: int, rng: random.Random) -> str:
         names = ",".join(f"ds{int(rng.paretovariate(1.0)) % datasets}" for _ in range(2))
         sched = "node0001" if rng.random() < 0.01 else "(null)"
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(NOW + rng.uniform(0, 7200)))
-        lines.append(f"{i}|batch|{1000 + i}|1|{start}|{sched}|datasets:{names}")
+        lines.append(f"{i}|batch|{1000 + i}|1|{start}|{sched}|2:00:00|datasets:{names}")
     return "\n".join(lines)
 
 
@@ -57,7 +57,8 @@ def run_case(datasets: int, jobs: int) -> dict[str, float]:
 
     def demand() -> dict[str, float]:
         snap = Snapshot(tuple(parse_squeue(text)), partitions, NOW)
-        return node_demand(snap, "node0001", now=NOW, horizon=3600)
+        sizes = {n: f.size for n, f in catalog.items()}
+        return node_demand(snap, "node0001", now=NOW, horizon=3600, sizes=sizes)
 
     demand_s, demand_map = best_of(3, demand)
     plan_s, result = best_of(

@@ -163,10 +163,10 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
     if dry_run:
         state = node.store.read()
         heat = measure_heat(node, state, now, count=False)
-        demand = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
+        demand, prospect = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
         the_plan = plan(
             plan_input(state, fingerprints, now), heat, demand, capacity,
-            params=params, value=value,
+            params=params, value=value, prospect=prospect,
         )  # fmt: skip
         return PassReport(the_plan, heat, demand, capacity)
     with node.store.transaction() as state:
@@ -174,7 +174,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
-        demand = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
+        demand, prospect = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
         # counters of datasets gone from datadir and the cache go too: the state stays small
         gone = set(state.counters.datasets) - set(catalog.images) - set(state.cached)
         state.counters.forget(
@@ -187,7 +187,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
         )
         the_plan = plan(
             plan_input(state, fingerprints, now, blocked=blocked), heat, demand, capacity,
-            params=params, value=value,
+            params=params, value=value, prospect=prospect,
         )  # fmt: skip
         report = PassReport(the_plan, heat, demand, capacity)
         decided = _decide_unmounts(node, state, the_plan, catalog, now)

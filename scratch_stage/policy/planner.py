@@ -147,8 +147,16 @@ def plan(
     *,
     params: PlanParams = PlanParams(),
     value: ValueFunction = default_value,
+    prospect: Mapping[str, float] | None = None,
 ) -> Plan:
-    """The best set of cached datasets under CAPACITY, and how to get there from NODE."""
+    """The best set of cached datasets under CAPACITY, and how to get there from NODE.
+
+    PROSPECT (bytes queued jobs will read here eventually: demand without the wait's
+    discount) adds speculative copies into the room the chosen set leaves free: a
+    dataset not worth a copy now whose prospect pays for its copy (>= its size), best
+    prospect per byte first. They never displace anything: only room nothing was chosen
+    for is used, and they are staged last.
+    """
     sizes, fresh, cached = node.sizes, node.fresh, node.cached
     # The built-in value of a dataset without heat, demand or a fresh copy is -size: not
     # worth a copy whatever else happens. Only the others get a view (the simulator plans
@@ -168,6 +176,10 @@ def plan(
     ]  # fmt: skip
     chosen, method = choose(candidates, values, budget, params)
     _explain_rest(views, values, chosen, budget, decisions)
+    speculative: list[str] = []
+    if prospect:
+        speculative = _speculate(node, prospect, chosen, budget, decisions, values)
+        chosen = chosen | set(speculative)
     keep = forced | chosen
     # A stale copy is evicted even when its dataset is chosen: the fresh copy replaces it.
     evict = tuple(
@@ -180,8 +192,11 @@ def plan(
         if n not in decisions or decisions[n].action != "evict":
             decisions[n] = Decision("evict", values.get(n, 0.0), _evict_cause(n, sizes, fresh))
     pinned = [n for n in forced if decisions[n].action == "stage"]
-    by_value = sorted((n for n in chosen if n not in fresh), key=lambda n: (-values[n], n))
-    stage = tuple(sorted(pinned, key=lambda n: (-values[n], n)) + by_value)
+    spec = set(speculative)
+    by_value = sorted(
+        (n for n in chosen if n not in fresh and n not in spec), key=lambda n: (-values[n], n)
+    )
+    stage = tuple(sorted(pinned, key=lambda n: (-values[n], n)) + by_value + speculative)
     used = (
         sum(sizes[n] for n in keep if n in sizes)
         + sum(cached[n] for n in keep if n not in sizes and n in cached)
@@ -192,7 +207,10 @@ def plan(
     return Plan(evict, stage, decisions, unfit, used, method)
 
 
-def plan_holds(node: PlanInput, bounds: Mapping[str, tuple[float, float]], capacity: int) -> bool:
+def plan_holds(
+    node: PlanInput, bounds: Mapping[str, tuple[float, float]], capacity: int,
+    prospect: Mapping[str, float] | None = None,
+) -> bool:  # fmt: skip
     """True if `plan` evicts and stages the same, in the same order, for every value of
     each dataset within BOUNDS[name] = (low, high), the others' values staying <= 0.
 
@@ -200,7 +218,9 @@ def plan_holds(node: PlanInput, bounds: Mapping[str, tuple[float, float]], capac
     simulator skips the passes it proves would repeat the last one): no dataset that could
     be selected has a value range straddling 0, everything surely selected fits (no
     knapsack whose answer could move), and the ranges of the datasets to stage are
-    disjoint (their order by value cannot change). False when in doubt.
+    disjoint (their order by value cannot change). False when in doubt. With PROSPECT
+    (each dataset's highest prospect over the stretch), also False when a speculative copy
+    could be staged (one whose prospect pays for it fits the room left).
     """
     sizes = node.sizes
     decisions: dict[str, Decision] = {}
@@ -218,10 +238,55 @@ def plan_holds(node: PlanInput, bounds: Mapping[str, tuple[float, float]], capac
             selected.append(name)
         elif high > 0:
             return False
-    if sum(sizes[n] for n in selected) > budget:
+    left = budget - sum(sizes[n] for n in selected)
+    if left < 0:
         return False
+    if prospect:
+        chosen = set(selected)
+        for name, high in prospect.items():
+            size = sizes.get(name)
+            if (
+                size is not None and 0 < size <= left and high >= size
+                and name not in chosen and name not in node.fresh and name not in decisions
+            ):  # fmt: skip
+                return False
     ranges = sorted(bounds[n] for n in selected if n not in node.fresh)
     return all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+SPECULATIVE = "speculative: free room"
+
+
+def _speculate(
+    node: PlanInput, prospect: Mapping[str, float], chosen: set[str], budget: int,
+    decisions: dict[str, Decision], values: Mapping[str, float],
+) -> list[str]:  # fmt: skip
+    """Datasets to copy into the room CHOSEN leaves in BUDGET, in order: not chosen, not
+    cached fresh, not decided otherwise (forced, blocked), their PROSPECT >= their size;
+    best prospect per byte first, while they fit."""
+    sizes = node.sizes
+    free = budget - sum(sizes[n] for n in chosen)
+    wanted = sorted(
+        (
+            n for n, p in prospect.items()
+            if n in sizes and p >= sizes[n] > 0 and n not in chosen and n not in node.fresh
+            and (n not in decisions or (decisions[n].cause != "selected"
+                 and decisions[n].action == "none" and n not in node.blocked
+                 and n not in node.pins and n not in node.inflight))
+        ),
+        key=lambda n: (-prospect[n] / sizes[n], n),
+    )  # fmt: skip
+    staged: list[str] = []
+    for name in wanted:
+        if sizes[name] <= free:
+            free -= sizes[name]
+            staged.append(name)
+            made = decisions.get(name)
+            decisions[name] = Decision(
+                "stage", values.get(name, -sizes[name]), SPECULATIVE,
+                made.view if made is not None else None,
+            )  # fmt: skip
+    return staged
 
 
 def _active(node: PlanInput, heat: Mapping[str, float], demand: Mapping[str, float]) -> list[str]:

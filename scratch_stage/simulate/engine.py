@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from scratch_stage.simulate.inputs import NodeJob, SimConfig, grid_ceil, replay_start
@@ -23,14 +23,16 @@ class Inputs:
 
     heat: Mapping[str, float]
     demand: Mapping[str, float]
+    prospect: Mapping[str, float] = field(default_factory=dict)  # demand undiscounted
 
 
 class Policy(Protocol):
     """A caching policy for one node; `triggers` says when it is asked (see TRIGGERS).
 
-    A policy planning at ticks may also have `repeats(node, heat, demand) -> bool`: True
-    if its answer is the same at every tick whose heat and demand lie within the given
-    (low, high) ranges per dataset, the node unchanged; the replay then skips those ticks.
+    A policy planning at ticks may also have `repeats(node, heat, demand, prospect) ->
+    bool`: True if its answer is the same at every tick whose heat and demand lie within
+    the given (low, high) ranges per dataset and whose prospect stays at most the given
+    highest, the node unchanged; the replay then skips those ticks.
     """
 
     triggers: frozenset[str]
@@ -41,6 +43,7 @@ class Policy(Protocol):
 
 
 Ranges = Mapping[str, tuple[float, float]]
+Highs = Mapping[str, float]
 # How far ahead (in ticks) a pass's answer is tried to be proven to repeat: the shortest
 # first (most failures are cheap), then the longest, then the middle.
 PROOF_TICKS = (2, 240, 16)
@@ -60,7 +63,7 @@ class _Replay:
         # A policy with its own loop (scratch_manager: 5 s) ticks at that step.
         self.step: float = getattr(policy, "interval", None) or node.config.interval
         self.memo: tuple[int, Inputs] | None = None
-        self.repeats: Callable[[SimNode, Ranges, Ranges], bool] | None = getattr(
+        self.repeats: Callable[[SimNode, Ranges, Ranges, Highs], bool] | None = getattr(
             policy, "repeats", None
         )
 
@@ -107,7 +110,7 @@ class _Replay:
     def _tick(self, now: float) -> float:
         """Run a pass at NOW unless its inputs equal the last pass's; the next useful tick."""
         node = self.node
-        inputs = Inputs(node.heat(now), node.demand(now))
+        inputs = Inputs(node.heat(now), *node.demand_parts(now))
         if self.memo is None or not _same(self.memo, (node.version, inputs), self.config):
             before = node.version
             self._act(self.policy.decide(node, now, "tick", None, inputs), now)
@@ -132,7 +135,8 @@ class _Replay:
             last = min(now + ticks * step, limit - step)
             if last <= proven:
                 continue
-            if self.repeats(self.node, *self.node.input_bounds(now, last)):
+            node = self.node
+            if self.repeats(node, *node.input_bounds(now, last), node.prospect_high(now, last)):
                 proven = last
             elif proven == now:
                 break  # not even the shortest
@@ -144,6 +148,8 @@ def _same(old: tuple[int, Inputs], new: tuple[int, Inputs], config: SimConfig) -
     if old[0] != new[0]:
         return False
     tol = config.tolerance
+    if old[1].prospect != new[1].prospect:
+        return False  # steps, not drifts: compared exactly
     for a, b in ((old[1].heat, new[1].heat), (old[1].demand, new[1].demand)):
         if tol == 0.0:
             if a != b:

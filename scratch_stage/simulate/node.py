@@ -10,6 +10,7 @@ from scratch_stage.core.expected import expected_read
 from scratch_stage.policy.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
+    UNKNOWN_START_FACTOR,
     ByLimit,
     NodeJob,
     NodeWorkload,
@@ -164,7 +165,14 @@ class SimNode:
 
     def demand(self, now: float) -> dict[str, float]:
         """Expected bytes queued jobs will read here, weighted as node_demand weighs them."""
-        demand = dict(self._unplaced_bytes(self.unplaced.at(now)))
+        return self.demand_parts(now)[0]
+
+    def demand_parts(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """The demand, and the prospect (the same without the wait's discount)."""
+        unplaced = self._unplaced_bytes(self.unplaced.at(now))
+        demand = dict(unplaced)
+        # every unplaced job weighs its share x e^-1 (unknown start): undiscounted, x e
+        prospect = {n: v / UNKNOWN_START_FACTOR for n, v in unplaced.items()}
         pending = self.work.pending
         while self._pending_next < len(pending) and pending[self._pending_next].visible <= now:
             self._pending_active.append(self._pending_next)
@@ -175,8 +183,27 @@ class SimNode:
             p = pending[i]
             weight = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - now) / horizon)
             for name in p.datasets:
-                demand[name] = demand.get(name, 0.0) + weight * self.expected(name, p.limit)
-        return demand
+                amount = self.expected(name, p.limit)
+                demand[name] = demand.get(name, 0.0) + weight * amount
+                prospect[name] = prospect.get(name, 0.0) + SCHEDULED_HERE * amount
+        return demand, prospect
+
+    def prospect_high(self, start: float, end: float) -> dict[str, float]:
+        """Each dataset's highest prospect at any time in START..END (no job starting or
+        ending, no placement in between)."""
+        high: dict[str, float] = {}
+        for values in self.unplaced.seen(start, end):
+            for name, v in self._unplaced_bytes(values).items():
+                high[name] = max(high.get(name, 0.0), v / UNKNOWN_START_FACTOR)
+        placed: dict[str, float] = {}
+        pending = self.work.pending
+        for i in self._pending_active:
+            p = pending[i]
+            for name in p.datasets:
+                placed[name] = placed.get(name, 0.0) + SCHEDULED_HERE * self.expected(name, p.limit)
+        for name, v in placed.items():
+            high[name] = high.get(name, 0.0) + v
+        return high
 
     def input_bounds(
         self, start: float, end: float

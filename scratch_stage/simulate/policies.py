@@ -44,15 +44,17 @@ class Ours:
         # rebalance runs, whatever replaced it (tests check this with a spy).
         result = planner.plan(
             node.plan_input(), inputs.heat, inputs.demand, node.capacity,
-            params=params, value=value,
+            params=params, value=value, prospect=inputs.prospect,
         )  # fmt: skip
         return Action(result.evict, result.stage)
 
     def repeats(
         self, node: SimNode, heat: Mapping[str, tuple[float, float]],
         demand: Mapping[str, tuple[float, float]],
+        prospect: Mapping[str, float] | None = None,
     ) -> bool:  # fmt: skip
-        """The planner's answer repeats for all heat and demand within these ranges.
+        """The planner's answer repeats for all heat and demand within these ranges (and
+        no speculative copy is possible with prospects up to PROSPECT).
 
         Only for the built-in value (it grows with heat and demand, so each dataset's value
         ranges between its value at the lows and at the highs), with any knobs (the proof
@@ -81,7 +83,7 @@ class Ours:
             high = planner.default_value(planner.View(name, size, h_high, d_high, cached), params)
             slack = 1e-9 * (abs(low) + abs(high) + size) + 1e-6  # float rounding
             bounds[name] = (low - slack, high + slack)
-        return planner.plan_holds(node_input, bounds, node.capacity)
+        return planner.plan_holds(node_input, bounds, node.capacity, prospect)
 
 
 class NoCache:
@@ -345,7 +347,7 @@ class ScratchManager:
 
     def repeats(
         self, node: SimNode, heat: Mapping[str, tuple[float, float]],
-        demand: Mapping[str, tuple[float, float]],
+        demand: Mapping[str, tuple[float, float]], prospect: Mapping[str, float],
     ) -> bool:  # fmt: skip
         """Its answer repeats while every dataset that could be worth something surely
         is and all of them fit (the knapsack takes them all), and the heat ranges of

@@ -249,8 +249,9 @@ def history_per_job(datasets: Mapping[str, Sequence[float]]) -> dict[str, float]
 
 
 def job_weight(
-    job: PendingJob, node: str, eligible: _Eligibility, now: float, horizon: float
-) -> float:
+    job: PendingJob, node: str, eligible: _Eligibility, now: float, horizon: float,
+    discount: bool = True,
+) -> float:  # fmt: skip
     """The chance-and-soonness weight of JOB on NODE: 1 if backfill planned it onto NODE
     (SchedNodes; a many-node job lists all the nodes it is planned on: 1 on each), 0 if
     onto other nodes, else the share of its partitions' nodes it takes; times
@@ -259,8 +260,8 @@ def job_weight(
         weight = 1.0 if node in job.sched_nodes else 0.0
     else:
         weight = min(1.0, job.nodes / eligible.size(job.partitions))
-    if weight <= 0:
-        return 0.0
+    if weight <= 0 or not discount:
+        return weight
     wait = horizon if job.start is None else max(0.0, job.start - now)
     return weight * math.exp(-wait / horizon)
 
@@ -274,6 +275,7 @@ def node_demand(
     sizes: Mapping[str, int] | None = None,
     history: Mapping[str, float] | None = None,
     read_rate: float = DEFAULT_READ_RATE,
+    discount: bool = True,
 ) -> dict[str, float]:
     """Expected bytes queued jobs will read from each dataset on NODE (pure).
 
@@ -282,13 +284,18 @@ def node_demand(
     `expected_read` (HISTORY's bytes per job on this node, else one pass of the dataset's
     size in SIZES, capped by the time limit at READ_RATE). A dataset missing from SIZES
     (not in this node's datadir) counts 0 bytes. Without SIZES (the `demand` command's
-    summary) each job counts 1: the expected number of jobs.
+    summary) each job counts 1: the expected number of jobs. A held job (priority 0)
+    counts nothing: it cannot start until it is released. DISCOUNT false leaves out
+    the wait's discount: the prospect, what the queue will read here eventually (the
+    planner's speculative copies into free room).
     """
     demand: dict[str, float] = {}
     eligible = _Eligibility(snapshot.partitions, node)
     history = history or {}
     for job in snapshot.jobs:
-        weight = job_weight(job, node, eligible, now, horizon)
+        if job.priority == 0:
+            continue  # held (`sbatch --hold`, `scontrol hold`): cannot start until released
+        weight = job_weight(job, node, eligible, now, horizon, discount)
         if weight <= 0:
             continue
         for name in job.datasets:

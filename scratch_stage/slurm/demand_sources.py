@@ -53,7 +53,8 @@ def read_demand(
 ) -> Mapping[str, float]:
     """This node's demand in expected bytes per dataset from the configured source (empty,
     logged, when unavailable); SIZES: the catalog, DATASETS: the counters' rows (history)."""
-    return demand_here(config, read_snapshot(config, now, run, trust), now, sizes, datasets)
+    snapshot = read_snapshot(config, now, run, trust)
+    return demand_here(config, snapshot, now, sizes, datasets)[0]
 
 
 def demand_here(
@@ -62,15 +63,21 @@ def demand_here(
     now: float,
     sizes: Mapping[str, int],
     datasets: Mapping[str, Sequence[float]] | None = None,
-) -> dict[str, float]:
-    """SNAPSHOT's demand on this node in expected bytes (`node_demand`): the history of
-    bytes read per job from the counters' rows DATASETS, the prior rate `read_rate`."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """SNAPSHOT's demand on this node in expected bytes (`node_demand`: the history of
+    bytes read per job from the counters' rows DATASETS, the prior rate `read_rate`), and
+    its prospect (the same without the wait's discount)."""
     if snapshot is None:
-        return {}
-    return node_demand(
-        snapshot, config.node, now=now, horizon=config.horizon, sizes=sizes,
-        history=history_per_job(datasets or {}), read_rate=config.read_rate,
-    )  # fmt: skip
+        return {}, {}
+    history = history_per_job(datasets or {})
+
+    def of(discount: bool) -> dict[str, float]:
+        return node_demand(
+            snapshot, config.node, now=now, horizon=config.horizon, sizes=sizes,
+            history=history, read_rate=config.read_rate, discount=discount,
+        )  # fmt: skip
+
+    return of(True), of(False)
 
 
 def read_snapshot(

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import pytest
 from slurmclient import USER, SlurmClient
 
+from scratch_stage.slurm.demand import parse_slurm_time
+
 if TYPE_CHECKING:
     from conftest import SlurmKit
 
@@ -93,11 +95,12 @@ class Site(SlurmClient):
     statedir: Path = Path()
     checksums: dict[str, str] = field(default_factory=dict)
 
-    def scratch_stage(self, *args: str) -> str:
-        """`scratch-stage --config CONFIG ARGS` as root, with this cluster's SLURM_CONF."""
+    def scratch_stage(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """`scratch-stage --config CONFIG ARGS` as root, with this cluster's SLURM_CONF
+        (and ENV: more variables, e.g. SCRATCH_STAGE_CAPACITY)."""
         proc = subprocess.run(
             [str(SCRATCH_STAGE), "--config", str(self.config), *args],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=120,
@@ -400,6 +403,56 @@ def test_rebalance_prefetches_for_a_pending_job(site: Site) -> None:
     assert layers, site.output("pending")
     assert layers[-1][2].startswith(f"{os.path.realpath(site.cachedir)}/"), layers
     assert site.holders("p") == []
+
+
+def test_free_room_prefetches_for_a_job_backfill_has_not_placed(site: Site) -> None:
+    """One pass stages p for a pending job Slurm could not place (the blocker has no time
+    limit, so backfill has no end to plan with): room nothing else wants costs only the
+    copy. With no room left, nothing held or kept is evicted for it. The attacker (the
+    test user) also queues held jobs with a year's time limit wanting f: they weigh
+    nothing."""
+    script = str(site.script("plain.sh"))
+    if site.status()["p"]["cached"]:
+        site.scratch_stage("purge", "p")
+    site.scratch_stage("pin", "a")  # a cached, then held by the blocker
+    site.scratch_stage("rebalance", "--json")
+    site.scratch_stage("unpin", "a")
+    assert site.status()["a"]["cached"] is True
+    site.submit("--output=/dev/null", "-n", "2", "--comment=datasets:a", script, "blocker2", "a")
+    queued: list[str] = []
+    try:
+        site.started("blocker2")
+        queued.append(site.submit("--output=/dev/null", "--time=1", "--comment=datasets:p",
+                                  script, "pending2", "p"))  # fmt: skip
+        for _ in range(5):
+            queued.append(site.submit("--hold", "--time=365-0", "--output=/dev/null",
+                                      "--comment=datasets:f", "--wrap", "true"))  # fmt: skip
+        time.sleep(6)  # a backfill pass (bf_interval=5) has run: it cannot place the job
+        assert site.admin("squeue", "-h", "-j", queued[0], "-o", "%Y").strip() in ("(null)", "")
+        # no start estimate, or one as far as the blocker's limit: demand ~ 0 now
+        start = site.admin("squeue", "-h", "-j", queued[0], "-o", "%S").strip()
+        assert start == "N/A" or (parse_slurm_time(start) or 0) > time.time() + 86400, start
+        cached = {n: d for n, d in site.status().items() if d["cached"]}
+        full = str(sum(d["size"] for d in cached.values()))
+        report = json.loads(
+            site.scratch_stage("rebalance", "--json", env={"SCRATCH_STAGE_CAPACITY": full})
+        )
+        assert report["evict"] == [] and report["stage"] == [], report
+        assert {n for n, d in site.status().items() if d["cached"]} == set(cached)
+        assert report["decisions"]["p"]["action"] == "none", report["decisions"]["p"]
+        report = json.loads(site.scratch_stage("rebalance", "--json"))
+        assert report["stage"] == ["p"], report
+        assert report["decisions"]["p"]["reason"].startswith("speculative: free room")
+        assert report["decisions"]["f"]["demand"] == 0, report["decisions"]["f"]
+        assert report["evict"] == [] and report["failed"] == [], report
+        assert site.status()["p"]["cached"] is True
+        assert site.job_field(queued[0], "JobState") == "PENDING"
+    finally:
+        for job in queued:
+            site.admin("scancel", job)
+        site.release("blocker2")
+        site.release("pending2")
+    site.wait_idle()
 
 
 def test_node_features_follow_the_cache(site: Site) -> None:

@@ -221,3 +221,9 @@ def test_a_huge_time_limit_cannot_raise_a_job_above_what_jobs_read_here() -> Non
     )
     flood = node_demand(many, "n1", now=NOW, horizon=H, sizes=SIZES, history=history)["c"]
     assert flood == pytest.approx(1000 * 0.25 * math.exp(-1) * 5 * GB)
+
+
+def test_a_held_job_counts_nothing_until_released() -> None:
+    held = PendingJob("1", ("debug",), 0, 1, None, (), ("c",), 365 * 86400.0)
+    snap = Snapshot((held,) * 50 + (job("2", ("a",)),), PARTITIONS, NOW)
+    assert set(node_demand(snap, "n1", now=NOW, horizon=H, sizes=SIZES)) == {"a"}

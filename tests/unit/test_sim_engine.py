@@ -218,7 +218,7 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
             if job.submit <= t < job.start:
                 placed = job.start - config.backfill_window <= t
                 pending.append(PendingJob(
-                    job.id, ("all",), 0, len(job.nodes), job.start if placed else None,
+                    job.id, ("all",), 1, len(job.nodes), job.start if placed else None,
                     job.nodes if placed else (), tuple(sorted(job.reads)), job.limit,
                 ))  # fmt: skip
         snapshot = Snapshot(tuple(pending), partitions, t)

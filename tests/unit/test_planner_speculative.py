@@ -1,0 +1,99 @@
+"""The planner's speculative copies: free room used for queued demand, never taken from
+a copy that has a value, a hold, a pin or a copy in flight (docs/planner.md)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratch_stage.policy.planner import (
+    SPECULATIVE,
+    PlanInput,
+    plan,
+    plan_holds,
+)
+
+GB = 10**9
+
+
+def test_free_room_stages_a_queued_dataset_not_worth_a_copy_yet() -> None:
+    node = PlanInput({"q": 10 * GB, "far": 10 * GB, "part": 10 * GB})
+    # q: one pass of an unplaced job (demand e^-1 x size: the copy does not pay now);
+    # far: a job far away; part: a job reading half of it, whatever its start
+    demand = {"q": 0.37 * 10 * GB, "far": 1e-6, "part": 0.5 * 10 * GB}
+    prospect = {"q": 10 * GB, "far": 10 * GB, "part": 5 * GB}
+    without = plan(node, {}, demand, 100 * GB)
+    assert without.stage == ()
+    result = plan(node, {}, demand, 100 * GB, prospect=prospect)
+    assert result.stage == ("far", "q")  # equal prospect per byte: by name
+    assert result.decisions["q"].cause == SPECULATIVE and result.decisions["q"].action == "stage"
+    assert result.decisions["part"].action == "none"  # half a pass never pays for a copy
+    assert "speculative: free room: value -" in result.decisions["q"].reason
+
+
+def test_speculative_copies_go_after_the_selected_ones_and_only_into_what_they_leave() -> None:
+    node = PlanInput({"hot": 60 * GB, "q": 30 * GB, "r": 50 * GB})
+    heat = {"hot": 1 * GB}
+    prospect = {"q": 30 * GB, "r": 100 * GB}
+    result = plan(node, heat, {}, 100 * GB, prospect=prospect)
+    # hot selected (60); r has the best prospect per byte but 50 does not fit the 40 left
+    assert result.stage == ("hot", "q")
+    assert result.decisions["r"].action == "none"
+    assert result.used_after <= 100 * GB
+
+
+def test_no_room_means_nothing_held_or_valued_is_evicted_for_a_speculative_copy() -> None:
+    node = PlanInput(
+        {"held": 40 * GB, "idle": 40 * GB, "q": 30 * GB},
+        cached={"held": 40 * GB, "idle": 40 * GB},
+        fresh=frozenset({"held", "idle"}),
+        held=frozenset({"held"}),
+    )
+    result = plan(node, {}, {}, 90 * GB, prospect={"q": 1000 * GB})
+    assert result.evict == () and result.stage == ()
+    assert result.decisions["idle"].action == "keep"
+
+
+st_names = st.sampled_from([f"d{i}" for i in range(8)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st_names, st.integers(1, 100), min_size=1),
+    st.sets(st_names),
+    st.sets(st_names),
+    st.dictionaries(st_names, st.floats(0, 50)),
+    st.dictionaries(st_names, st.floats(0, 300)),
+    st.dictionaries(st_names, st.floats(0, 300)),
+    st.integers(0, 400),
+)
+def test_property_a_speculative_copy_never_displaces_a_copy_with_value(
+    sizes: dict[str, int], cached: set[str], held: set[str], heat: dict[str, float],
+    demand: dict[str, float], extra: dict[str, float], capacity: int,
+) -> None:  # fmt: skip
+    cached &= set(sizes)
+    held &= cached
+    node = PlanInput(sizes, {n: sizes[n] for n in cached}, frozenset(cached), frozenset(held))
+    demand = {n: v for n, v in demand.items() if n in sizes}
+    prospect = {n: demand.get(n, 0.0) + extra.get(n, 0.0) for n in sizes}
+    base = plan(node, heat, demand, capacity)
+    spec = plan(node, heat, demand, capacity, prospect=prospect)
+    # everything the plan without speculation keeps or stages, it still does, in order
+    assert spec.evict == base.evict
+    assert spec.stage[: len(base.stage)] == base.stage
+    added = spec.stage[len(base.stage) :]
+    for name in added:
+        assert spec.decisions[name].cause == SPECULATIVE
+        assert prospect[name] >= sizes[name] and name not in cached
+        assert base.decisions[name].action == "none"  # not chosen on its value
+    held_bytes = sum(sizes[n] for n in held)
+    assert spec.used_after <= max(capacity, held_bytes)  # held copies may exceed it
+    if spec.used_after > capacity:
+        assert not added
+
+
+def test_plan_holds_refuses_when_a_speculative_copy_could_be_staged() -> None:
+    node = PlanInput({"a": 100, "q": 50})
+    assert plan_holds(node, {"a": (5.0, 9.0)}, 200, {"q": 40.0})  # prospect short of size
+    assert not plan_holds(node, {"a": (5.0, 9.0)}, 200, {"q": 60.0})  # fits the 100 left
+    assert plan_holds(node, {"a": (5.0, 9.0)}, 140, {"q": 60.0})  # 40 left: does not fit
