@@ -65,6 +65,10 @@ class PlanParams:
     # far faster than the DP); it gives up after this many nodes and the DP decides.
     search_items: int = 40
     search_nodes: int = 20_000
+    # With at least this many idle copies (worth only the hysteresis bonus: all of one
+    # value per byte, a subset-sum the knapsack explores in every order) they are kept
+    # in the room the others leave instead of entering the knapsack (docs/planner.md).
+    idle_group: int = 8
 
 
 class View(NamedTuple):
@@ -405,7 +409,24 @@ def choose(
     if sum(v.size for v in items) <= budget:
         return {v.name for v in items}, "exact"  # everything worth caching fits
     greedy = choose_greedy(items, values, budget)
-    exact = choose_exact(items, values, budget, params)
+    bonus = params.hysteresis
+    idle = [v for v in items if v.cached and values[v.name] == bonus * v.size]
+    if len(idle) >= params.idle_group:
+        # The others worth more per byte than an idle copy are chosen first; idle copies
+        # and anything worth less per byte fill what they leave, best per byte first.
+        first = [v for v in items if values[v.name] > bonus * v.size and v not in idle]
+        exact, method = choose(first, values, budget, params)
+        free = budget - sum(v.size for v in first if v.name in exact)
+        rest = sorted(
+            (v for v in items if v.name not in exact),
+            key=lambda v: (-values[v.name] / max(v.size, 1), -v.size, v.name),
+        )
+        for view in rest:
+            if view.size <= free:
+                exact.add(view.name)
+                free -= view.size
+    else:
+        exact, method = choose_exact(items, values, budget, params), "exact"
 
     def total(names: set[str]) -> float:
         # Exactly rounded, so the same whatever the set's order (string hashing varies
@@ -413,7 +434,7 @@ def choose(
         return math.fsum(values[n] for n in names)
 
     # Rounding sizes up may lose a little; the greedy answer on true sizes bounds it.
-    return (exact, "exact") if total(exact) >= total(greedy) else (greedy, "greedy")
+    return (exact, method) if total(exact) >= total(greedy) else (greedy, "greedy")
 
 
 def choose_greedy(items: list[View], values: Mapping[str, float], budget: int) -> set[str]:

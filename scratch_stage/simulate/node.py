@@ -109,7 +109,8 @@ class SimNode:
         self.read_done: dict[str, float] = {}
         self.jobs_done: dict[str, int] = {}
         self.history_version = 0
-        self._unplaced_memo: tuple[int, int, dict[str, float]] | None = None
+        self._unplaced_memo: dict[int, tuple[Mapping[str, ByLimit], dict[str, float]]] = {}
+        self._unplaced_version = 0
 
     # --- what policies see -------------------------------------------------------------
 
@@ -157,11 +158,16 @@ class SimNode:
         }
 
     def _unplaced_bytes(self, values: Mapping[str, ByLimit]) -> dict[str, float]:
-        memo = self._unplaced_memo
-        key = (id(values), self.history_version)
-        if memo is None or memo[:2] != key:
-            memo = self._unplaced_memo = (*key, self._bytes(values))
-        return memo[2]
+        """VALUES (one of the unplaced demand's, kept for the whole replay) in bytes, with
+        the current history; remembered until the history changes."""
+        if self._unplaced_version != self.history_version:
+            self._unplaced_memo.clear()
+            self._unplaced_version = self.history_version
+        key = id(values)
+        found = self._unplaced_memo.get(key)
+        if found is None or found[0] is not values:
+            found = self._unplaced_memo[key] = (values, self._bytes(values))
+        return found[1]
 
     def demand(self, now: float) -> dict[str, float]:
         """Expected bytes queued jobs will read here, weighted as node_demand weighs them."""

@@ -97,3 +97,26 @@ def test_plan_holds_refuses_when_a_speculative_copy_could_be_staged() -> None:
     assert plan_holds(node, {"a": (5.0, 9.0)}, 200, {"q": 40.0})  # prospect short of size
     assert not plan_holds(node, {"a": (5.0, 9.0)}, 200, {"q": 60.0})  # fits the 100 left
     assert plan_holds(node, {"a": (5.0, 9.0)}, 140, {"q": 60.0})  # 40 left: does not fit
+
+
+def test_many_idle_copies_are_kept_in_the_room_the_others_leave() -> None:
+    """Ten idle copies (worth only the hysteresis bonus: one value per byte, a subset-sum
+    for the knapsack) make room for a dataset worth more per byte, not for one worth less;
+    the answer is the knapsack's optimum here (brute force over the 2^12 subsets)."""
+    import itertools
+
+    sizes = {f"idle{i}": (i + 1) * GB for i in range(10)} | {"new": 12 * GB, "meh": 5 * GB}
+    idle = frozenset(n for n in sizes if n.startswith("idle"))
+    node = PlanInput(sizes, {n: sizes[n] for n in idle}, idle)
+    demand = {"new": 12 * GB * 1.6, "meh": 5 * GB * 1.05}  # 0.6 and 0.05 per byte
+    result = plan(node, {}, demand, 55 * GB)
+    kept = {n for n, d in result.decisions.items() if d.action in ("keep", "stage")}
+    assert "new" in kept and "meh" not in kept
+    assert result.used_after <= 55 * GB
+    values = {n: result.decisions[n].value for n in sizes}
+    best = max(
+        sum(values[n] for n, m in zip(sizes, mask) if m)
+        for mask in itertools.product((0, 1), repeat=len(sizes))
+        if sum(sizes[n] for n, m in zip(sizes, mask) if m) <= 55 * GB
+    )
+    assert sum(values[n] for n in kept) >= best * (1 - 1e-9)
