@@ -33,6 +33,10 @@ class Policy(Protocol):
     bool`: True if its answer is the same at every tick whose heat and demand lie within
     the given (low, high) ranges per dataset and whose prospect stays at most the given
     highest, the node unchanged; the replay then skips those ticks.
+
+    A policy may instead have `steady_until(node, now) -> float`: its answer at NOW is its
+    answer at every time before the result if no job starts or ends and no copy lands (it
+    does not read heat or demand); the replay then skips those ticks (with tolerance 0).
     """
 
     triggers: frozenset[str]
@@ -66,6 +70,10 @@ class _Replay:
         self.repeats: Callable[[SimNode, Ranges, Ranges, Highs], bool] | None = getattr(
             policy, "repeats", None
         )
+        self.steady: Callable[[SimNode, float], float] | None = (
+            getattr(policy, "steady_until", None) if node.config.tolerance == 0.0 else None
+        )
+        self.resume = math.nan  # the tick a steady skip resumes at
 
     def run(self) -> Costs:
         node, jobs = self.node, self.node.work.jobs
@@ -110,17 +118,41 @@ class _Replay:
     def _tick(self, now: float) -> float:
         """Run a pass at NOW unless its inputs equal the last pass's; the next useful tick."""
         node = self.node
+        if now == self.resume and self.memo is not None and self.memo[0] == node.version:
+            # Every skipped tick would have answered the same and left the last one's
+            # inputs as the memo: so does this one (tolerance 0, nothing happened since).
+            before = now - self.step
+            self.memo = (node.version, Inputs(node.heat(before), *node.demand_parts(before)))
         inputs = Inputs(node.heat(now), *node.demand_parts(now))
+        decided = False
         if self.memo is None or not _same(self.memo, (node.version, inputs), self.config):
-            before = node.version
+            before_version = node.version
             self._act(self.policy.decide(node, now, "tick", None, inputs), now)
             self.memo = (node.version, inputs)
-            if node.version != before:
+            if node.version != before_version:
                 return now + self.step
+            decided = True
         upcoming = min(node.unplaced.next_change(now), node.next_placement())
         if now - node.last_boundary < self.config.period or not node.demand_settled(now):
+            if decided and self.steady is not None:
+                return self._steady(now, self.steady(node, now))
             return self._proven(now, node.next_placement())  # heat or demand still moving
         return grid_ceil(upcoming, self.step) if upcoming < math.inf else math.inf
+
+    def _steady(self, now: float, until: float) -> float:
+        """The next tick to visit when the answer just given holds before UNTIL: the first
+        tick not surely before it, or the first at which heat and demand stop moving (from
+        there the replay jumps ahead, so it must be visited as it would have been)."""
+        node, step = self.node, self.step
+        settle = max(node.last_boundary + self.config.period, node.demand_settles())
+        target = grid_ceil(settle, step)
+        if until < math.inf:
+            margin = 1e-9 * abs(until) + 1e-3  # float rounding in the policy's arithmetic
+            target = min(target, grid_ceil(until - margin, step))
+        if target <= now + step:
+            return now + step
+        self.resume = target
+        return target
 
     def _proven(self, now: float, placement: float) -> float:
         """The next tick whose pass could differ from this one's, if no job starts or ends

@@ -497,6 +497,20 @@ class Belady:
         ranked = sorted(next_use, key=lambda n: (next_use[n], n))
         return reconcile(node, fill(node, ranked))
 
+    def steady_until(self, node: SimNode, now: float) -> float:
+        """Until the next job start or end or copy landing, only running jobs' remaining
+        reads move (down, linearly; the order by next use cannot change: held datasets
+        come first by name, the others by a start still ahead): the answer holds until a
+        wanted dataset's remaining reads fall to its threshold."""
+        slopes = _running_slopes(node)
+        until = math.inf
+        for name, _, i, suffix in self._upcoming(node, now):
+            a, b = slopes.get(name, (0.0, 0.0))
+            threshold = 0 if name in node.cached else node.sizes[name]
+            if b > 0 and suffix[i] + a - b * now > threshold:
+                until = min(until, (suffix[i] + a - threshold) / b)
+        return until
+
 
 class FutureBytes(Belady):
     """Offline, size-aware heuristic (not optimal): the greedy on future bytes per byte.
@@ -523,6 +537,45 @@ class FutureBytes(Belady):
                 density[name] = gain / max(size, 1)
         ranked = sorted(density, key=lambda n: (-density[n], n))
         return reconcile(node, fill(node, ranked))
+
+    def steady_until(self, node: SimNode, now: float) -> float:
+        """Until the next job start or end or copy landing, each gain is linear in time
+        (running jobs' remaining reads fall) until the lookahead reaches another start:
+        the answer holds until then, until a wanted gain reaches 0, and until two wanted
+        datasets next to each other in the order swap (the first swap among lines is
+        between neighbours)."""
+        slopes = _running_slopes(node)
+        until = math.inf
+        lines = []  # (-density now, name, density at time 0, its fall per second)
+        for name, times, i, suffix in self._upcoming(node, now):
+            j = bisect.bisect_left(times, now + self.lookahead)
+            if j < len(times):
+                until = min(until, times[j] - self.lookahead)
+            size = node.sizes[name]
+            a, b = slopes.get(name, (0.0, 0.0))
+            base = suffix[i] - suffix[max(i, j)] - (0 if name in node.cached else size) + a
+            if base - b * now > 0:
+                if b > 0:
+                    until = min(until, base / b)
+                scale = max(size, 1)
+                lines.append((-(base - b * now) / scale, name, base / scale, b / scale))
+        lines.sort()
+        for (_, _, c1, s1), (_, _, c2, s2) in zip(lines, lines[1:]):
+            if s1 > s2:  # the first falls faster: they meet at c1 - s1 t = c2 - s2 t
+                until = min(until, (c1 - c2) / (s1 - s2))
+        return until
+
+
+def _running_slopes(node: SimNode) -> Mapping[str, tuple[float, float]]:
+    """Per dataset, (A, B) with running jobs' remaining reads at time t = A - B t."""
+    slopes: dict[str, tuple[float, float]] = {}
+    for job in node.running.values():
+        span = job.end - job.start
+        for name, size in job.reads:
+            rate = size / span
+            a, b = slopes.get(name, (0.0, 0.0))
+            slopes[name] = (a + rate * job.end, b + rate)
+    return slopes
 
 
 def _running_remainder(node: SimNode, now: float) -> Mapping[str, float]:

@@ -434,3 +434,35 @@ def test_ours_with_other_knobs_skips_passes_and_changes_nothing() -> None:
     assert _costs(proven) == _costs(every)
     assert proven.decisions < every.decisions
     assert _costs(proven) != _costs(report.results["default"])  # the knob took effect
+
+
+class EveryTickBelady(policies.Belady):
+    steady_until = None  # type: ignore[assignment]
+
+
+class EveryTickFutureBytes(policies.FutureBytes):
+    steady_until = None  # type: ignore[assignment]
+
+
+def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
+    # Belady and future-bytes read neither heat nor demand: between events their answer
+    # moves only when running jobs' remaining reads cross a threshold or reorder.
+    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    fewer = {"belady": 0, "future-bytes": 0}
+    cases = [
+        (generate(WorkloadSpec(jobs=150, nodes=3, datasets=25, seed=seed), sizes), share)
+        for seed, share in ((1, 0.05), (2, 0.1), (3, 0.2))
+    ]
+    cases.append((random_trace(5, datasets=5, jobs=40, nodes=2), 0.4))
+    for trace, share in cases:
+        config = SimConfig(capacity=int(trace.catalog_bytes() * share))
+        replayed: dict[str, Any] = {
+            "belady every": EveryTickBelady, "future-bytes every": EveryTickFutureBytes,
+            "belady": policies.Belady, "future-bytes": policies.FutureBytes,
+        }  # fmt: skip
+        report = simulate(trace, config, replayed, bound=False)
+        for name in fewer:
+            steady, all_ticks = report.results[name], report.results[f"{name} every"]
+            assert _costs(steady) == _costs(all_ticks), name
+            fewer[name] += all_ticks.decisions - steady.decisions
+    assert fewer["belady"] > 0 and fewer["future-bytes"] > 0
