@@ -108,6 +108,13 @@ class Cluster(SlurmClient):
             env=self.env(), capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
 
+    def spawn(self, node: str, *args: str) -> subprocess.Popen[str]:
+        """ARGS as root inside NODE, started (stdout and stderr piped)."""
+        return subprocess.Popen(
+            [str(TESTCLUSTER), "exec", str(self.cluster_dir), node, "--", *args],
+            env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
     def scratch_stage(self, node: str, *args: str) -> str:
         proc = self.on(node, str(SCRATCH_STAGE), *args)
         assert proc.returncode == 0, f"scratch-stage {args} on {node} failed: {proc.stderr}"
@@ -491,3 +498,108 @@ def test_a_comment_cannot_forge_a_planned_many_node_job(cluster: Cluster) -> Non
             assert cluster.status(node)["f"]["cached"] is False, node
     finally:
         cluster.admin("scancel", job)
+
+
+# ---------------------------------------------------------------- cooperative staging
+
+
+def drop_pages(path: Path) -> None:
+    """Evict PATH's pages from the page cache, so the next read reaches the device."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def device_bytes_read(device: str) -> int:
+    """Bytes read from DEVICE (its sectors read: reads that reached it, not page-cache hits)."""
+    return int(Path(f"/sys/block/{os.path.basename(device)}/stat").read_text().split()[2]) * 512
+
+
+def node_events(cluster: Cluster, node: str, kind: str) -> list[dict[str, Any]]:
+    path = cluster.cluster_dir / "nodes" / node / "state" / "events.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def test_a_pending_four_node_job_is_staged_reading_shared_storage_about_once(
+    cluster: Cluster,
+) -> None:
+    # Shared storage for this test: its own ext4 filesystem on a loop device (mount(8) sets
+    # autoclear), so every byte any node reads from it is counted, mounted under the
+    # cluster's DIR/shared (a mount there reaches every node); the nodes' configurations
+    # point datadir there, with cooperative staging on (each node's engine on its own address).
+    shared = cluster.cluster_dir / "shared" / "storage"
+    backing = cluster.base / "shared.ext4"
+    with open(backing, "wb") as f:
+        f.truncate(96 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(backing)], check=True, capture_output=True)
+    shared.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(backing), str(shared)], check=True)
+    configs = {n: cluster.cluster_dir / "nodes" / n / "scratch-stage.yaml" for n in NODES}
+    originals = {n: path.read_text() for n, path in configs.items()}
+    blocker = ""
+    try:
+        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(shared)], check=True,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        shared.chmod(0o755)
+        (shared / "data").mkdir(mode=0o755)
+        src = cluster.base / "src" / "c"
+        src.mkdir()
+        blob = os.urandom(24 << 20)
+        (src / "blob.bin").write_bytes(blob)
+        (src / "hello.txt").write_text(HELLO.format("c"))
+        build = cluster.base / "build-c.yaml"
+        build.write_text(f"datadir: {shared}/data\ncachedir: {cluster.base}/build-cache\n")
+        subprocess.run([str(SCRATCH_STAGE), "--config", str(build), "image", "build", str(src),
+                        "c", "--compression", "fast"], check=True, capture_output=True)  # fmt: skip
+        image = shared / "data" / "c.sqfs"
+        for i, node in enumerate(NODES, start=1):
+            text = originals[node].replace(f"datadir: {cluster.base / 'data'}\n",
+                                           f"datadir: {shared / 'data'}\n")  # fmt: skip
+            assert text != originals[node]
+            coop = f"coop: {{enabled: true, host: 127.0.0.{10 + i}, stall_seconds: 10}}\n"
+            configs[node].write_text(text + coop)
+
+        blocker = cluster.job("blocker-c", "-N4", "--exclusive", "--time=2")
+        assert cluster.started("blocker-c") == blocker
+        job = cluster.job("coop", "-N4", "--time=1", "--comment=datasets:c", dataset="c")
+        cluster.release("coop")  # it ends as soon as it has read c
+        wait_for(
+            "backfill to plan the 4-node job onto every node",
+            lambda: cluster.admin("squeue", "-h", "-j", job, "-o", "%Y").strip() == "n[1-4]",
+            30,
+        )
+        drop_pages(image)
+        before = device_bytes_read(device)
+        # every node's rebalance at once, as their timers would when the demand appears
+        passes = {node: cluster.spawn(node, str(SCRATCH_STAGE), "rebalance", "--json")
+                  for node in NODES}  # fmt: skip
+        for node, proc in passes.items():
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, (node, err)
+            assert "c" in json.loads(out)["stage"], (node, out)
+        read = device_bytes_read(device) - before
+        size = image.stat().st_size
+        assert read <= 1.25 * size, f"shared storage read {read} bytes for a {size}-byte image"
+        readers = [n for n in NODES if node_events(cluster, n, "coop-lease")]
+        fetched = [n for n in NODES if node_events(cluster, n, "coop-fetched")]
+        assert len(readers) == 1 and sorted(readers + fetched) == list(NODES), (readers, fetched)
+        for node in NODES:
+            assert cluster.status(node)["c"]["cached"] is True, node
+        assert cluster.job_field(job, "JobState") == "PENDING"  # staged before it starts
+        cluster.release("blocker-c")
+        cluster.wait_completed(blocker)
+        assert cluster.started("coop") == job
+        cluster.wait_completed(job)
+        expected = f"{hashlib.sha256(blob).hexdigest()} {HELLO.format('c').strip()}"
+        assert cluster.reads("coop") == dict.fromkeys(NODES, expected)
+        cluster.wait_idle()
+    finally:
+        if blocker:
+            cluster.release("blocker-c")
+        for node, text in originals.items():
+            configs[node].write_text(text)
+        subprocess.run(["umount", "-l", str(shared)], capture_output=True, check=False)
