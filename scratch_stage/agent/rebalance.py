@@ -32,6 +32,7 @@ from scratch_stage.policy.report import (
     skipped_report,
 )
 from scratch_stage.policy.unmounts import UnmountPlan, decide_unmounts
+from scratch_stage.slurm.demand import Snapshot
 from scratch_stage.slurm.demand_sources import demand_here, read_snapshot
 
 if TYPE_CHECKING:
@@ -151,6 +152,26 @@ def _skipped(node: Node) -> PassReport:
     return skipped_report(node.capacity_bytes(), "another rebalance is running")
 
 
+def _demand(
+    node: Node, snapshot: Snapshot | None, state: NodeState, now: float, sizes: dict[str, int]
+) -> tuple[dict[str, float], dict[str, float], PlanParams]:
+    """This pass's demand, prospect and planner knobs: copies run at the rate this node's
+    finished copies ran (the counters), else at `copy_rate`; a dataset not cached or in
+    flight counts only the reads after its copy would land."""
+    config = node.config
+    rate = state.counters.copy_rate() or float(config.copy_rate)
+    copy_seconds = {
+        n: size / rate
+        for n, size in sizes.items()
+        if n not in state.cached and n not in state.staging
+    }
+    demand, prospect = demand_here(
+        config, snapshot, now, sizes, state.counters.datasets, copy_seconds
+    )
+    params = PlanParams(horizon=config.horizon, hysteresis=config.hysteresis, copy_rate=rate)
+    return demand, prospect, params
+
+
 def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -> PassReport:
     value = load_value_function(node.config.value_function)
     catalog = scan_catalog(node.config.datadir, trust=node.trust)
@@ -158,12 +179,11 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
     snapshot = read_snapshot(node.config, now, trust=node.trust)  # outside the lock
     sizes = {n: i.fingerprint.size for n, i in catalog.images.items()}
     capacity = node.capacity_bytes()
-    params = PlanParams(horizon=node.config.horizon, hysteresis=node.config.hysteresis)
     fingerprints = {n: i.fingerprint for n, i in catalog.images.items()}
     if dry_run:
         state = node.store.read()
         heat = measure_heat(node, state, now, count=False)
-        demand, prospect = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
+        demand, prospect, params = _demand(node, snapshot, state, now, sizes)
         the_plan = plan(
             plan_input(state, fingerprints, now), heat, demand, capacity,
             params=params, value=value, prospect=prospect,
@@ -174,7 +194,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
-        demand, prospect = demand_here(node.config, snapshot, now, sizes, state.counters.datasets)
+        demand, prospect, params = _demand(node, snapshot, state, now, sizes)
         # counters of datasets gone from datadir and the cache go too: the state stays small
         gone = set(state.counters.datasets) - set(catalog.images) - set(state.cached)
         state.counters.forget(

@@ -17,3 +17,17 @@ def expected_read(
     if limit is not None:
         expected = min(expected, read_rate * limit)
     return expected if expected > 0 else 0.0
+
+
+def after_landing(start: float, limit: float | None, land: float) -> float:
+    """The share of a job's reads that come after a copy lands at LAND (pure).
+
+    The job starts at START and reads evenly over its time limit LIMIT (seconds; None:
+    unknown, its reads counted at its start): all of them if it starts after LAND, none
+    if its limit has run out by then, else the share of its limit left at LAND.
+    """
+    if land <= start:
+        return 1.0
+    if limit is None or limit <= 0 or start + limit <= land:
+        return 0.0
+    return (start + limit - land) / limit

@@ -539,6 +539,15 @@ class Config:
             default_doc="`1GB`",
         ),
     )
+    copy_rate: int = field(
+        default=1_000_000_000,
+        metadata=_meta(
+            "assumed speed of a copy (bytes/s, `1GB`) until this node has measured its own"
+            " (the counters): only reads after a copy lands count (`docs/planner.md`)",
+            _positive(parse_size),
+            default_doc="`1GB`",
+        ),
+    )
     value_function: str = field(
         default="",
         metadata=_meta(

@@ -114,6 +114,13 @@ class Counters:
         row: list[float] = self.datasets.get(name) or [0 for _ in DATASET_FIELDS]
         return dict(zip(DATASET_FIELDS, row))
 
+    def copy_rate(self) -> float | None:
+        """Bytes/s of this node's finished copies, all datasets together; None if none."""
+        done, seconds = _INDEX["copied_bytes"], _INDEX["copy_seconds"]
+        copied = sum(row[done] for row in self.datasets.values())
+        took = sum(row[seconds] for row in self.datasets.values())
+        return copied / took if copied > 0 and took > 0 else None
+
     def forget(self, names: set[str]) -> None:
         """Drop the counters of datasets NAMES (gone from datadir and from the cache)."""
         for name in names:

@@ -54,6 +54,9 @@ class PlanParams:
     # A cached copy is worth this share of its size more than an uncached one, so a
     # marginal challenger never evicts it (no copy-evict-copy oscillation).
     hysteresis: float = 0.1
+    # Bytes/s a copy runs at: the heat of an uncached dataset counts only for the part of
+    # the horizon after its copy would land (0: copies land at once).
+    copy_rate: float = 0.0
     # The exact knapsack rounds sizes UP to buckets (never overfilling) and uses at most
     # this many cells (items x buckets); beyond that the bucket grows.
     max_cells: int = 400_000
@@ -91,13 +94,16 @@ def default_value(view: View, params: PlanParams) -> float:
     """Slow-storage bytes saved over the horizon by caching VIEW, minus the copy if needed.
 
     Heat (bytes/s) is expected to go on for the horizon; demand is the bytes queued jobs
-    are expected to read (already weighted by their chance and soonness). A copy costs
-    its size in slow reads.
+    are expected to read (already weighted by their chance and soonness, and counted
+    after the copy would land). A copy costs its size in slow reads, and reads count only
+    after it lands: size / copy_rate seconds into the horizon.
     """
-    benefit = view.heat * params.horizon + view.demand
     if view.cached:
-        return benefit + params.hysteresis * view.size
-    return benefit - view.size
+        return view.heat * params.horizon + view.demand + params.hysteresis * view.size
+    horizon = params.horizon
+    if params.copy_rate > 0:
+        horizon = max(0.0, horizon - view.size / params.copy_rate)
+    return view.heat * horizon + view.demand - view.size
 
 
 class Decision(NamedTuple):

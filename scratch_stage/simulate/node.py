@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scratch_stage.core.expected import expected_read
+from scratch_stage.core.expected import after_landing, expected_read
 from scratch_stage.policy.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
@@ -14,6 +14,7 @@ from scratch_stage.simulate.inputs import (
     ByLimit,
     NodeJob,
     NodeWorkload,
+    Pending,
     SimConfig,
     UnplacedDemand,
 )
@@ -109,8 +110,11 @@ class SimNode:
         self.read_done: dict[str, float] = {}
         self.jobs_done: dict[str, int] = {}
         self.history_version = 0
-        self._unplaced_memo: dict[int, tuple[Mapping[str, ByLimit], dict[str, float]]] = {}
-        self._unplaced_version = 0
+        self._unplaced_memo: dict[
+            tuple[int, bool], tuple[Mapping[str, ByLimit], dict[str, float]]
+        ] = {}
+        self._unplaced_version = (0, 0)
+        self.cache_version = 0  # changes when the set of cached or in-flight copies does
 
     # --- what policies see -------------------------------------------------------------
 
@@ -151,22 +155,40 @@ class SimNode:
         """Bytes a queued job with time limit LIMIT is expected to read from NAME here."""
         return expected_read(self.sizes[name], limit, self.per_job(name), self.config.read_rate)
 
-    def _bytes(self, values: Mapping[str, ByLimit]) -> dict[str, float]:
-        return {
-            name: sum(w * self.expected(name, limit) for limit, w in by_limit.items())
-            for name, by_limit in values.items()
-        }
+    def land(self, name: str) -> float:
+        """Seconds until a copy of NAME would land if started now (0: cached or in flight)."""
+        if name in self.cached or (self.inflight is not None and self.inflight[0] == name):
+            return 0.0
+        return self.sizes[name] / self.config.bandwidth
 
-    def _unplaced_bytes(self, values: Mapping[str, ByLimit]) -> dict[str, float]:
+    def _bytes(self, values: Mapping[str, ByLimit], landing: bool) -> dict[str, float]:
+        horizon = self.config.horizon
+        out = {}
+        for name, by_limit in values.items():
+            land = self.land(name) if landing else 0.0
+            total = 0.0
+            for limit, w in by_limit.items():
+                amount = w * self.expected(name, limit)
+                if land > 0:  # unknown start: one horizon away
+                    amount *= after_landing(horizon, None if limit == math.inf else limit, land)
+                total += amount
+            out[name] = total
+        return out
+
+    def _unplaced_bytes(
+        self, values: Mapping[str, ByLimit], landing: bool = False
+    ) -> dict[str, float]:
         """VALUES (one of the unplaced demand's, kept for the whole replay) in bytes, with
-        the current history; remembered until the history changes."""
-        if self._unplaced_version != self.history_version:
+        the current history (LANDING: only the reads after a copy would land); remembered
+        until the history or the cache changes."""
+        version = (self.history_version, self.cache_version)
+        if self._unplaced_version != version:
             self._unplaced_memo.clear()
-            self._unplaced_version = self.history_version
-        key = id(values)
+            self._unplaced_version = version
+        key = (id(values), landing)
         found = self._unplaced_memo.get(key)
         if found is None or found[0] is not values:
-            found = self._unplaced_memo[key] = (values, self._bytes(values))
+            found = self._unplaced_memo[key] = (values, self._bytes(values, landing))
         return found[1]
 
     def demand(self, now: float) -> dict[str, float]:
@@ -175,10 +197,10 @@ class SimNode:
 
     def demand_parts(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
         """The demand, and the prospect (the same without the wait's discount)."""
-        unplaced = self._unplaced_bytes(self.unplaced.at(now))
-        demand = dict(unplaced)
+        values = self.unplaced.at(now)
+        demand = dict(self._unplaced_bytes(values, landing=True))
         # every unplaced job weighs its share x e^-1 (unknown start): undiscounted, x e
-        prospect = {n: v / UNKNOWN_START_FACTOR for n, v in unplaced.items()}
+        prospect = {n: v / UNKNOWN_START_FACTOR for n, v in self._unplaced_bytes(values).items()}
         pending = self.work.pending
         while self._pending_next < len(pending) and pending[self._pending_next].visible <= now:
             self._pending_active.append(self._pending_next)
@@ -190,9 +212,18 @@ class SimNode:
             weight = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - now) / horizon)
             for name in p.datasets:
                 amount = self.expected(name, p.limit)
-                demand[name] = demand.get(name, 0.0) + weight * amount
                 prospect[name] = prospect.get(name, 0.0) + SCHEDULED_HERE * amount
+                amount *= self._after(p, name, now)
+                demand[name] = demand.get(name, 0.0) + weight * amount
         return demand, prospect
+
+    def _after(self, p: Pending, name: str, now: float) -> float:
+        """The share of placed job P's reads of NAME after a copy started NOW lands."""
+        land = self.land(name)
+        if land <= 0:
+            return 1.0
+        limit = None if p.limit == math.inf else p.limit
+        return after_landing(max(now, p.estimate), limit, now + land)
 
     def prospect_high(self, start: float, end: float) -> dict[str, float]:
         """Each dataset's highest prospect at any time in START..END (no job starting or
@@ -240,7 +271,7 @@ class SimNode:
                 for x in points
             ]
             heat[name] = (min(levels), max(levels))
-        seen = [self._unplaced_bytes(v) for v in self.unplaced.seen(start, end)]
+        seen = [self._unplaced_bytes(v, landing=True) for v in self.unplaced.seen(start, end)]
         high: dict[str, float] = {}
         for values in seen:
             for name, v in values.items():
@@ -254,8 +285,10 @@ class SimNode:
             w_high = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - end) / horizon)
             for name in p.datasets:
                 amount = self.expected(name, p.limit)
-                low[name] = low.get(name, 0.0) + w_low * amount
-                high[name] = high.get(name, 0.0) + w_high * amount
+                # the share after a copy lands only shrinks as time goes on
+                a_low, a_high = self._after(p, name, end), self._after(p, name, start)
+                low[name] = low.get(name, 0.0) + w_low * amount * a_low
+                high[name] = high.get(name, 0.0) + w_high * amount * a_high
         return heat, {n: (low.get(n, 0.0), high[n]) for n in high}
 
     def demand_settled(self, now: float) -> bool:
@@ -299,6 +332,7 @@ class SimNode:
             self._span.pop(name).left = now
             self.costs.evictions += 1
             self.version += 1
+            self.cache_version += 1
         if action.replace:
             self.queue = list(action.stage)
         else:
@@ -325,6 +359,7 @@ class SimNode:
             self.costs.copied_bytes += size
             self.costs.series.append((now, float(size)))
             self.version += 1
+            self.cache_version += 1
 
     def finish_copy(self, now: float) -> None:
         """The copy in flight is verified and mounted over: its slow readers switch now."""
@@ -333,6 +368,7 @@ class SimNode:
         self.inflight = None
         self.cached[name] = now
         self.version += 1
+        self.cache_version += 1
         for read in self.slow.pop(name, {}).values():
             self._settle(read, now, waited=True)
         self.start_copy(now)

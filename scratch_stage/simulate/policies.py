@@ -38,7 +38,7 @@ class Ours:
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None:
         assert inputs is not None
-        params = self.params or planner.PlanParams(horizon=node.config.horizon)
+        params = self.params or self.default_params(node)
         value = self.value or planner.default_value
         # Looked up at call time on the module: the simulator runs the planner the
         # rebalance runs, whatever replaced it (tests check this with a spy).
@@ -47,6 +47,12 @@ class Ours:
             params=params, value=value, prospect=inputs.prospect,
         )  # fmt: skip
         return Action(result.evict, result.stage)
+
+    @staticmethod
+    def default_params(node: SimNode) -> planner.PlanParams:
+        """The configuration's defaults, as the rebalance passes them: this horizon, and
+        copies at the replay's bandwidth (a node's measured copy rate)."""
+        return planner.PlanParams(horizon=node.config.horizon, copy_rate=node.config.bandwidth)
 
     def repeats(
         self, node: SimNode, heat: Mapping[str, tuple[float, float]],
@@ -62,7 +68,7 @@ class Ours:
         """
         if self.value is not None:
             return False
-        params = self.params or planner.PlanParams(horizon=node.config.horizon)
+        params = self.params or self.default_params(node)
         node_input = node.plan_input()
         fresh = node_input.fresh
         bounds = {}

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scratch_stage.core.expected import expected_read
+from scratch_stage.core.expected import after_landing, expected_read
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
 from scratch_stage.host.catalog import Trust
@@ -276,6 +276,7 @@ def node_demand(
     history: Mapping[str, float] | None = None,
     read_rate: float = DEFAULT_READ_RATE,
     discount: bool = True,
+    copy_seconds: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Expected bytes queued jobs will read from each dataset on NODE (pure).
 
@@ -287,7 +288,9 @@ def node_demand(
     summary) each job counts 1: the expected number of jobs. A held job (priority 0)
     counts nothing: it cannot start until it is released. DISCOUNT false leaves out
     the wait's discount: the prospect, what the queue will read here eventually (the
-    planner's speculative copies into free room).
+    planner's speculative copies into free room). COPY_SECONDS (per dataset: how long a
+    copy would take to land, 0 or absent for a cached one) counts only the reads after
+    the copy lands (`after_landing`; unknown start: one horizon away).
     """
     demand: dict[str, float] = {}
     eligible = _Eligibility(snapshot.partitions, node)
@@ -298,6 +301,7 @@ def node_demand(
         weight = job_weight(job, node, eligible, now, horizon, discount)
         if weight <= 0:
             continue
+        start = now + horizon if job.start is None else max(now, job.start)
         for name in job.datasets:
             if sizes is None:
                 amount = 1.0
@@ -306,6 +310,9 @@ def node_demand(
                 if size is None:
                     continue
                 amount = expected_read(size, job.time_limit, history.get(name), read_rate)
+                land = copy_seconds.get(name, 0.0) if copy_seconds else 0.0
+                if land > 0:
+                    amount *= after_landing(start, job.time_limit, now + land)
             demand[name] = demand.get(name, 0.0) + weight * amount
     return demand
 

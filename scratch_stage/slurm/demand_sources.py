@@ -63,21 +63,24 @@ def demand_here(
     now: float,
     sizes: Mapping[str, int],
     datasets: Mapping[str, Sequence[float]] | None = None,
+    copy_seconds: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """SNAPSHOT's demand on this node in expected bytes (`node_demand`: the history of
     bytes read per job from the counters' rows DATASETS, the prior rate `read_rate`), and
-    its prospect (the same without the wait's discount)."""
+    its prospect (the same without the wait's discount); COPY_SECONDS: how long each
+    uncached dataset's copy would take (only reads after it lands count in the demand)."""
     if snapshot is None:
         return {}, {}
     history = history_per_job(datasets or {})
 
-    def of(discount: bool) -> dict[str, float]:
+    def of(discount: bool, copy: Mapping[str, float] | None) -> dict[str, float]:
         return node_demand(
             snapshot, config.node, now=now, horizon=config.horizon, sizes=sizes,
             history=history, read_rate=config.read_rate, discount=discount,
+            copy_seconds=copy,
         )  # fmt: skip
 
-    return of(True), of(False)
+    return of(True, copy_seconds), of(False, None)
 
 
 def read_snapshot(

@@ -69,6 +69,7 @@ SAMPLE: dict[str, Any] = {
     "horizon": "2h",
     "hysteresis": 0.5,
     "read_rate": "2GB",
+    "copy_rate": "3GB",
     "value_function": "mysite.planning:value",
     "idle_unmount": 0,
     "metrics_dir": "/var/lib/prometheus/node-exporter",

@@ -227,3 +227,31 @@ def test_a_held_job_counts_nothing_until_released() -> None:
     held = PendingJob("1", ("debug",), 0, 1, None, (), ("c",), 365 * 86400.0)
     snap = Snapshot((held,) * 50 + (job("2", ("a",)),), PARTITIONS, NOW)
     assert set(node_demand(snap, "n1", now=NOW, horizon=H, sizes=SIZES)) == {"a"}
+
+
+def test_only_reads_after_the_copy_lands_count() -> None:
+    from scratch_stage.core.expected import after_landing
+
+    assert after_landing(100.0, 50.0, 90.0) == 1.0  # lands before the job starts
+    assert after_landing(100.0, 50.0, 125.0) == 0.5  # half its limit left
+    assert after_landing(100.0, 50.0, 150.0) == 0.0  # its limit is over
+    assert after_landing(100.0, None, 101.0) == 0.0  # no limit known: reads at its start
+    sizes = {"huge": 4000 * GB, "small": 10 * GB}
+    # placed here, starting now, an hour's limit: a 4 TB copy at 1 GB/s lands after it
+    snap = Snapshot((job("1", ("huge", "small"), sched=("n1",), limit=3600.0),), PARTITIONS, NOW)
+    copy = {n: s / GB for n, s in sizes.items()}
+    demand = node_demand(snap, "n1", now=NOW, horizon=H, sizes=sizes, copy_seconds=copy)
+    assert demand["huge"] == 0.0
+    assert demand["small"] == pytest.approx(10 * GB * (3600 - 10) / 3600)
+    cached = node_demand(snap, "n1", now=NOW, horizon=H, sizes=sizes)  # nothing to copy
+    assert cached["huge"] == 3600 * GB  # its limit at the prior rate: 3.6 of 4 TB
+
+
+def test_the_copy_rate_is_what_this_nodes_copies_ran_at() -> None:
+    counters = Counters()
+    assert counters.copy_rate() is None
+    counters.add("a", "copied_bytes", 100 * GB)
+    counters.add("a", "copy_seconds", 200)
+    counters.add("b", "copied_bytes", 50 * GB)
+    counters.add("b", "copy_seconds", 100)
+    assert counters.copy_rate() == pytest.approx(0.5 * GB)

@@ -120,3 +120,19 @@ def test_many_idle_copies_are_kept_in_the_room_the_others_leave() -> None:
         if sum(sizes[n] for n, m in zip(sizes, mask) if m) <= 55 * GB
     )
     assert sum(values[n] for n in kept) >= best * (1 - 1e-9)
+
+
+def test_a_copy_that_lands_after_the_horizon_is_not_worth_it() -> None:
+    """A 4 TB image read hard: at 1 GB/s its copy lands after the hour's horizon, so its
+    heat saves nothing; a 100 GB one read as hard is copied."""
+    from scratch_stage.policy.planner import PlanParams
+
+    node = PlanInput({"huge": 4000 * GB, "small": 100 * GB})
+    heat = {"huge": 2 * GB, "small": 2 * GB}
+    params = PlanParams(copy_rate=GB)
+    result = plan(node, heat, {}, 10_000 * GB, params=params)
+    assert result.stage == ("small",)
+    assert result.decisions["huge"].value == -4000 * GB
+    assert plan(node, heat, {}, 10_000 * GB).stage == ("small", "huge")  # instant copies
+    cached = PlanInput(node.sizes, {"huge": 4000 * GB}, frozenset({"huge"}))
+    assert plan(cached, heat, {}, 10_000 * GB, params=params).decisions["huge"].action == "keep"

@@ -231,9 +231,10 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
             histories += bool(node.jobs_done)
             history = {n: node.read_done[n] / node.jobs_done[n] for n in node.jobs_done}
             ours = node.demand(t)
+            copy = {n: s / config.bandwidth for n, s in trace.datasets.items()}  # none cached
             live = node_demand(
                 snapshot, name, now=t, horizon=config.horizon, sizes=trace.datasets,
-                history=history, read_rate=config.read_rate,
+                history=history, read_rate=config.read_rate, copy_seconds=copy,
             )  # fmt: skip
             assert set(ours) == {k for k, v in live.items() if v > 1e-9}
             for k, v in live.items():
