@@ -268,15 +268,19 @@ def _fetch(
     ok = False
     try:
         session.add(body, str(partial), seeding=False)
-        best, best_at, beat = -1, time.monotonic(), 0.0
+        best, best_at, beat, looked = -1, time.monotonic(), 0.0, 0.0
         while True:
             interrupts.check()
             now = time.monotonic()
+            done, complete, connected = session.progress()
             if now - beat >= _HEARTBEAT:
                 beat = now
                 entry.register_peer(Peer(me, host, session.port, False, time.time()))
+            if now - looked >= _HEARTBEAT or (connected == 0 and now - looked >= _POLL):
+                # Until a peer answers (its engine may add the torrent a moment after the
+                # digest is out), try every poll; then look for new peers now and then.
+                looked = now
                 session.connect((p.host, p.port) for p in entry.peers() if p.node != me)
-            done, complete, _ = session.progress()
             if complete:
                 break
             if done > best:

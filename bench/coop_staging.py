@@ -1,0 +1,302 @@
+"""Cooperative staging vs independent staging, and two peer-transfer engines, on one machine.
+
+    .venv/bin/python bench/coop_staging.py [--nodes 4 8] [--size-mib 1024] [--engines]
+
+For each node count N, in one run and on the same image (random data, squashfs without
+compression, SIZE MiB):
+- `single`: one node stages it alone (coop off): the baseline copy time T1;
+- `independent`: all N stage it at once, each from datadir (coop off);
+- `cooperative`: all N at once with coop on (readers: 1, libtorrent).
+Each node is the harness of tests/privileged/coopnodes.py (its own mount namespace, node
+tree and 127.0.0.x address); its cachedir is a tmpfs of its own, as a node's local SSD is
+its own disk (on one machine, N copies onto one disk would measure that disk). Shared
+storage is an ext4 filesystem on its own loop device; its bytes read are the device's
+sectors read. Caveat printed with the figures: all nodes share one page cache, so N
+independent readers running at once can be served partly from pages another just read --
+the independent count is a lower bound of what a real shared filesystem would serve (N x).
+Time to all cached is from the start to the last node's `mount` event.
+
+`--engines` distributes the same torrent from one seed to N-1 peers with libtorrent
+(peers given directly, as scratch-stage does) and with aria2c (BitTorrent; aria2 takes peers
+only from a tracker, so a local opentracker runs for it), timing until every peer is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "privileged"))
+
+from coopnodes import Cluster, CoopNode, drop_pages  # noqa: E402
+
+from scratch_stage.host import torrent  # noqa: E402
+
+MIB = 1 << 20
+
+
+def build_image(datadir: Path, mib: int, work: Path) -> Path:
+    src = work / "src"
+    src.mkdir()
+    with open(src / "random.bin", "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MIB))
+    image = datadir / "img.sqfs"
+    subprocess.run(
+        ["/usr/bin/mksquashfs", str(src), str(image), "-noappend", "-noI", "-noD", "-noF",
+         "-noX", "-quiet"], check=True, capture_output=True,
+    )  # fmt: skip
+    image.chmod(0o644)
+    shutil.rmtree(src)
+    drop_pages(image)
+    return image
+
+
+def mount_tmpfs(node: CoopNode, mib: int) -> None:
+    cache = node.root / "cache"
+    subprocess.run(
+        ["/usr/bin/mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs", str(cache)],
+        check=True,
+    )
+
+
+def reset(node: CoopNode) -> None:
+    """Forget the node's cached copy and state (nothing is mounted: namespaces ended)."""
+    for path in (node.root / "cache").iterdir():
+        if path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    for path in (node.root / "state").iterdir():
+        path.unlink()
+
+
+def stage_all(cluster: Cluster, nodes: list[CoopNode], image: Path) -> tuple[float, int]:
+    """Stage on NODES at once: (seconds until the last one mounted, shared bytes read)."""
+    drop_pages(image)
+    before = cluster.shared.bytes_read()
+    started = time.time()
+    procs = [node.spawn_prestage("img") for node in nodes]
+    for node, proc in zip(nodes, procs):
+        _, err = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"{node.name}: prestage failed: {err.strip()}")
+    shared = cluster.shared.bytes_read() - before
+    last = max(e["ts"] for n in nodes for e in n.events("mount"))
+    return last - started, shared
+
+
+def run_cluster(count: int, mib: int, base: Path) -> dict[str, tuple[float, int]]:
+    base.mkdir()
+    cluster = Cluster(base, count, size_mib=mib + 256)
+    try:
+        for node in cluster.nodes:
+            mount_tmpfs(node, mib + 128)
+            node.configure(capacity=f"{mib + 64}MiB", coop={"seed_seconds": 300})
+        image = build_image(cluster.datadir, mib, base)
+        size = image.stat().st_size
+        results = {}
+        for mode, nodes, coop in (
+            ("single", cluster.nodes[:1], False),
+            ("independent", cluster.nodes, False),
+            ("cooperative", cluster.nodes, True),
+        ):
+            for node in cluster.nodes:
+                node.configure(coop={"enabled": coop})
+                reset(node)
+            results[mode] = stage_all(cluster, nodes, image)
+        results["size"] = (0.0, size)
+        return results
+    finally:
+        left = cluster.close()
+        for node in cluster.nodes:
+            subprocess.run(["/usr/bin/umount", "-l", str(node.root / "cache")], capture_output=True)
+        if left:
+            print("left behind:", left, file=sys.stderr)
+
+
+# --- engines ---
+
+
+def make_torrent(path: Path) -> tuple[bytes, int]:
+    lt = torrent.load()
+    size = path.stat().st_size
+    hasher = torrent.PieceHasher(size)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * MIB):
+            hasher.update(chunk)
+    pieces, _ = hasher.finish()
+    return torrent.make_torrent(lt, path.name, size, hasher.length, pieces), size
+
+
+def libtorrent_swarm(seed_file: Path, body: bytes, peers: int, work: Path) -> float:
+    lt = torrent.load()
+    sessions = []
+    seed = torrent.Session(lt, "127.0.0.10", 0)
+    seed.add(body, str(seed_file), seeding=True)
+    started = time.monotonic()
+    try:
+        for i in range(peers):
+            d = work / f"lt{i}"
+            d.mkdir()
+            s = torrent.Session(lt, f"127.0.0.{11 + i}", 0)
+            s.add(body, str(d / seed_file.name), seeding=False)
+            sessions.append(s)
+        addresses = [("127.0.0.10", seed.port)] + [
+            (f"127.0.0.{11 + i}", s.port) for i, s in enumerate(sessions)
+        ]
+        while not all(s.progress()[1] for s in sessions):
+            for s in sessions:
+                s.connect(addresses)
+            time.sleep(0.1)
+        return time.monotonic() - started
+    finally:
+        for s in [seed, *sessions]:
+            s.close()
+
+
+def aria2_swarm(seed_file: Path, body: bytes, peers: int, work: Path) -> float | None:
+    aria2c, tracker = shutil.which("aria2c"), shutil.which("opentracker")
+    if not aria2c or not tracker:
+        return None
+    port = 16969
+    info = dict(torrent.load().bdecode(body))
+    info[b"announce"] = f"http://127.0.0.1:{port}/announce".encode()
+    tfile = work / "a.torrent"
+    tfile.write_bytes(torrent.load().bencode(info))
+    procs: list[subprocess.Popen[bytes]] = []
+    devnull = subprocess.DEVNULL
+
+    def aria(index: int, directory: Path, seeding: bool) -> subprocess.Popen[bytes]:
+        argv = [
+            aria2c, "--dir", str(directory), "--interface", f"127.0.0.{10 + index}",
+            "--listen-port", str(17000 + index), "--enable-dht=false",
+            "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--bt-require-crypto=true",
+            "--seed-time=600", "--bt-tracker-interval=1", "--console-log-level=error",
+            "--summary-interval=0", "--file-allocation=none", "--check-certificate=false",
+            "--bt-max-peers=0", str(tfile),
+        ]  # fmt: skip
+        if seeding:
+            argv[1:1] = ["--check-integrity=true", "--bt-seed-unverified=true"]
+        return subprocess.Popen(argv, stdout=devnull, stderr=devnull)
+
+    # Debian's opentracker serves whitelisted torrents only, refuses to run as root, and
+    # reads its whitelist after chroot(2) into -d.
+    jail = work / "tracker"
+    jail.mkdir(mode=0o755)
+    (jail / "wl").write_text(torrent.info_hash(torrent.load(), body) + "\n")
+    (jail / "wl").chmod(0o644)
+    procs.append(subprocess.Popen(
+        [tracker, "-i", "127.0.0.1", "-p", str(port), "-P", str(port), "-w", "/wl",
+         "-d", str(jail), "-u", "nobody"], stdout=devnull, stderr=devnull,
+    ))  # fmt: skip
+    try:
+        time.sleep(0.5)
+        procs.append(aria(0, seed_file.parent, True))
+        started = time.monotonic()
+        dirs = []
+        for i in range(peers):
+            d = work / f"a{i}"
+            d.mkdir()
+            dirs.append(d)
+            procs.append(aria(i + 1, d, False))
+        want = seed_file.stat().st_size
+        while True:
+            done = all(
+                (d / seed_file.name).exists()
+                and not (d / f"{seed_file.name}.aria2").exists()
+                and (d / seed_file.name).stat().st_size == want
+                for d in dirs
+            )
+            if done:
+                return time.monotonic() - started
+            if time.monotonic() - started > 3600:
+                return float("nan")
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def run_engines(count: int, mib: int, base: Path) -> tuple[float, float | None]:
+    tmp = base / "engines"
+    tmp.mkdir()
+    subprocess.run(["/usr/bin/mount", "-t", "tmpfs", "-o", f"size={(count + 1) * (mib + 16)}m",
+                    "tmpfs", str(tmp)], check=True)  # fmt: skip
+    try:
+        seed_dir = tmp / "seed"
+        seed_dir.mkdir()
+        seed_file = seed_dir / "img.sqfs"
+        with open(seed_file, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(MIB))
+        body, _ = make_torrent(seed_file)
+        lt_work = tmp / "lt"
+        lt_work.mkdir()
+        lt_time = libtorrent_swarm(seed_file, body, count - 1, lt_work)
+        shutil.rmtree(lt_work)
+        aria_work = tmp / "aria"
+        aria_work.mkdir()
+        aria_time = aria2_swarm(seed_file, body, count - 1, aria_work)
+        return lt_time, aria_time
+    finally:
+        subprocess.run(["/usr/bin/umount", "-l", str(tmp)], capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--engines", action="store_true")
+    parser.add_argument("--no-staging", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("coop_staging.py: needs root (loop devices, mounts, namespaces)")
+    if torrent.load() is None:
+        raise SystemExit("coop_staging.py: libtorrent is not installed")
+    print(f"image {args.size_mib} MiB, machine: {os.cpu_count()} CPUs")
+    for count in args.nodes:
+        base = Path(tempfile.mkdtemp(prefix="coop-bench-"))
+        try:
+            if not args.no_staging:
+                r = run_cluster(count, args.size_mib, base / "stage")
+                size = r["size"][1]
+                t1 = r["single"][0]
+                print(f"\n{count} nodes")
+                head = ("mode", "shared bytes", "x image", "time s", "x single")
+                print("{:<12} {:>14} {:>8} {:>8} {:>9}".format(*head))
+                for mode in ("single", "independent", "cooperative"):
+                    seconds, shared = r[mode]
+                    print(f"{mode:<12} {shared:>14} {shared / size:>8.2f} {seconds:>8.2f} "
+                          f"{seconds / t1:>9.2f}")  # fmt: skip
+            if args.engines:
+                lt_time, aria_time = run_engines(count, args.size_mib, base)
+                aria = "n/a (aria2c or opentracker missing)" if aria_time is None else (
+                    f"{aria_time:.2f} s ({aria_time / lt_time:.2f}x libtorrent)"
+                )  # fmt: skip
+                print(f"engines, 1 seed -> {count - 1} peers: libtorrent {lt_time:.2f} s, "
+                      f"aria2c {aria}")  # fmt: skip
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    print(
+        "\nindependent: every node copies the whole image from datadir, so a shared "
+        "filesystem serves N x; the count here can be lower (one page cache for all nodes)."
+    )
+
+
+if __name__ == "__main__":
+    main()
