@@ -100,7 +100,7 @@ def run_cluster(count: int, mib: int, base: Path) -> dict[str, tuple[float, int]
     try:
         for node in cluster.nodes:
             mount_tmpfs(node, mib + 128)
-            node.configure(capacity=f"{mib + 64}MiB", coop={"seed_seconds": 300})
+            node.configure(capacity=f"{mib + 64}MiB")
         image = build_image(cluster.datadir, mib, base)
         size = image.stat().st_size
         results = {}
@@ -110,7 +110,8 @@ def run_cluster(count: int, mib: int, base: Path) -> dict[str, tuple[float, int]
             ("cooperative", cluster.nodes, True),
         ):
             for node in cluster.nodes:
-                node.configure(coop={"enabled": coop})
+                # The defaults of a real node (the test harness shortens the stall time).
+                node.configure(coop={"enabled": coop, "stall_seconds": 30, "seed_seconds": 120})
                 reset(node)
             results[mode] = stage_all(cluster, nodes, image)
         results["size"] = (0.0, size)
@@ -180,7 +181,8 @@ def aria2_swarm(seed_file: Path, body: bytes, peers: int, work: Path) -> float |
             aria2c, "--dir", str(directory), "--interface", f"127.0.0.{10 + index}",
             "--listen-port", str(17000 + index), "--enable-dht=false",
             "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--bt-require-crypto=true",
-            "--seed-time=600", "--bt-tracker-interval=1", "--console-log-level=error",
+            "--seed-time=600", "--seed-ratio=0.0", "--bt-tracker-interval=1",
+            "--console-log-level=error",
             "--summary-interval=0", "--file-allocation=none", "--check-certificate=false",
             "--bt-max-peers=0", str(tfile),
         ]  # fmt: skip
