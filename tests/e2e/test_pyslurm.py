@@ -168,11 +168,15 @@ def test_pyslurm_and_squeue_see_the_same_demand(queue: Queue) -> None:
     }
     planned = next(j for j in by_pyslurm if j["job_id"] == queue.jobs["planned"])
     assert planned["sched_nodes"] == ["localhost"] and planned["start"] is not None
+    # both read the time limit in seconds (--time=1 is one minute; pyslurm gives minutes)
+    assert planned["time_limit"] == 60
     # the configured pyslurm source used pyslurm (no fallback) and weighs the node alike
     assert "not pyslurm" not in stderr and "pyslurm failed" not in stderr, stderr
     assert jobs_of(out["pyslurm_source"]) == by_pyslurm
     assert out["pyslurm_demand"] == pytest.approx(out["squeue_demand"])
-    assert out["pyslurm_demand"]["a"] > out["pyslurm_demand"]["b"] > 0
+    # a held job (priority 0) weighs nothing, by either source
+    assert out["pyslurm_demand"]["a"] > 0
+    assert out["pyslurm_demand"].get("b", 0) == 0
     assert "p" not in out["pyslurm_demand"]
 
 
