@@ -5,13 +5,17 @@ Errors make the check fail (a push pipeline stops there); warnings are printed o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from scratch_stage.core.units import format_size
 from scratch_stage.host.config import Config
+
+if TYPE_CHECKING:
+    from scratch_stage.host.catalog import Trust
 
 MIB = 1024**2
 _Say = Callable[[str], None]
@@ -41,6 +45,8 @@ def check_config(config: Config) -> list[Finding]:
     if config.metrics_dir is not None:
         _check_metrics_dir(config.metrics_dir, warning)
     _check_demand(config, warning)
+    if config.coop.enabled:
+        _check_coop(config, warning)
     problem = value_function_problem(config.value_function)
     if problem:
         error(f"value_function: {problem}")
@@ -113,6 +119,50 @@ def _check_demand(config: Config, warning: _Say) -> None:
         load_demand_file(path, now=time.time(), max_age=config.demand.max_age)
     except ValueError as e:
         warning(f"demand: {e}")
+
+
+def _check_coop(config: Config, warning: _Say) -> None:
+    """Cooperative staging as this node would find it: its directory and its engine."""
+    from scratch_stage.host import torrent
+    from scratch_stage.host.lease import COOP_DIRNAME
+
+    path = config.coop.dir or os.path.join(config.datadir, COOP_DIRNAME)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        warning(
+            f"coop.dir: {path} does not exist: the first node creates it (0700); create it "
+            "yourself, owned by root, where users may create files in datadir"
+        )
+    except OSError as e:
+        warning(f"coop.dir: {path}: {e.strerror}; cooperative staging will be off")
+    else:
+        trust = _trust(config)
+        problem = "not a directory" if not stat.S_ISDIR(st.st_mode) else trust.file_problem(st)
+        if problem:
+            warning(f"coop.dir: {path}: {problem}; not used (nodes copy independently)")
+    if torrent.load() is None:
+        warning(
+            "coop: libtorrent is not installed (python3-libtorrent, or the `coop` extra): "
+            f"nodes copy from datadir, {config.coop.readers} at a time, no peers"
+        )
+
+
+def _trust(config: Config) -> Trust:
+    """The nodes' rule for whose files root trusts (as `Node.trust` builds it)."""
+    import grp
+    import pwd
+
+    from scratch_stage.host.catalog import Trust
+
+    uids, gids = set(Trust().trusted_uids), {0}
+    for user in config.trusted_owners.users:
+        with contextlib.suppress(KeyError):
+            uids.add(pwd.getpwnam(user).pw_uid)
+    for group in config.trusted_owners.groups:
+        with contextlib.suppress(KeyError):
+            gids.add(grp.getgrnam(group).gr_gid)
+    return Trust(frozenset(uids), frozenset(gids))
 
 
 def _check_capacity(config: Config, error: _Say, warning: _Say) -> None:

@@ -236,3 +236,25 @@ def test_metrics_dir_the_rebalance_would_refuse_is_a_warning(
         [warning] = warnings
         assert warning.startswith("metrics_dir: ") and expected in warning
         assert warning.endswith("no metrics file will be written")
+
+
+def test_coop_directory_is_checked_only_when_enabled(tree: Path) -> None:
+    coop = tree / "data" / ".scratch-stage-coop"
+    assert without_same_fs(check_config(config_of(tree))) == []
+    [missing] = messages(
+        without_same_fs(check_config(config_of(tree, coop={"enabled": True}))), error=False
+    )
+    assert missing.startswith("coop.dir: ") and "does not exist" in missing
+    coop.mkdir()
+    coop.chmod(0o777)  # anyone could plant leases, peers or digests there
+    [open_dir] = messages(
+        without_same_fs(check_config(config_of(tree, coop={"enabled": True}))), error=False
+    )
+    assert "writable by any user" in open_dir and open_dir.endswith("(nodes copy independently)")
+    coop.chmod(0o700)
+    assert (
+        messages(
+            without_same_fs(check_config(config_of(tree, coop={"enabled": True}))), error=False
+        )
+        == []
+    )
