@@ -4,8 +4,9 @@ rotation that loses and splits no line, also with concurrent writers across rota
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,23 +68,33 @@ def test_no_rotation_when_disabled(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [EVENTS_FILE]
 
 
-def _writer(directory: str, writer: int, count: int) -> None:
-    log = EventLog(Path(directory), node=f"w{writer}", max_size=2048, keep=1000)
-    for seq in range(count):
-        log.emit("pin", "d", writer=writer, seq=seq, pad="x" * (seq % 50))
+# Each writer is a fresh interpreter, not a fork of pytest: a fork inherits whatever lock
+# another thread of the test process held at that instant (a unit-tier run once hung here
+# with a forked writer stuck and pytest waiting for it at exit).
+_WRITER = """
+import sys
+from scratch_stage.host.events import EventLog
+directory, writer, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+log = EventLog(directory, node=f"w{writer}", max_size=2048, keep=1000)
+for seq in range(count):
+    log.emit("pin", "d", writer=writer, seq=seq, pad="x" * (seq % 50))
+"""
 
 
 def test_concurrent_writers_across_rotations_lose_no_line(tmp_path: Path) -> None:
     writers, count = 8, 300
-    context = multiprocessing.get_context("fork")
     procs = [
-        context.Process(target=_writer, args=(str(tmp_path), w, count)) for w in range(writers)
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(w), str(count)])
+        for w in range(writers)
     ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
+    try:
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0
+    finally:
+        for proc in procs:  # a stuck writer fails the test, never hangs the run
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     records = lines_of(tmp_path)
     seen = sorted((int(str(r["writer"])), int(str(r["seq"]))) for r in records)
     assert seen == [(w, s) for w in range(writers) for s in range(count)]  # each exactly once
