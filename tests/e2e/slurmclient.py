@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 USER = "ssuser"
+# JobState values of a job that has not ended ("" while scontrol does not know it yet)
+ACTIVE_STATES = ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    """CHECK()'s first truthy result, polled; fails the test after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.2)
 
 
 @dataclass
@@ -67,3 +82,32 @@ class SlurmClient:
         proc = self.run_as_user("sbatch", "--parsable", *args)
         assert proc.returncode == 0, f"sbatch {args} failed: {proc.stderr}"
         return proc.stdout.strip().split(";")[0]
+
+    def started(self, tag: str, timeout: float = 60) -> str:
+        """The job id the job tagged TAG recorded once it ran (in WORK/TAG.id)."""
+        path = self.work / f"{tag}.id"
+        wait_for(f"job {tag} to start", path.exists, timeout)
+        return path.read_text().strip()
+
+    def output(self, tag: str) -> str:
+        return (self.work / f"{tag}.out").read_text()
+
+    def release(self, tag: str) -> None:
+        """Let the job tagged TAG end (its script waits for WORK/TAG.release)."""
+        (self.work / f"{tag}.release").touch()
+
+    def job_field(self, job_id: str, key: str) -> str:
+        """KEY of `scontrol show job JOB_ID` ("" if absent)."""
+        for item in self.admin("scontrol", "show", "job", "-o", job_id).split():
+            name, _, value = item.partition("=")
+            if name == key:
+                return value
+        return ""
+
+    def wait_completed(self, job_id: str, timeout: float = 60) -> None:
+        def ended() -> str:
+            state = self.job_field(job_id, "JobState")
+            return "" if state in ACTIVE_STATES else state
+
+        state = wait_for(f"job {job_id} to end", ended, timeout)
+        assert state == "COMPLETED", f"job {job_id} ended {state}"

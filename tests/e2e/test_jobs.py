@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from slurmclient import USER, SlurmClient
+from slurmclient import USER, SlurmClient, wait_for
 
 from scratch_stage.slurm.demand import parse_slurm_time
 
@@ -38,7 +38,6 @@ SCRATCH_STAGE = REPO / ".venv" / "bin" / "scratch-stage"
 # a: read by most jobs; p: only ever wanted by a pending job; f: never read (node features)
 DATASETS = ("a", "p", "f")
 HELLO = "hello from dataset {}\n"
-ACTIVE_STATES = ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 
 # The job: print the dataset's files and its mount layers (the loop device's backing file,
 # top layer last), record its job id, then wait until the test releases it.
@@ -71,17 +70,6 @@ def unmount_under(base: Path) -> None:
             return
         for target in sorted(mine, reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    """CHECK()'s first truthy result, polled; fails the test after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.2)
 
 
 @dataclass
@@ -123,40 +111,6 @@ class Site(SlurmClient):
         )
         path.chmod(0o644)
         return path
-
-    def submit(self, *args: str) -> str:
-        """sbatch ARGS as the test user; the job id (the submission must succeed)."""
-        proc = self.run_as_user("sbatch", "--parsable", *args)
-        assert proc.returncode == 0, f"sbatch {args} failed: {proc.stderr}"
-        return proc.stdout.strip().split(";")[0]
-
-    def started(self, tag: str, timeout: float = 60) -> str:
-        """The job id the job tagged TAG recorded once it ran (its output is written)."""
-        path = self.work / f"{tag}.id"
-        wait_for(f"job {tag} to start", path.exists, timeout)
-        return path.read_text().strip()
-
-    def output(self, tag: str) -> str:
-        return (self.work / f"{tag}.out").read_text()
-
-    def release(self, tag: str) -> None:
-        (self.work / f"{tag}.release").touch()
-
-    def job_field(self, job_id: str, key: str) -> str:
-        out = self.admin("scontrol", "show", "job", "-o", job_id)
-        for item in out.split():
-            name, _, value = item.partition("=")
-            if name == key:
-                return value
-        return ""
-
-    def wait_completed(self, job_id: str, timeout: float = 60) -> None:
-        def ended() -> str:
-            state = self.job_field(job_id, "JobState")
-            return "" if state in ACTIVE_STATES else state
-
-        state = wait_for(f"job {job_id} to end", ended, timeout)
-        assert state == "COMPLETED", f"job {job_id} ended {state}"
 
     def node_state(self) -> str:
         return self.admin("sinfo", "-h", "-N", "-n", "localhost", "-o", "%T").strip()

@@ -17,14 +17,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from slurmclient import USER, SlurmClient
+from slurmclient import USER, SlurmClient, wait_for
 
 if TYPE_CHECKING:
     from conftest import SlurmKit
@@ -37,7 +36,6 @@ NODES = ("n1", "n2", "n3", "n4")
 # f: only ever named by a forged record
 DATASETS = ("a", "b", "s", "p", "f")
 HELLO = "hello from dataset {}\n"
-ACTIVE_STATES = ("", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 
 # One task per node (srun): what it read at <mountdir>/<ds> on its node.
 TASK_SCRIPT = """#!/bin/sh
@@ -57,17 +55,6 @@ echo "$SLURM_JOB_ID" > "{work}/$tag.id.tmp" && mv "{work}/$tag.id.tmp" "{work}/$
 i=0
 while [ ! -e "{work}/$tag.release" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
 """
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    """CHECK()'s first truthy result, polled; fails the test after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.2)
 
 
 def our_loop_devices(base: Path) -> list[str]:
@@ -133,41 +120,10 @@ class Cluster(SlurmClient):
         points = {f"{self.mountdir}/{name}", f"{self.mountdir}/.access/{name}/mnt"}
         return any(line.split()[4] in points and " - squashfs " in line for line in table)
 
-    def submit(self, *args: str) -> str:
-        proc = self.run_as_user("sbatch", "--parsable", *args)
-        assert proc.returncode == 0, f"sbatch {args} failed: {proc.stderr}"
-        return proc.stdout.strip().split(";")[0]
-
     def job(self, tag: str, *args: str, dataset: str = "") -> str:
         """sbatch ARGS of the job script tagged TAG reading DATASET on each of its nodes."""
         out = f"--output={self.work / tag}.out"
         return self.submit(out, *args, str(self.work / "job.sh"), tag, dataset)
-
-    def started(self, tag: str, timeout: float = 60) -> str:
-        path = self.work / f"{tag}.id"
-        wait_for(f"job {tag} to start", path.exists, timeout)
-        return path.read_text().strip()
-
-    def output(self, tag: str) -> str:
-        return (self.work / f"{tag}.out").read_text()
-
-    def release(self, tag: str) -> None:
-        (self.work / f"{tag}.release").touch()
-
-    def job_field(self, job_id: str, key: str) -> str:
-        for item in self.admin("scontrol", "show", "job", "-o", job_id).split():
-            name, _, value = item.partition("=")
-            if name == key:
-                return value
-        return ""
-
-    def wait_completed(self, job_id: str, timeout: float = 60) -> None:
-        def ended() -> str:
-            state = self.job_field(job_id, "JobState")
-            return "" if state in ACTIVE_STATES else state
-
-        state = wait_for(f"job {job_id} to end", ended, timeout)
-        assert state == "COMPLETED", f"job {job_id} ended {state}"
 
     def wait_idle(self) -> None:
         """Every node returns to idle; none is ever drained on the way."""
