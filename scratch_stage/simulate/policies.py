@@ -217,6 +217,16 @@ def knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]
     optimum = _optimum(items, forward, capacity)
     if unique_optimum(items, optimum, capacity, forward):
         return optimum
+    return search_then_dp(items, order, values, capacity)
+
+
+def search_then_dp(
+    items: Sequence[tuple[str, int, float]],
+    order: list[planner.View],
+    values: dict[str, float],
+    capacity: int,
+) -> set[str]:
+    """The planner's branch and bound (20 000 nodes), then the exact DP if it gives up."""
     found = planner.choose_search(order, values, capacity, 20_000)
     if found is not None:
         return found

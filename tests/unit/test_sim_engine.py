@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import signal
 from collections.abc import Sequence
 from dataclasses import fields
@@ -335,33 +334,13 @@ def test_workers_die_on_sigterm_even_when_the_parent_turned_it_into_a_flag() -> 
 
 
 def reference_knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]:
-    """scratch_manager's knapsack before the unique-optimum shortcut (verbatim)."""
+    """scratch_manager's knapsack before the unique-optimum shortcut (its search and DP)."""
     if sum(weight for _, weight, value in items if value > 0) <= capacity:
         return {name for name, _, value in items if value > 0}
     views = [planner.View(name, weight, 0.0, 0.0, False) for name, weight, _ in items]
     values = {name: value for name, _, value in items}
     order = sorted(views, key=lambda v: (-values[v.name] / max(v.size, 1), v.name))
-    found = planner.choose_search(order, values, capacity, 20_000)
-    if found is not None:
-        return found
-    best = [0.0] * (capacity + 1)
-    taken: list[bytearray] = []
-    for _, weight, value in items:
-        if weight == 0:
-            best = [b + value for b in best]
-            taken.append(bytearray([1]) * (capacity + 1))
-            continue
-        shifted = [b + value for b in best[: capacity + 1 - weight]]
-        tail = best[weight:]
-        taken.append(bytearray([0]) * weight + bytearray(map(operator.gt, shifted, tail)))
-        best = best[:weight] + list(map(max, tail, shifted))
-    chosen: set[str] = set()
-    c = capacity
-    for (name, weight, _), row in zip(reversed(items), reversed(taken)):
-        if row[c]:
-            chosen.add(name)
-            c -= weight
-    return chosen
+    return policies.search_then_dp(items, order, values, capacity)
 
 
 def test_scratch_manager_replays_as_with_its_old_knapsack_at_every_tick(
