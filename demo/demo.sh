@@ -3,8 +3,9 @@
 # (slurm/testcluster) whose Prolog/Epilog run scratch-stage, with the --datasets SPANK
 # plugin and the job_submit.lua check enabled. Jobs are submitted by the unprivileged user
 # ssuser. At the end a second, 4-node cluster on this machine (each node its own slurmd,
-# mount namespace, cache and state) stages one image onto all four nodes cooperatively
-# (shared storage, its own loop-mounted filesystem, read about once) and runs a 4-node job. Everything lives under one temporary
+# mount namespace, cache and state): a pending 4-node job's demand makes the four nodes'
+# rebalances stage its image cooperatively (shared storage, its own loop-mounted
+# filesystem, read about once), then the job runs. Everything lives under one temporary
 # directory; on exit (also on failure or ^C) the clusters are stopped by their recorded
 # PIDs (which unmounts what the nodes mounted), every mount under the directory is
 # unmounted, and the directory is removed.
@@ -188,7 +189,7 @@ echo "\$ grep ^scratch_stage $run/metrics/scratch_stage.prom | grep -v ' 0\$'  #
 grep ^scratch_stage "$run/metrics/scratch_stage.prom" | grep -v ' 0$' | head -20
 echo "(node_exporter --collector.textfile.directory=$run/metrics serves them; rules and a"
 echo " Grafana dashboard are in contrib/, the README's 'Operating it' has the queries)"
-step "Four nodes on this machine: one image staged onto all four, shared storage read about once"
+step "Four nodes on this machine: a pending 4-node job's image staged onto all four, shared storage read about once"
 echo "(slurm/testcluster with TESTCLUSTER_NODES=4: slurmds n1..n4, each in its own mount namespace"
 echo " where $run/cluster4/node is that node's directory: mountdir, cachedir, statedir, config."
 echo " Shared storage is its own ext4 filesystem on a loop device, so every byte read from it counts)"
@@ -230,26 +231,6 @@ sync
 dd if="$image" iflag=nocache count=0 status=none # out of the page cache: reads reach the device
 sectors() { awk '{print $3}' "/sys/block/${dev#/dev/}/stat"; }
 before=$(sectors)
-echo "(all four nodes stage 'shards' at once, as their rebalances do when a 4-node job's demand appears)"
-t1=$(date +%s.%N)
-staging=()
-for n in n1 n2 n3 n4; do
-  echo "\$ testcluster exec $n -- scratch-stage prestage shards &"
-  "$TC" exec "$run/cluster4" "$n" -- "$S" prestage shards >"$run/prestage-$n.log" 2>&1 &
-  staging+=($!)
-done
-for p in "${staging[@]}"; do wait "$p" || echo "demo: a prestage failed: $(cat "$run"/prestage-*.log)" >&2; done
-t2=$(date +%s.%N)
-read_bytes=$((($(sectors) - before) * 512))
-for n in n1 n2 n3 n4; do
-  printf '%s: %s\n' "$n" "$(grep -ho '"event": "coop-[a-z]*"' "$run/cluster4/nodes/$n/state/events.log" | cut -d'"' -f4 | sort | uniq -c | tr -s ' ' | tr '\n' ' ')"
-done
-awk -v b="$read_bytes" -v s="$size" -v t="$t2" -v t1="$t1" 'BEGIN { t -= t1
-  printf "shared storage read %.1f MiB for a %.1f MiB image staged on 4 nodes: %.2fx its size (independent copies: 4x); all cached in %.1f s\n", b / 1048576, s / 1048576, b / s, t }'
-echo "(coop-lease: this node read shared storage under the reader lease; coop-fetched: it copied from"
-echo " its peers, every copy verified against the published sha256 before it is mounted)"
-
-step "A 4-node job reads its dataset on every node, from that node's cached copy"
 cat >"$work/task.sh" <<'TASK'
 #!/bin/sh
 # one task per node: what it reads at mountdir/shards, and the file behind that mount
@@ -257,7 +238,34 @@ m=$1 dev=$(findmnt -n -o SOURCE "$1")
 echo "$(hostname): $(sha256sum <"$m/shard0.bin" | cut -c1-16)... via $(cat "/sys/block/${dev#/dev/}/loop/backing_file")"
 TASK
 chmod 0644 "$work/task.sh"
-j4=$(submit -N4 --output=%j.out --comment=datasets:shards --wrap "srun sh $work/task.sh $run/cluster4/node/mount/shards | sort; sleep 3")
+echo "(a 4-node job holds every node, so the next 4-node job waits; backfill plans it onto n[1-4])"
+blocker=$(submit -N4 --exclusive --time=5 --output=/dev/null --wrap "sleep 300")
+j4=$(submit -N4 --time=1 --output=%j.out --comment=datasets:shards --wrap "srun sh $work/task.sh $run/cluster4/node/mount/shards | sort; sleep 3")
+for ((i = 0; i < 150; i++)); do [ "$(squeue -h -j "$j4" -o %Y)" = "n[1-4]" ] && break; sleep 0.2; done
+show squeue -o '%.4i %.8T %.6D %.10Y %k'
+echo "(every node's rebalance at once, as their timers do: each sees the pending job's demand for"
+echo " 'shards' on itself; one reads shared storage under the reader lease, the others fetch from peers)"
+t1=$(date +%s.%N)
+staging=()
+for n in n1 n2 n3 n4; do
+  echo "\$ testcluster exec $n -- scratch-stage rebalance &"
+  "$TC" exec "$run/cluster4" "$n" -- "$S" rebalance >"$run/rebalance-$n.log" 2>&1 &
+  staging+=($!)
+done
+for p in "${staging[@]}"; do wait "$p" || echo "demo: a rebalance failed: $(cat "$run"/rebalance-*.log)" >&2; done
+t2=$(date +%s.%N)
+read_bytes=$((($(sectors) - before) * 512))
+for n in n1 n2 n3 n4; do
+  printf '%s: %s| %s\n' "$n" "$(grep -ho '"event": "coop-[a-z]*"' "$run/cluster4/nodes/$n/state/events.log" | cut -d'"' -f4 | sort | uniq -c | tr -s ' ' | tr '\n' ' ')" \
+    "$(grep -h '^plan' "$run/rebalance-$n.log" | head -1)"
+done
+awk -v b="$read_bytes" -v s="$size" -v t="$t2" -v t1="$t1" 'BEGIN { t -= t1
+  printf "shared storage read %.1f MiB for a %.1f MiB image staged on 4 nodes: %.2fx its size (independent copies: 4x); all cached in %.1f s\n", b / 1048576, s / 1048576, b / s, t }'
+echo "(coop-lease: this node read shared storage under the reader lease; coop-fetched: it copied from"
+echo " its peers, every copy verified against the published sha256 before it is mounted)"
+
+step "A 4-node job reads its dataset on every node, from that node's cached copy"
+show scancel "$blocker"
 for ((i = 0; i < 100; i++)); do [ "$(job_state "$j4")" = RUNNING ] && break; sleep 0.2; done
 sleep 1
 for n in n1 n2 n3 n4; do
