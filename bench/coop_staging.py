@@ -1,6 +1,7 @@
 """Cooperative staging vs independent staging, and two peer-transfer engines, on one machine.
 
     .venv/bin/python bench/coop_staging.py [--nodes 4 8] [--size-mib 1024] [--engines]
+        [--shared-rate 100MB/s 300MB/s]
 
 For each node count N, in one run and on the same image (random data, squashfs without
 compression, SIZE MiB):
@@ -11,10 +12,21 @@ Each node is the harness of tests/privileged/coopnodes.py (its own mount namespa
 tree and 127.0.0.x address); its cachedir is a tmpfs of its own, as a node's local SSD is
 its own disk (on one machine, N copies onto one disk would measure that disk). Shared
 storage is an ext4 filesystem on its own loop device; its bytes read are the device's
-sectors read. Caveat printed with the figures: all nodes share one page cache, so N
-independent readers running at once can be served partly from pages another just read --
-the independent count is a lower bound of what a real shared filesystem would serve (N x).
+sectors read. All nodes share one page cache, so N nodes reading one file at once would be
+served partly from pages another just read (a real parallel filesystem's clients each read
+the whole file); in `independent` mode each node therefore reads a copy of its own (same
+bytes, its own datadir `data<i>`), as N clients would each fetch the file.
 Time to all cached is from the start to the last node's `mount` event.
+
+`--shared-rate RATE...` gives shared storage a realistic speed: the kernel's block
+throttling caps reads of its loop device at RATE bytes/s (`100MB/s` = 10^8, `100MiB/s` =
+100 x 2^20) for all node processes together, as a parallel filesystem's bandwidth is shared
+by every client (cgroup v1 `blkio.throttle.read_bps_device`, or v2 `io.max rbps=`, in a
+cgroup made for the run and removed after it). The bench puts itself in that cgroup while
+the nodes stage, so every node process starts inside it (no race with a first read); pages
+are dropped before each mode, so every read reaches the device and is throttled. Before the
+modes, a throttle check reads the image alone in the cgroup: it must take size/RATE +- 10 %.
+All modes run at each rate, and the ratios are to the single node's copy at that rate.
 
 `--engines` distributes the same torrent from one seed to N-1 peers with libtorrent
 (peers given directly, as scratch-stage does) and with aria2c (BitTorrent; aria2 takes peers
@@ -41,6 +53,97 @@ from coopnodes import Cluster, CoopNode, drop_pages  # noqa: E402
 from scratch_stage.host import torrent  # noqa: E402
 
 MIB = 1 << 20
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def parse_rate(text: str) -> int:
+    """'100MB/s' -> 10**8 bytes/s, '100MiB/s' -> 100 * 2**20 (also K/G, KiB/GiB, plain B)."""
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": MIB,
+             "GIB": 1 << 30}  # fmt: skip
+    body = text.strip().upper().removesuffix("/S")
+    number = body.rstrip("KMGIB")
+    unit = body[len(number) :] or "B"
+    try:
+        value = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (e.g. 100MB/s)") from None
+    if value < 1 * MIB:
+        raise argparse.ArgumentTypeError(f"rate too low: {text!r} (at least 1MiB/s)")
+    return int(value)
+
+
+class Throttle:
+    """A cgroup that caps reads of DEVICE at RATE bytes/s for all its processes together.
+
+    cgroup v1: a child of the `blkio` hierarchy with `blkio.throttle.read_bps_device`;
+    v2: a child of the root with the `io` controller and `io.max` "MAJ:MIN rbps=RATE".
+    `enter` moves the calling process in (its children are born inside), `leave` moves it
+    back to where it was; `close` removes the cgroup (once its processes are gone).
+    """
+
+    def __init__(self, device: str, rate: int) -> None:
+        rdev = os.stat(device).st_rdev
+        self.key = f"{os.major(rdev)}:{os.minor(rdev)}"
+        self.rate = rate
+        name = f"scratch-stage-coopbench-{os.getpid()}"
+        if (CGROUP / "blkio" / "blkio.throttle.read_bps_device").exists():
+            self.hierarchy = CGROUP / "blkio"
+            self.path = self.hierarchy / name
+            self.path.mkdir()
+            (self.path / "blkio.throttle.read_bps_device").write_text(f"{self.key} {rate}\n")
+            field = "blkio"
+        elif (CGROUP / "cgroup.controllers").exists():
+            if "io" not in (CGROUP / "cgroup.controllers").read_text().split():
+                raise SystemExit("coop_staging.py: cgroup v2 without the io controller")
+            (CGROUP / "cgroup.subtree_control").write_text("+io\n")
+            self.hierarchy = CGROUP
+            self.path = CGROUP / name
+            self.path.mkdir()
+            (self.path / "io.max").write_text(f"{self.key} rbps={rate}\n")
+            field = ""
+        else:
+            raise SystemExit("coop_staging.py: no cgroup blkio (v1) or io (v2) controller")
+        self.home = self.hierarchy
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, where = line.split(":", 2)
+            if controllers.split(",") == [field] or (not field and controllers == ""):
+                self.home = self.hierarchy / where.lstrip("/")
+
+    def enter(self) -> None:
+        (self.path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+    def leave(self) -> None:
+        (self.home / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+    def close(self) -> str | None:
+        """Remove the cgroup; a description of what is left, if it could not."""
+        self.leave()
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return None
+            except FileNotFoundError:
+                return None
+            except OSError:
+                time.sleep(0.1)  # its last processes are still exiting
+        procs = (self.path / "cgroup.procs").read_text().split()
+        return f"cgroup {self.path} (processes {' '.join(procs) or 'none'})"
+
+
+def check_throttle(throttle: Throttle, image: Path) -> tuple[float, float]:
+    """Read IMAGE alone inside the throttle, pages dropped: (seconds, size/rate seconds)."""
+    drop_pages(image)
+    throttle.enter()
+    try:
+        started = time.monotonic()
+        with open(image, "rb", buffering=0) as f:
+            while f.read(4 * MIB):
+                pass
+        seconds = time.monotonic() - started
+    finally:
+        throttle.leave()
+    drop_pages(image)
+    return seconds, image.stat().st_size / throttle.rate
 
 
 def build_image(datadir: Path, mib: int, work: Path) -> Path:
@@ -79,12 +182,21 @@ def reset(node: CoopNode) -> None:
         path.unlink()
 
 
-def stage_all(cluster: Cluster, nodes: list[CoopNode], image: Path) -> tuple[float, int]:
+def stage_all(
+    cluster: Cluster, nodes: list[CoopNode], images: list[Path], throttle: Throttle | None
+) -> tuple[float, int]:
     """Stage on NODES at once: (seconds until the last one mounted, shared bytes read)."""
-    drop_pages(image)
+    for image in images:
+        drop_pages(image)
     before = cluster.shared.bytes_read()
     started = time.time()
-    procs = [node.spawn_prestage("img") for node in nodes]
+    if throttle:
+        throttle.enter()  # the nodes' processes are born in its cgroup
+    try:
+        procs = [node.spawn_prestage("img") for node in nodes]
+    finally:
+        if throttle:
+            throttle.leave()
     for node, proc in zip(nodes, procs):
         _, err = proc.communicate(timeout=3600)
         if proc.returncode != 0:
@@ -94,30 +206,69 @@ def stage_all(cluster: Cluster, nodes: list[CoopNode], image: Path) -> tuple[flo
     return last - started, shared
 
 
-def run_cluster(count: int, mib: int, base: Path) -> dict[str, tuple[float, int]]:
+Results = dict[str, tuple[float, int]]
+
+
+def run_cluster(
+    count: int, mib: int, base: Path, rates: list[int | None]
+) -> tuple[int, list[tuple[int | None, tuple[float, float] | None, Results]]]:
+    """(image size, per rate: (rate, throttle check, {mode: (seconds, shared bytes)}))."""
     base.mkdir()
-    cluster = Cluster(base, count, size_mib=mib + 256)
+    cluster = Cluster(base, count, size_mib=(count + 1) * (mib + 32) + 256)
+    throttle: Throttle | None = None
+    left: list[str] = []
     try:
         for node in cluster.nodes:
             mount_tmpfs(node, mib + 128)
             node.configure(capacity=f"{mib + 64}MiB")
         image = build_image(cluster.datadir, mib, base)
         size = image.stat().st_size
-        results = {}
-        for mode, nodes, coop in (
-            ("single", cluster.nodes[:1], False),
-            ("independent", cluster.nodes, False),
-            ("cooperative", cluster.nodes, True),
-        ):
-            for node in cluster.nodes:
-                # The defaults of a real node (the test harness shortens the stall time).
-                node.configure(coop={"enabled": coop, "stall_seconds": 30, "seed_seconds": 120})
-                reset(node)
-            results[mode] = stage_all(cluster, nodes, image)
-        results["size"] = (0.0, size)
-        return results
+        # Independent mode: each node reads a copy of its own (same bytes, its own pages).
+        own = [cluster.shared.mountpoint / f"data{i}" for i in range(count)]
+        for d in own:
+            d.mkdir(mode=0o755)
+            shutil.copyfile(image, d / image.name)
+            (d / image.name).chmod(0o644)
+            drop_pages(d / image.name)
+        runs = []
+        for rate in rates:
+            check = None
+            if rate is not None:
+                throttle = Throttle(cluster.shared.device, rate)
+                check = check_throttle(throttle, image)
+                seconds, expected = check
+                if abs(seconds / expected - 1) > 0.10:
+                    raise SystemExit(
+                        f"coop_staging.py: the throttle does not bite: reading {size} bytes at "
+                        f"{rate / 1e6:.0f} MB/s took {seconds:.2f} s, not {expected:.2f} s +-10 %"
+                    )
+            results: Results = {}
+            for mode, nodes, coop in (
+                ("single", cluster.nodes[:1], False),
+                ("independent", cluster.nodes, False),
+                ("cooperative", cluster.nodes, True),
+            ):
+                for i, node in enumerate(cluster.nodes):
+                    # The defaults of a real node (the test harness shortens the stall time).
+                    coop_cfg = {"enabled": coop, "stall_seconds": 30, "seed_seconds": 120}
+                    datadir = own[i] if mode == "independent" else cluster.datadir
+                    node.configure(coop=coop_cfg, datadir=str(datadir))
+                    reset(node)
+                images = [image] + [d / image.name for d in own]
+                results[mode] = stage_all(cluster, nodes, images, throttle)
+            if throttle:
+                for node in cluster.nodes:
+                    node.kill()
+                gone = throttle.close()
+                left += [gone] if gone else []
+                throttle = None
+            runs.append((rate, check, results))
+        return size, runs
     finally:
-        left = cluster.close()
+        left += cluster.close()
+        if throttle:
+            gone = throttle.close()
+            left += [gone] if gone else []
         for node in cluster.nodes:
             subprocess.run(["/usr/bin/umount", "-l", str(node.root / "cache")], capture_output=True)
         if left:
@@ -265,6 +416,10 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--engines", action="store_true")
     parser.add_argument("--no-staging", action="store_true")
+    parser.add_argument(
+        "--shared-rate", type=parse_rate, nargs="+", default=[None], metavar="RATE",
+        help="cap shared storage's reads at RATE for all nodes together (e.g. 100MB/s)",
+    )  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("coop_staging.py: needs root (loop devices, mounts, namespaces)")
@@ -275,16 +430,22 @@ def main() -> None:
         base = Path(tempfile.mkdtemp(prefix="coop-bench-"))
         try:
             if not args.no_staging:
-                r = run_cluster(count, args.size_mib, base / "stage")
-                size = r["size"][1]
-                t1 = r["single"][0]
-                print(f"\n{count} nodes")
-                head = ("mode", "shared bytes", "x image", "time s", "x single")
-                print("{:<12} {:>14} {:>8} {:>8} {:>9}".format(*head))
-                for mode in ("single", "independent", "cooperative"):
-                    seconds, shared = r[mode]
-                    print(f"{mode:<12} {shared:>14} {shared / size:>8.2f} {seconds:>8.2f} "
-                          f"{seconds / t1:>9.2f}")  # fmt: skip
+                size, runs = run_cluster(count, args.size_mib, base / "stage", args.shared_rate)
+                for rate, check, r in runs:
+                    t1 = r["single"][0]
+                    speed = "unthrottled" if rate is None else f"{rate / 1e6:g} MB/s"
+                    print(f"\n{count} nodes, shared storage {speed}")
+                    if check:
+                        took, want = check
+                        print(f"throttle check: reading the image alone took {took:.2f} s, "
+                              f"size/rate = {want:.2f} s ({took / want:.3f}x)")  # fmt: skip
+                    head = ("mode", "shared bytes", "x image", "time s", "x single")
+                    print("{:<12} {:>14} {:>8} {:>8} {:>9}".format(*head))
+                    for mode in ("single", "independent", "cooperative"):
+                        seconds, shared = r[mode]
+                        print(f"{mode:<12} {shared:>14} {shared / size:>8.2f} {seconds:>8.2f} "
+                              f"{seconds / t1:>9.2f}")  # fmt: skip
+                print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             if args.engines:
                 lt_time, aria_time = run_engines(count, args.size_mib, base)
                 aria = "n/a (aria2c or opentracker missing)" if aria_time is None else (
@@ -295,8 +456,8 @@ def main() -> None:
         finally:
             shutil.rmtree(base, ignore_errors=True)
     print(
-        "\nindependent: every node copies the whole image from datadir, so a shared "
-        "filesystem serves N x; the count here can be lower (one page cache for all nodes)."
+        "\nindependent: every node copies the whole image from a datadir copy of its own, as "
+        "a shared filesystem serves N clients N x (one page cache here would share pages)."
     )
 
 
