@@ -211,8 +211,9 @@ Results = dict[str, tuple[float, int]]
 
 def run_cluster(
     count: int, mib: int, base: Path, rates: list[int | None]
-) -> tuple[int, list[tuple[int | None, tuple[float, float] | None, Results]]]:
-    """(image size, per rate: (rate, throttle check, {mode: (seconds, shared bytes)}))."""
+) -> tuple[int, list[tuple[int | None, tuple[float, float] | None, Results, str]]]:
+    """(image size, per rate: (rate, throttle check, {mode: (seconds, shared bytes)}, the
+    cooperative nodes' coop events))."""
     base.mkdir()
     cluster = Cluster(base, count, size_mib=(count + 1) * (mib + 32) + 256)
     throttle: Throttle | None = None
@@ -231,6 +232,7 @@ def run_cluster(
             (d / image.name).chmod(0o644)
             drop_pages(d / image.name)
         runs = []
+        notes: list[str] = []
         for rate in rates:
             check = None
             if rate is not None:
@@ -254,15 +256,21 @@ def run_cluster(
                     datadir = own[i] if mode == "independent" else cluster.datadir
                     node.configure(coop=coop_cfg, datadir=str(datadir))
                     reset(node)
+                # A cooperative run of an earlier rate left its digest and peers behind.
+                shutil.rmtree(cluster.datadir / ".scratch-stage-coop", ignore_errors=True)
                 images = [image] + [d / image.name for d in own]
                 results[mode] = stage_all(cluster, nodes, images, throttle)
+                if coop:
+                    kinds = ("coop-lease", "coop-fetch", "coop-stalled", "coop-bad-copy")
+                    seen = {k: sum(len(n.events(k)) for n in nodes) for k in kinds}
+                    notes.append(", ".join(f"{k} {v}" for k, v in seen.items()))
             if throttle:
                 for node in cluster.nodes:
                     node.kill()
                 gone = throttle.close()
                 left += [gone] if gone else []
                 throttle = None
-            runs.append((rate, check, results))
+            runs.append((rate, check, results, notes[-1]))
         return size, runs
     finally:
         left += cluster.close()
@@ -431,7 +439,7 @@ def main() -> None:
         try:
             if not args.no_staging:
                 size, runs = run_cluster(count, args.size_mib, base / "stage", args.shared_rate)
-                for rate, check, r in runs:
+                for rate, check, r, coop_events in runs:
                     t1 = r["single"][0]
                     speed = "unthrottled" if rate is None else f"{rate / 1e6:g} MB/s"
                     print(f"\n{count} nodes, shared storage {speed}")
@@ -445,6 +453,7 @@ def main() -> None:
                         seconds, shared = r[mode]
                         print(f"{mode:<12} {shared:>14} {shared / size:>8.2f} {seconds:>8.2f} "
                               f"{seconds / t1:>9.2f}")  # fmt: skip
+                    print(f"cooperative nodes' events: {coop_events}")
                 print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             if args.engines:
                 lt_time, aria_time = run_engines(count, args.size_mib, base)
