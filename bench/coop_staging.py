@@ -263,7 +263,11 @@ def run_cluster(
                 if coop:
                     kinds = ("coop-lease", "coop-fetch", "coop-stalled", "coop-bad-copy")
                     seen = {k: sum(len(n.events(k)) for n in nodes) for k in kinds}
-                    notes.append(", ".join(f"{k} {v}" for k, v in seen.items()))
+                    bad = {e.get("reason", "") for n in nodes for e in n.events("coop-bad-copy")}
+                    notes.append(
+                        ", ".join(f"{k} {v}" for k, v in seen.items())
+                        + "".join(f"\n  bad copy: {reason}" for reason in sorted(bad))
+                    )
             if throttle:
                 for node in cluster.nodes:
                     node.kill()
