@@ -47,6 +47,7 @@ log = get_logger(__name__)
 
 _POLL = 0.2
 _HEARTBEAT = 2.0
+_STATS_TICK = 1.2  # libtorrent updates a torrent's transfer counters every second
 _warned: set[str] = set()
 
 
@@ -89,7 +90,13 @@ class Seeder:
                 self.session.connect((p.host, p.port) for p in waiting)
                 time.sleep(_POLL)
         finally:
+            # libtorrent adds bytes sent to its counters once a second: read them after
+            # the next tick, or the last second's pieces (often all of them) are missed.
             served = self.session.uploaded()
+            settle = time.monotonic() + _STATS_TICK
+            while time.monotonic() < settle:
+                time.sleep(_POLL)
+                served = max(served, self.session.uploaded())
             self.close()
         return served
 
@@ -295,9 +302,11 @@ def _fetch(
             if deadline is not None and now >= deadline:
                 raise StagingError(f"{image.name}: staging budget ran out fetching from peers")
             time.sleep(_POLL)
-        session.flush()
+        flushed = session.flush()
         session.remove()
         problem = _check_copy(image, partial, str(meta.get("sha256")))
+        if problem and not flushed:
+            problem += " (the engine did not confirm its writes)"
         if problem:
             log.warning("%s: copy from peers refused: %s", image.name, problem)
             node.events.emit("coop-bad-copy", image.name, reason=problem)

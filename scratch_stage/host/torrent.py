@@ -130,7 +130,9 @@ def _settings(lt: Any, host: str, port: int, rate: int) -> dict[str, Any]:
         "prefer_rc4": False,
         # Peers on one host (tests) or one subnet: no per-IP connection limit.
         "allow_multiple_connections_per_ip": True,
-        "alert_mask": int(lt.alert_category.error | lt.alert_category.status),
+        "alert_mask": int(
+            lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
+        ),
         "user_agent": "scratch-stage",
         "peer_fingerprint": "-SS0100-",
     }
@@ -181,11 +183,29 @@ class Session:
     def uploaded(self) -> int:
         return 0 if self.handle is None else int(self.handle.status().all_time_upload)
 
-    def flush(self) -> None:
-        """Write everything downloaded to disk and close the files."""
-        if self.handle is not None:
-            self.handle.flush_cache()
-            self.handle.pause()
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Write everything downloaded to disk and close the files; False if not confirmed.
+
+        libtorrent reports a piece as had once its hash passed, which may be before its
+        blocks left the engine's store buffer for the file; `flush_cache` is asynchronous
+        and confirmed by a `cache_flushed_alert` for this torrent, which this waits for (at
+        most TIMEOUT seconds), so a caller reading the file afterwards sees every piece.
+        """
+        if self.handle is None:
+            return True
+        lt = self.lt
+        self.session.pop_alerts()  # a full alert queue drops new alerts: make room first
+        self.handle.flush_cache()
+        deadline = time.monotonic() + timeout
+        flushed = False
+        while not flushed and time.monotonic() < deadline:
+            self.session.wait_for_alert(200)
+            flushed = any(
+                isinstance(alert, lt.cache_flushed_alert) and alert.handle == self.handle
+                for alert in self.session.pop_alerts()
+            )
+        self.handle.pause()
+        return flushed
 
     def remove(self) -> None:
         """Stop serving or fetching the torrent (the session keeps listening)."""
