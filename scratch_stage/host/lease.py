@@ -41,6 +41,7 @@ import time
 
 from scratch_stage.core.records import record
 from scratch_stage.host.catalog import Fingerprint, Trust
+from scratch_stage.host.state import write_all
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -120,9 +121,7 @@ def _write_private(directory: str, prefix: str, data: bytes) -> str:
     path = os.path.join(directory, f"{prefix}.tmp-{secrets.token_hex(8)}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratch_stage.core.errors import ScratchStageError
-from scratch_stage.host.state import not_own_directory
+from scratch_stage.host.state import not_own_directory, write_all
 
 METRICS_FILE = "scratch_stage.prom"
 PREFIX = "scratch_stage_"
@@ -124,9 +124,7 @@ def write_metrics(directory: str | os.PathLike[str], text: str) -> Path:
     try:
         try:
             os.fchmod(fd, 0o644)  # whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
