@@ -3,6 +3,7 @@
     .venv/bin/python bench/simulate_policies.py tables      # three workloads, all policies
     .venv/bin/python bench/simulate_policies.py sweeps      # sweep-heavy workloads
     .venv/bin/python bench/simulate_policies.py hard        # drift, bursts, partial reads
+    .venv/bin/python bench/simulate_policies.py many        # many-node jobs on 64 nodes
     .venv/bin/python bench/simulate_policies.py scale --jobs 100000
     .venv/bin/python bench/simulate_policies.py tables sweeps hard --summary
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
-from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
+from scratch_stage.simulate.workload import PRESETS, WorkloadSpec, generate, load_sizes
 
 SIZES = Path(__file__).resolve().parent.parent / "tests/data/dataset-sizes.csv"
 BASE = WorkloadSpec(jobs=3000, nodes=16, datasets=100, max_duration=6 * 3600.0, seed=1)
@@ -37,6 +38,10 @@ HARD = (
     ("bursty sweeps", {"sweep_share": 0.6, "burst": 3}),
     ("partial reads", {"partial_share": 0.5}),
 )
+# Many nodes (Zipf 0.9): 64 nodes, half of the batches (single jobs and sweeps alike) of
+# jobs spanning 2-32 nodes, each node reading the job's dataset; 1500 jobs rather than
+# 3000 (they are 12 500 node-jobs: about 75 s per cache size, the bound included).
+MANY = {**PRESETS["many"], "jobs": 1500}
 
 
 RUNS: list[tuple[str, Report]] = []
@@ -81,7 +86,7 @@ def summary(runs: list[tuple[str, Report]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", nargs="+", choices=("tables", "sweeps", "hard", "scale"))
+    parser.add_argument("what", nargs="+", choices=("tables", "sweeps", "hard", "many", "scale"))
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--tolerance", type=float, default=0.0)
     parser.add_argument("--summary", action="store_true", help="end with a markdown table")
@@ -106,6 +111,10 @@ def workloads(what: str, jobs: int, tolerance: float) -> None:
             spec = WorkloadSpec(**{**BASE.__dict__, "zipf": 0.9, **knobs})
             for share in (0.05, 0.10, 0.20):
                 run(spec, share, f"{title}, cache {share:.0%}", tolerance=tolerance)
+    elif what == "many":
+        spec = WorkloadSpec(**{**BASE.__dict__, "zipf": 0.9, **MANY})
+        for share in (0.05, 0.10, 0.20):
+            run(spec, share, f"many nodes, cache {share:.0%}", tolerance=tolerance)
     else:
         spec = WorkloadSpec(**{**BASE.__dict__, "jobs": jobs, "nodes": 64})
         run(spec, 0.05, f"scale {jobs}", tolerance=tolerance)

@@ -9,8 +9,14 @@ from pathlib import Path
 import click
 
 from scratch_stage.core.cliparams import PathParam
-from scratch_stage.simulate.trace import Trace, write_trace
-from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
+from scratch_stage.simulate.trace import Trace, TraceError, write_trace
+from scratch_stage.simulate.workload import (
+    PRESETS,
+    WorkloadSpec,
+    convert_swf,
+    generate,
+    load_sizes,
+)
 
 
 def _write(trace: Trace, output: Path | None) -> None:
@@ -42,10 +48,19 @@ def main() -> None:
     metavar="KNOB=VALUE",
     help="A WorkloadSpec knob, e.g. --set jobs=5000 --set zipf=1.2 (repeatable).",
 )
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    help="Start from a harder workload's knobs (docs/simulate.md); --set overrides them.",
+)
 @click.option("-o", "--output", type=PathParam(dir_okay=False))
-def generate_command(sizes_path: Path, overrides: tuple[str, ...], output: Path | None) -> None:
+def generate_command(
+    sizes_path: Path, overrides: tuple[str, ...], preset: str | None, output: Path | None
+) -> None:
     """A synthetic trace, reproducible from its knobs (seed included)."""
     spec = WorkloadSpec()
+    if preset:
+        spec = dataclasses.replace(spec, **PRESETS[preset])  # type: ignore[arg-type]
     for item in overrides:
         key, _, value = item.partition("=")
         fields = {f.name: f for f in dataclasses.fields(WorkloadSpec)}
@@ -53,7 +68,11 @@ def generate_command(sizes_path: Path, overrides: tuple[str, ...], output: Path 
             raise click.BadParameter(f"unknown knob {key!r}; known: {', '.join(fields)}")
         kind = type(getattr(spec, key))
         spec = dataclasses.replace(spec, **{key: kind(value)})
-    _write(generate(spec, load_sizes(sizes_path)), output)
+    try:
+        trace = generate(spec, load_sizes(sizes_path))
+    except TraceError as e:
+        raise click.ClickException(str(e)) from None
+    _write(trace, output)
 
 
 @main.command("convert-swf")

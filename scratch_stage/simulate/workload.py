@@ -38,7 +38,20 @@ class WorkloadSpec:
     partial_share: float = 0.0  # share of batches reading only part of one pass
     partial_min: float = 0.05  # ... that part, uniform between these shares of the image
     partial_max: float = 0.2
+    wide_share: float = 0.0  # share of batches whose jobs each span several nodes ...
+    wide_min: int = 2  # ... between these many nodes (each node reads the job's list)
+    wide_max: int = 32
     seed: int = 0
+
+
+# Named starting points for `generate --preset NAME` (then --set overrides): the harder
+# workloads of docs/benchmarks.md.
+PRESETS: dict[str, dict[str, float]] = {
+    "drift": {"drift": 1.0},
+    "bursty": {"sweep_share": 0.6, "burst": 3},
+    "partial": {"partial_share": 0.5},
+    "many": {"nodes": 64, "wide_share": 0.5},
+}
 
 
 def load_sizes(path: Path) -> dict[str, int]:
@@ -71,17 +84,20 @@ def zipf_weights(count: int, exponent: float) -> list[float]:
 
 def generate(spec: WorkloadSpec, sizes: Mapping[str, int]) -> Trace:
     """A reproducible trace: Zipf popularity, sweeps, list-scheduled onto nodes x slots."""
+    if spec.wide_share and not 1 <= spec.wide_min <= spec.wide_max:
+        raise TraceError(f"wide_min {spec.wide_min} and wide_max {spec.wide_max}: "
+                         "need 1 <= wide_min <= wide_max")  # fmt: skip
     rng = random.Random(spec.seed)
     catalog = make_catalog(sizes, spec.datasets, rng)
     order = sorted(catalog)
     rng.shuffle(order)  # popularity rank is independent of size
     weights = zipf_weights(len(order), spec.zipf)
     batches = list(_batches(spec, catalog, order, weights, rng))
-    durations = [d for batch in batches for _, d, _ in batch]
-    gap = sum(durations) / max(1, len(durations)) / (spec.nodes * spec.slots * spec.utilization)
-    jobs: list[tuple[float, str, float, int]] = []
+    work = [d * w for batch in batches for _, d, _, w in batch]  # slot-seconds per job
+    gap = sum(work) / max(1, len(work)) / (spec.nodes * spec.slots * spec.utilization)
+    jobs: list[tuple[float, str, float, int, int]] = []
     submit = 0.0
-    held: list[list[tuple[str, float, int]]] = []  # sweeps waiting for their burst
+    held: list[list[_Batched]] = []  # sweeps waiting for their burst
     for batch in batches:
         if spec.burst > 1 and len(batch) > 1:
             held.append(batch)
@@ -89,10 +105,10 @@ def generate(spec: WorkloadSpec, sizes: Mapping[str, int]) -> Trace:
                 continue
             batch = [job for sweep in held for job in sweep]
             held = []
-        jobs.extend((submit, name, duration, amount) for name, duration, amount in batch)
+        jobs.extend((submit, *job) for job in batch)
         submit += rng.expovariate(1.0 / (gap * len(batch)))
     for sweep in held:
-        jobs.extend((submit, name, duration, amount) for name, duration, amount in sweep)
+        jobs.extend((submit, *job) for job in sweep)
     return Trace(catalog, tuple(_schedule(spec, jobs, rng)))
 
 
@@ -104,11 +120,16 @@ def _batch_size(spec: WorkloadSpec, rng: random.Random) -> int:
     return rng.randint(spec.sweep_min, spec.sweep_max) if rng.random() < p_sweep else 1
 
 
+# A job as the generator draws it: dataset, duration, bytes read per node, nodes.
+_Batched = tuple[str, float, int, int]
+
+
 def _batches(
     spec: WorkloadSpec, catalog: Mapping[str, int], order: list[str], weights: list[float],
     rng: random.Random,
-) -> Iterable[list[tuple[str, float, int]]]:  # fmt: skip
-    """Jobs submitted together as (dataset, duration, bytes read): one, or a sweep."""
+) -> Iterable[list[_Batched]]:  # fmt: skip
+    """Jobs submitted together as (dataset, duration, bytes read per node, nodes): one,
+    or a sweep (its jobs alike)."""
     produced = 0
     while produced < spec.jobs:
         size = min(_batch_size(spec, rng), spec.jobs - produced)
@@ -125,24 +146,40 @@ def _batches(
         duration = amount / rate
         if duration > spec.max_duration:
             duration, amount = spec.max_duration, round(spec.max_duration * rate)
-        yield [(name, duration, amount)] * size
+        width = 1
+        if spec.wide_share and rng.random() < spec.wide_share:
+            width = min(spec.nodes, rng.randint(spec.wide_min, spec.wide_max))
+        yield [(name, duration, amount, width)] * size
         produced += size
 
 
 def _schedule(
-    spec: WorkloadSpec, jobs: list[tuple[float, str, float, int]], rng: random.Random
+    spec: WorkloadSpec, jobs: list[tuple[float, str, float, int, int]], rng: random.Random
 ) -> Iterable[Job]:
-    """First come, first served onto the earliest free slot."""
+    """First come, first served onto the earliest free slot; a job of W nodes onto the
+    earliest free slot of each of W distinct nodes, all starting when the last is free."""
     slots = [(0.0, n, s) for n in range(spec.nodes) for s in range(spec.slots)]
     heapq.heapify(slots)
-    for i, (submit, name, duration, amount) in enumerate(jobs):
-        free, node, slot = heapq.heappop(slots)
+    for i, (submit, name, duration, amount, width) in enumerate(jobs):
+        chosen: dict[int, tuple[float, int, int]] = {}
+        others = []  # further slots of nodes already chosen: back into the heap
+        while len(chosen) < width:
+            entry = heapq.heappop(slots)
+            if entry[1] in chosen:
+                others.append(entry)
+            else:
+                chosen[entry[1]] = entry
+        for entry in others:
+            heapq.heappush(slots, entry)
+        free = max(entry[0] for entry in chosen.values())
         ready = submit + rng.expovariate(1.0 / spec.sched_delay) if spec.sched_delay else submit
         start = max(free, ready)
         end = start + duration
-        heapq.heappush(slots, (end, node, slot))
+        for _, node, slot in chosen.values():
+            heapq.heappush(slots, (end, node, slot))
+        nodes = tuple(f"n{node:04d}" for node in sorted(chosen))
         yield Job(str(i + 1), round(submit, 3), round(start, 3), round(end, 3),
-                  (f"n{node:04d}",), {name: amount}, time_limit(duration))  # fmt: skip
+                  nodes, {name: amount}, time_limit(duration))  # fmt: skip
 
 
 def time_limit(duration: float) -> float:

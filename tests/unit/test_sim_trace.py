@@ -10,11 +10,18 @@ import pytest
 from click.testing import CliRunner
 
 from scratch_stage.cli import run_cli
+from scratch_stage.simulate.__main__ import main as generate_main
 from scratch_stage.simulate.command import simulate
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.run import simulate as simulate_trace
 from scratch_stage.simulate.trace import Job, TraceError, parse_trace, write_trace
-from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
+from scratch_stage.simulate.workload import (
+    PRESETS,
+    WorkloadSpec,
+    convert_swf,
+    generate,
+    load_sizes,
+)
 from tests.unit.sim_helpers import GB, tiny_trace
 
 SIZES = Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv"
@@ -140,6 +147,51 @@ def test_generator_drift_bursts_and_partial_reads() -> None:
     shares = [b / partial.datasets[n] for j in partial.jobs for n, b in j.reads.items()]
     assert any(0.05 - 1e-9 <= x <= 0.2 + 1e-9 for x in shares)
     assert all(x >= 0.05 - 1e-9 for x in shares)
+
+
+def test_generator_many_node_jobs() -> None:
+    """`wide_share`: jobs spanning wide_min..wide_max distinct nodes, started together, never
+    more than `slots` jobs at once on a node; the preset `many` is 64 nodes, half wide."""
+    sizes = load_sizes(SIZES)
+    spec = WorkloadSpec(jobs=400, nodes=12, slots=2, datasets=20, wide_share=0.5,
+                        wide_min=2, wide_max=8, seed=4)  # fmt: skip
+    trace = generate(spec, sizes)
+    widths = [len(job.nodes) for job in trace.jobs]
+    assert min(widths) == 1 and max(widths) <= 8 and len(set(widths)) >= 5
+    assert all(len(set(job.nodes)) == len(job.nodes) for job in trace.jobs)
+    assert all(len(job.reads) == 1 for job in trace.jobs)  # the same dataset on each node
+    events: dict[str, list[tuple[float, int]]] = {}
+    for job in trace.jobs:
+        for node in job.nodes:
+            events.setdefault(node, []).extend([(job.start, 1), (job.end, -1)])
+    for node_events in events.values():
+        running = 0
+        for _, step in sorted(node_events):  # an end sorts before a start at the same time
+            running += step
+            assert running <= spec.slots
+    # wide_share 0 (the default) draws nothing more: the traces are as before
+    narrow = WorkloadSpec(jobs=200, datasets=30, seed=7)
+    assert generate(narrow, sizes) == generate(
+        WorkloadSpec(**{**narrow.__dict__, "wide_min": 5, "wide_max": 9}), sizes
+    )
+    assert PRESETS["many"]["nodes"] == 64 and PRESETS["many"]["wide_share"] > 0
+
+
+def test_generate_command_preset_and_bad_knobs(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    result = CliRunner().invoke(generate_main, [
+        "generate", "--sizes", str(SIZES), "--preset", "many", "--set", "jobs=60",
+        "--set", "datasets=10", "-o", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trace = parse_trace(out.read_text().splitlines())
+    assert len(trace.jobs) == 60 and any(len(job.nodes) > 1 for job in trace.jobs)
+    result = CliRunner().invoke(generate_main, [
+        "generate", "--sizes", str(SIZES), "--set", "wide_share=0.5", "--set", "wide_min=9",
+        "--set", "wide_max=3",
+    ])  # fmt: skip
+    assert result.exit_code != 0
+    assert "wide_min" in result.output and "Traceback" not in result.output
 
 
 def test_swf_executable_numbers_become_datasets() -> None:
