@@ -5,7 +5,6 @@ with our recording and alerting rules; the recorded hit ratio comes back through
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -81,10 +80,21 @@ def test_node_exporter_and_prometheus_serve_our_series_and_rules(
         assert value(scraped, "scratch_stage_read_bytes_total", dataset="b", layer="slow") == 0
 
         wait_for_query(server, 'scratch_stage_evictions_total{dataset="a"} == 1', bool)
-        ratio = wait_for_query(
-            server, 'dataset:scratch_stage_hit_ratio:rate5m{dataset="a"}',
-            lambda r: r and not math.isnan(float(r[0]["value"][1])),
+        # The rule is evaluated on its own 1 s schedule, not after each scrape: the first
+        # ratio that is not NaN may have seen an earlier scrape (slow reads only: 0, seen
+        # under load). Wait for an evaluation that began after the final reads were stored.
+        stored = wait_for_query(
+            server, f'scratch_stage_read_bytes_total{{dataset="a",layer="cached"}} == {cached:.0f}'
+            f' and on(dataset) scratch_stage_read_bytes_total{{dataset="a",layer="slow"}}'
+            f' == {slow:.0f}',
+            bool,
         )  # fmt: skip
+        since = float(stored[0]["value"][0])  # the query's time: both samples were in by then
+        wait_for_query(
+            server, 'timestamp(dataset:scratch_stage_hit_ratio:rate5m{dataset="a"})',
+            lambda r: r and float(r[0]["value"][1]) >= since,
+        )  # fmt: skip
+        ratio = query(server, 'dataset:scratch_stage_hit_ratio:rate5m{dataset="a"}')
         assert float(ratio[0]["value"][1]) == pytest.approx(cached / (cached + slow), abs=0.02)
         assert query(server, 'up{job="node"}')[0]["value"][1] == "1"
         rules = json.loads(http_get(server + "/api/v1/rules"))["data"]["groups"]
