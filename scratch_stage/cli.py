@@ -36,7 +36,7 @@ from scratch_stage.host.config import DEFAULT_PATH as DEFAULT_CONFIG_PATH
 if TYPE_CHECKING:
     from scratch_stage.agent.node import Node
     from scratch_stage.agent.stager import Progress, Staged
-    from scratch_stage.agent.views import InfoView, StatusView
+    from scratch_stage.agent.views import InfoView, Prepared, StatusView
     from scratch_stage.host.catalog import Fingerprint
     from scratch_stage.host.summary import PublicSummary
     from scratch_stage.policy.report import DoneRecord, FailedRecord, PassReport
@@ -47,7 +47,7 @@ log = logging.getLogger("scratch_stage")
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Look", ("status", "info", "catalog", "demand", "metrics", "cluster")),
     ("Act on this node's cache", ("pin", "unpin", "prestage", "purge", "release", "rebalance")),
-    ("Set up", ("config", "image", "install-site-files")),
+    ("Set up", ("config", "image", "coop", "install-site-files")),
     ("Run by Slurm and systemd", ("prolog", "epilog", "daemon")),
     ("Offline tools", ("simulate", "simulate-fleet")),
 )
@@ -936,7 +936,52 @@ def image_build(ctx: Context, src: Path, name: str, compression: str, replace: b
 
     path = build_image(ctx.node.config, src, name, compression=compression, replace=replace)
     _say(f"{name}: built {path} ({format_size(path.stat().st_size)})")
+    if ctx.node.config.coop.enabled and ctx.is_root:
+        from scratch_stage.agent.coop import prepare
+        from scratch_stage.core.errors import StagingError
+
+        # The image was just written here: its pages are most likely still cached.
+        try:
+            _say(format_prepared(prepare(ctx.node, name)))
+        except StagingError as e:
+            _say(f"{name}: no cooperative-staging digest: {e}")
     return 0
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def coop(ctx: click.Context) -> None:
+    """Cooperative staging: publish image digests ahead of the copies."""
+    _needs_a_command(ctx)
+
+
+@coop.command("prepare")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def coop_prepare(ctx: Context, names: Sequence[str], as_json: bool) -> int:
+    """Read each image once and publish its digest (root), so that the first node's copy
+    from datadir is passed on to the other nodes while it is read."""
+    from scratch_stage.agent.coop import prepare
+    from scratch_stage.host import interrupts
+
+    if not ctx.is_root:
+        raise ScratchStageError("coop prepare: only root publishes digests")
+    interrupts.install()
+    done = [prepare(ctx.node, name) for name in names]
+    if as_json:
+        _emit_json([p.to_json() for p in done])
+    else:
+        for prepared in done:
+            _say(format_prepared(prepared))
+    return 0
+
+
+def format_prepared(prepared: Prepared) -> str:
+    if not prepared.published:
+        return f"{prepared.name}: digest of this version already published"
+    return (f"{prepared.name}: digest published ({format_size(prepared.read)} read in "
+            f"{prepared.seconds:.1f} s)")  # fmt: skip
 
 
 def _register_simulate() -> None:

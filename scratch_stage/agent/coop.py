@@ -29,9 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from scratch_stage.agent.node import Node
+from scratch_stage.agent.views import Prepared
 from scratch_stage.core.errors import StagingError
 from scratch_stage.host import interrupts, torrent
-from scratch_stage.host.catalog import Image, check_squashfs_header, read_header
+from scratch_stage.host.catalog import (
+    Fingerprint,
+    Image,
+    check_squashfs_header,
+    lookup_image,
+    read_header,
+)
 from scratch_stage.host.lease import (
     COOP_DIRNAME,
     CoopUnavailable,
@@ -47,6 +54,7 @@ log = get_logger(__name__)
 
 _POLL = 0.2
 _HEARTBEAT = 2.0
+_PEER_ALIVE = 5 * _HEARTBEAT  # a registration older than this is a node gone
 _STATS_TICK = 1.2  # libtorrent updates a torrent's transfer counters every second
 _warned: set[str] = set()
 
@@ -175,23 +183,27 @@ def _make_copy(
             raise StagingError(f"{image.name}: staging budget ran out waiting for a reader lease")
         meta = entry.read_meta()
         if meta is not None and session is not None and not tried_peers:
-            if any(p.node != me for p in entry.peers()):
+            if live_peers(entry, me):
                 if _fetch(node, entry, session, host, image, meta, partial, final, deadline):
                     return
                 tried_peers = True  # the next fallback is datadir, under the lease
-            else:
-                # The digest is out, its publisher registers as a peer in a moment.
+            elif entry.holders() > 0:
+                # A reader of datadir registers as a peer in a moment.
                 no_peer_since = now if no_peer_since is None else no_peer_since
                 if now - no_peer_since < cfg.stall_seconds:
                     time.sleep(_POLL)
                     continue
+            # Else a digest prepared ahead (or left by peers now gone): read datadir now.
         lease = entry.try_acquire(cfg.readers, me)
         if lease is not None and meta is None and session is not None and entry.read_meta():
             # Published between our look and the lease (by the reader before us): fetch it.
             entry.release(lease)
             continue
         if lease is not None:
-            _copy_under_lease(node, entry, lease, image, partial, final, deadline, progress)
+            register = None if session is None else _registrar(entry, me, host, session.port)
+            _copy_under_lease(
+                node, entry, lease, image, partial, final, deadline, progress, register
+            )  # fmt: skip
             return
         if not waited:
             waited = True
@@ -199,24 +211,55 @@ def _make_copy(
         time.sleep(_POLL)
 
 
+def live_peers(entry: Entry, me: str, now: float | None = None) -> list[Peer]:
+    """The other nodes registered for this version and heard from lately (every node
+    renews its registration every heartbeat; a peer that died is skipped at once)."""
+    now = time.time() if now is None else now
+    return [p for p in entry.peers() if p.node != me and now - p.time < _PEER_ALIVE]
+
+
+def _registrar(entry: Entry, me: str, host: str, port: int) -> Any:
+    """Renews this node's registration as a peer still fetching (its engine at HOST:PORT)."""
+
+    def register() -> None:
+        entry.register_peer(Peer(me, host, port, False, time.time()))
+
+    return register
+
+
+def _renewing(
+    node: Node, entry: Entry, lease: Lease, image: Image, progress: Any,
+    register: Any = None,
+) -> Any:  # fmt: skip
+    """A progress callback that renews LEASE every third of its time (and calls REGISTER,
+    this node's peer registration, every heartbeat), then PROGRESS."""
+    every = node.config.coop.lease_seconds / 3
+    renewed = [time.monotonic(), time.monotonic()]
+
+    def renewing(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - renewed[0] >= every:
+            renewed[0] = now
+            if not entry.renew(lease):
+                log.warning("%s: reader lease lost (renewed too late)", image.name)
+        if register is not None and now - renewed[1] >= _HEARTBEAT:
+            renewed[1] = now
+            register()
+        if progress is not None:
+            progress(done, total)
+
+    return renewing
+
+
 def _copy_under_lease(
     node: Node, entry: Entry, lease: Lease, image: Image, partial: Path, final: Path,
-    deadline: float | None, progress: Any,
+    deadline: float | None, progress: Any, register: Any = None,
 ) -> None:  # fmt: skip
     """Copy IMAGE from datadir holding LEASE (renewed as the copy goes), hashing its pieces."""
     from scratch_stage.agent.stager import copy_image
 
     node.events.emit("coop-lease", image.name, slot=f"{lease.slot}.{lease.generation}")
-    every = node.config.coop.lease_seconds / 3
-    renewed = [time.monotonic()]
-
-    def renewing(done: int, total: int) -> None:
-        if time.monotonic() - renewed[0] >= every:
-            renewed[0] = time.monotonic()
-            if not entry.renew(lease):
-                log.warning("%s: reader lease lost (renewed too late)", image.name)
-        if progress is not None:
-            progress(done, total)
+    renewing = _renewing(node, entry, lease, image, progress, register)
 
     hasher = torrent.PieceHasher(image.size)
     try:
@@ -234,18 +277,77 @@ def _publish(entry: Entry, image: Image, hasher: torrent.PieceHasher, digest: st
     """Publish this version's digest, or check the copy against the one already published."""
     meta = entry.read_meta()
     if meta is None:
-        lt = torrent.load()
-        pieces, _ = hasher.finish()
-        body = b""
-        if lt is not None:
-            body = torrent.make_torrent(lt, final.name, image.size, hasher.length, pieces)
-        meta = entry.publish_meta({
-            "name": image.name, "size": image.size, "sha256": digest,
-            "fingerprint": image.fingerprint.to_json(),
-            "torrent": base64.b64encode(body).decode(),
-        })  # fmt: skip
+        meta = entry.publish_meta(meta_of(image, hasher, final.name))
     if meta.get("sha256") != digest or meta.get("size") != image.size:
         raise StagingError(f"{image.name}: copy's sha256 differs from the published digest")
+
+
+def meta_of(image: Image, hasher: torrent.PieceHasher, filename: str) -> dict[str, Any]:
+    """The digest of IMAGE's version from HASHER (fed all its bytes): size, sha256,
+    fingerprint and the torrent (with a fresh secret; empty without libtorrent)."""
+    lt = torrent.load()
+    pieces, digest = hasher.finish()
+    body = b""
+    if lt is not None:
+        body = torrent.make_torrent(lt, filename, image.size, hasher.length, pieces)
+    return {
+        "name": image.name, "size": image.size, "sha256": digest,
+        "fingerprint": image.fingerprint.to_json(),
+        "torrent": base64.b64encode(body).decode(),
+    }  # fmt: skip
+
+
+def prepare(node: Node, name: str) -> Prepared:
+    """Publish the digest of NAME's current version before any node needs it.
+
+    One read of the image from datadir (pages dropped behind it, the staging bandwidth
+    cap applied), none if the version's digest is there already. StagingError if the
+    image changes while it is read, or without libtorrent (the digest would serve no peer).
+    """
+    from scratch_stage.agent.stager import _drop_read_pages, _throttle
+
+    image = lookup_image(node.config.datadir, name, trust=node.trust)
+    lt = torrent.load()
+    if lt is None:
+        raise StagingError("coop prepare: libtorrent is not installed; no peer could use a digest")
+    key = entry_key(image.name, image.fingerprint)
+    try:
+        entry = open_entry(coop_dir(node), key, node.trust, node.config.coop.lease_seconds)
+    except CoopUnavailable as e:
+        raise StagingError(f"coop prepare: {e}") from None
+    if entry.read_meta() is not None:
+        return Prepared(image.name, key, published=False)
+    started = time.monotonic()
+    hasher = torrent.PieceHasher(image.size)
+    fd = os.open(image.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
+            raise StagingError(f"{image.name}: image changed since it was checked")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        done = dropped = 0
+        chunk = node.config.chunk_size
+        while done < image.size:
+            interrupts.check()
+            data = os.pread(fd, min(chunk, image.size - done), done)
+            if not data:
+                raise StagingError(f"{image.name}: image shrank while it was read")
+            hasher.update(data)
+            done += len(data)
+            dropped = _drop_read_pages(fd, dropped, done)
+            _throttle(node.config.bandwidth, done, started)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
+            raise StagingError(f"{image.name}: image changed while it was read; no digest")
+    finally:
+        os.close(fd)
+    published = entry.publish_meta(meta_of(image, hasher, f"{image.name}.sqfs"))
+    ours = published.get("sha256") == hasher.hexdigest()
+    seconds = time.monotonic() - started
+    node.events.emit(
+        "coop-prepared", image.name, bytes=image.size, seconds=round(seconds, 3),
+        published=ours,
+    )  # fmt: skip
+    return Prepared(image.name, key, published=ours, read=image.size, seconds=seconds)
 
 
 def _torrent_of(meta: dict[str, Any]) -> bytes:

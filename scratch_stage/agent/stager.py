@@ -437,6 +437,14 @@ def _sha256_uncached(path: Path) -> str:
     return hasher.hexdigest()
 
 
+def _drop_read_pages(fd: int, dropped: int, done: int) -> int:
+    """Drop FD's pages from DROPPED to DONE once a writeback window was read; the new mark."""
+    if done - dropped >= _WRITEBACK_WINDOW:
+        os.posix_fadvise(fd, dropped, done - dropped, os.POSIX_FADV_DONTNEED)
+        return done
+    return dropped
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

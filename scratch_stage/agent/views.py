@@ -165,6 +165,25 @@ class InfoView:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """`coop prepare`: the digest of image NAME's current version in coordination entry KEY.
+
+    PUBLISHED is False when one was there already (nothing read); READ is the bytes read
+    from datadir to make it, in SECONDS.
+    """
+
+    name: str
+    key: str
+    published: bool
+    read: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "entry": self.key, "published": self.published,
+                "read_bytes": self.read, "seconds": round(self.seconds, 3)}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class PinResult:
     """A pin just set: NAME, until EXPIRES (epoch seconds) or for good, TTL as asked."""
 

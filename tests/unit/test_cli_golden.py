@@ -56,6 +56,8 @@ CASES: dict[str, tuple[list[str], int | None]] = {
     "config-check": (["config", "check"], None),
     "config-no-command": (["config"], None),
     "image-no-command": (["image"], None),
+    "coop-no-command": (["coop"], None),
+    "coop-prepare-public": (["coop", "prepare", "alpha"], NOBODY),
     "install-site-files": (
         ["install-site-files", "<root>/site", "--bin", "/usr/bin/scratch-stage"],
         None,
