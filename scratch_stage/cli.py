@@ -713,7 +713,10 @@ def daemon(ctx: Context) -> int:
 )  # fmt: skip
 @pass_ctx
 def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured: bool) -> int:
-    """Queued-job demand per dataset (this node's weight, and cluster-wide counts).
+    """Queued-job demand per dataset (cluster-wide jobs; this node's jobs and bytes).
+
+    On this node: the expected jobs and the expected bytes the planner weighs, with each
+    dataset's bytes per job and whence (this node's history, or the prior: one pass).
 
     With --json also `peers`: for each dataset a pending job planned onto this node
     reads, the other nodes backfill planned jobs reading it onto.
@@ -747,6 +750,9 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
         publish_snapshot(snapshot, Path(publish))
     here = node_demand(snapshot, node.config.node, now=now, horizon=node.config.horizon)
     counts = summarize(snapshot)
+    from scratch_stage.agent.rebalance import expected_bytes
+
+    expected = expected_bytes(node, snapshot, now, with_state=ctx.is_root)
     if as_json:
         peers = {
             name: list(snapshot.peers_of(node.config.node, name))
@@ -754,15 +760,20 @@ def demand(ctx: Context, as_json: bool, publish: str | None, publish_configured:
             if node.config.node in planned
         }
         _emit_json(
-            {"node": node.config.node, "node_demand": here, "pending_jobs": counts, "peers": peers}
-        )
+            {"node": node.config.node, "node_demand": here, "pending_jobs": counts, "peers": peers,
+             **expected.to_json()}
+        )  # fmt: skip
         return 0
-    rows = [("DATASET", "PENDING JOBS", f"DEMAND ON {node.config.node}")] + [
-        (name, str(counts.get(name, 0)), format_jobs(here.get(name, 0.0)))
+    rows = [("DATASET", "PENDING JOBS", f"DEMAND ON {node.config.node}", "EXPECTED BYTES",
+             "PER JOB")] + [
+        (name, str(counts.get(name, 0)), format_jobs(here.get(name, 0.0)),
+         format_size(expected.demand.get(name, 0.0)), expected.per_job_text(name))
         for name in sorted(set(counts) | set(here))
-    ]
+    ]  # fmt: skip
     if len(rows) > 1:
         click.echo("\n".join(_table(rows)))
+        if not expected.history:
+            _say("(per job: the prior; this node's history of reads per job is root's to read)")
     else:
         _say("no pending job asks for a dataset")
     if publish:

@@ -38,6 +38,7 @@ from scratch_stage.slurm.demand_sources import demand_here, read_snapshot
 if TYPE_CHECKING:
     from scratch_stage.agent.mounts import MountStep, UnmountStep
     from scratch_stage.agent.stager import Progress, Staged
+    from scratch_stage.agent.views import ExpectedBytes
 
 # Makes the progress callback of one dataset's copy (the CLI's bar or log lines).
 ProgressFactory = Callable[[str], "Progress"]
@@ -152,7 +153,7 @@ def _skipped(node: Node) -> PassReport:
     return skipped_report(node.capacity_bytes(), "another rebalance is running")
 
 
-def _demand(
+def pass_demand(
     node: Node, snapshot: Snapshot | None, state: NodeState, now: float, sizes: dict[str, int]
 ) -> tuple[dict[str, float], dict[str, float], PlanParams]:
     """This pass's demand, prospect and planner knobs: copies run at the rate this node's
@@ -172,6 +173,32 @@ def _demand(
     return demand, prospect, params
 
 
+def expected_bytes(
+    node: Node, snapshot: Snapshot, now: float, *, with_state: bool
+) -> ExpectedBytes:
+    """What the next rebalance would take as demand from SNAPSHOT (`pass_demand`), for the
+    `demand` command: the catalog's sizes and, WITH_STATE (root), the node's counters
+    (bytes read per job here, the copy rate) and its cached copies and copies in flight
+    (their reads need no copy); without, the prior for every dataset (and no sizes if
+    this user cannot list datadir)."""
+    from scratch_stage.agent.views import ExpectedBytes
+    from scratch_stage.slurm.demand import history_per_job
+
+    try:
+        catalog = scan_catalog(node.config.datadir, trust=node.trust)
+        sizes = {n: i.fingerprint.size for n, i in catalog.images.items()}
+    except ScratchStageError:
+        if with_state:
+            raise
+        sizes = {}  # a datadir this user cannot list: no bytes to show, the jobs still
+    state = node.store.read() if with_state else NodeState()
+    demand, prospect, _ = pass_demand(node, snapshot, state, now, sizes)
+    return ExpectedBytes(
+        demand, prospect, sizes, history_per_job(state.counters.datasets), with_state,
+        node.config.read_rate,
+    )  # fmt: skip
+
+
 def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -> PassReport:
     value = load_value_function(node.config.value_function)
     catalog = scan_catalog(node.config.datadir, trust=node.trust)
@@ -183,7 +210,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
     if dry_run:
         state = node.store.read()
         heat = measure_heat(node, state, now, count=False)
-        demand, prospect, params = _demand(node, snapshot, state, now, sizes)
+        demand, prospect, params = pass_demand(node, snapshot, state, now, sizes)
         the_plan = plan(
             plan_input(state, fingerprints, now), heat, demand, capacity,
             params=params, value=value, prospect=prospect,
@@ -194,7 +221,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
-        demand, prospect, params = _demand(node, snapshot, state, now, sizes)
+        demand, prospect, params = pass_demand(node, snapshot, state, now, sizes)
         # counters of datasets gone from datadir and the cache go too: the state stays small
         gone = set(state.counters.datasets) - set(catalog.images) - set(state.cached)
         state.counters.forget(

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from scratch_stage.core.units import format_size
 from scratch_stage.host.catalog import Fingerprint
 
 DatasetState = Literal["cold", "mounted", "staging", "cached"]
@@ -210,3 +211,46 @@ class PurgeResult:
     name: str
     outcome: PurgeOutcome
     holders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExpectedBytes:
+    """This node's demand in expected bytes, as the rebalance's planner gets it, and how
+    each dataset's bytes per job were found (`demand` command; docs/design.md section 8)."""
+
+    demand: Mapping[str, float]  # the planner's demand: only reads after a copy lands
+    prospect: Mapping[str, float]  # the same without the wait's discount
+    sizes: Mapping[str, int]
+    per_job: Mapping[str, float]  # the history: bytes read per job start here
+    history: bool  # the node's counters could be read (root)
+    read_rate: float
+
+    def basis(self, name: str) -> tuple[float, str]:
+        """Bytes a job of NAME is expected to read before its time limit's cap, and whence."""
+        if name in self.per_job:
+            return self.per_job[name], "history"
+        return float(self.sizes.get(name, 0)), "prior" if name in self.sizes else "not in datadir"
+
+    def per_job_text(self, name: str) -> str:
+        amount, basis = self.basis(name)
+        if basis == "not in datadir":
+            return basis
+        size = self.sizes[name]
+        passes = amount / size if size else 0.0
+        return f"{format_size(amount)}, {passes:.2f} passes ({basis})"
+
+    def to_json(self) -> dict[str, Any]:
+        names = sorted(set(self.demand) | set(self.prospect))
+        per_job = {}
+        for name in names:
+            amount, basis = self.basis(name)
+            size = self.sizes.get(name, 0)
+            per_job[name] = {"bytes": amount, "passes": amount / size if size else 0.0,
+                             "basis": basis}  # fmt: skip
+        return {
+            "node_demand_bytes": dict(self.demand),
+            "node_prospect_bytes": dict(self.prospect),
+            "per_job": per_job,
+            "history": self.history,
+            "read_rate": self.read_rate,
+        }

@@ -6,6 +6,8 @@ attacker's view runs the real console script as nobody.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.cli_tree import MIB, CliTree, build_tree, open_tree
+from scratch_stage.slurm.demand import PendingJob, Snapshot
+from tests.unit.cli_tree import MIB, NOW, CliTree, build_tree, open_tree
 
 PYTHON_REPRS = re.compile(r"\b(None|True|False)\b|\[\]|\{\}")
 
@@ -194,6 +197,56 @@ def test_demand_source_none_is_one_clear_line(tree: CliTree) -> None:
     assert one_line(err) == (
         "scratch-stage: error: no demand to show: the configuration sets demand: {source: none}"
     )
+
+
+def test_demand_shows_this_nodes_expected_bytes_and_whence(tree: CliTree) -> None:
+    """`demand` shows, next to the jobs, the bytes the planner weighs: beta by this node's
+    history (3 MiB per job: 3 passes), gamma by the prior (one pass); --json adds them
+    to the fields it had. A user who is not root sees the prior (the counters are root's)."""
+    published = tree.root / "demand.json"
+    soon = NOW + 600  # both jobs due in ten minutes, a one-hour limit
+    jobs = (
+        PendingJob("1", ("p",), 10, 1, soon, ("node7",), ("beta",), 3600.0),
+        PendingJob("2", ("p",), 10, 1, None, (), ("gamma",), 3600.0),
+        PendingJob("3", ("p",), 10, 1, soon, ("node8",), ("beta",), 3600.0),  # elsewhere
+    )
+    snapshot = Snapshot(jobs, {"p": ("node7", "node8")}, NOW)
+    published.write_text(json.dumps(snapshot.to_json()))
+    configure(tree, demand=f"{{source: file, path: {published}}}")
+    with tree.node().store.transaction() as state:
+        state.counters.add("beta", "read_slow_bytes", 3 * MIB)
+        state.counters.add("beta", "jobs_slow", 1)
+
+    code, out, err = tree.run("demand", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["pending_jobs"] == {"beta": 2, "gamma": 1}  # the fields of before stay
+    soon_weight = math.exp(-600 / 3600)
+    assert data["node_demand"] == pytest.approx({"beta": soon_weight, "gamma": 0.5 / math.e})
+    assert data["per_job"]["beta"] == {"bytes": 3 * MIB, "passes": 3.0, "basis": "history"}
+    assert data["per_job"]["gamma"] == {"bytes": 64 * 1024, "passes": 1.0, "basis": "prior"}
+    # both land long before the jobs start: every byte counts
+    assert data["node_demand_bytes"] == pytest.approx(
+        {"beta": soon_weight * 3 * MIB, "gamma": 0.5 / math.e * 64 * 1024}
+    )
+    assert data["node_prospect_bytes"] == pytest.approx({"beta": 3 * MIB, "gamma": 32 * 1024})
+    assert data["history"] is True
+
+    code, out, _ = tree.run("demand")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["DATASET", "PENDING", "JOBS", "DEMAND", "ON", "node7",
+                              "EXPECTED", "BYTES", "PER", "JOB"]  # fmt: skip
+    assert rows[0].split()[:5] == ["beta", "2", "0.85", "jobs", "2.5"]
+    assert rows[0].endswith("3.0 MiB, 3.00 passes (history)")
+    assert rows[1].endswith("64.0 KiB, 1.00 passes (prior)")
+
+    code, out, err = tree.run("demand", "--json", euid=65534)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["history"] is False
+    assert data["per_job"]["beta"]["basis"] == "prior"
+    assert data["node_demand_bytes"]["beta"] == pytest.approx(soon_weight * MIB)
 
 
 @pytest.mark.parametrize(("args", "group"), [(["config"], "config"), (["image"], "image")])
