@@ -22,9 +22,12 @@ Without libtorrent every node copies from datadir, still at most `readers` at on
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
+import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,8 @@ _POLL = 0.2
 _HEARTBEAT = 2.0
 _PEER_ALIVE = 5 * _HEARTBEAT  # a registration older than this is a node gone
 _STATS_TICK = 1.2  # libtorrent updates a torrent's transfer counters every second
+_AHEAD = 8  # pieces handed to the engine and not yet written and checked, at most
+_ENGINE_SECONDS = 60.0  # no piece written and checked for this long: the engine is stuck
 _warned: set[str] = set()
 
 
@@ -144,33 +149,45 @@ def coop_copy(
         except StagingError as e:
             _warn_once("listen", "cooperative staging: %s; copying from datadir", e)
     try:
-        _make_copy(node, entry, session, host, image, partial, final, deadline, progress)
+        made = _make_copy(node, entry, session, host, image, partial, final, deadline, progress)
     except BaseException:
         if session is not None:
             entry.unregister_peer(node.config.node)
             session.close()
         raise
-    if session is None:
-        return None
-    meta = entry.read_meta()
-    if meta is None:
-        session.close()
-        return None
-    session.add(_torrent_of(meta), str(final), seeding=True)
-    seeder = Seeder(node, entry, session, host)
-    entry.register_peer(Peer(node.config.node, host, session.port, True, time.time()))
-    return seeder
+    try:
+        meta = entry.read_meta() if session is not None and made.serve else None
+        if session is None or meta is None:
+            if session is not None:
+                entry.unregister_peer(node.config.node)
+                session.close()
+            return None
+        session.add(_torrent_of(meta), str(final), seeding=True)
+        entry.register_peer(Peer(node.config.node, host, session.port, True, time.time()))
+        return Seeder(node, entry, session, host)
+    finally:
+        # A reader keeps its lease until it serves as a done peer: a node looking in between
+        # would see the digest, no lease held and no peer with the image, and read datadir.
+        if made.lease is not None:
+            entry.release(made.lease)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """How the copy was made: SERVE it to peers (it matches the digest); LEASE still held."""
+
+    serve: bool
+    lease: Lease | None = None
 
 
 def _make_copy(
     node: Node, entry: Entry, session: torrent.Session | None, host: str, image: Image,
     partial: Path, final: Path, deadline: float | None, progress: Any,
-) -> None:  # fmt: skip
+) -> _Made:  # fmt: skip
     cfg = node.config.coop
     me = node.config.node
     tried_peers = False
     waited = False
-    no_peer_since: float | None = None
     beat = 0.0
     while True:
         interrupts.check()
@@ -182,33 +199,54 @@ def _make_copy(
         if deadline is not None and now >= deadline:
             raise StagingError(f"{image.name}: staging budget ran out waiting for a reader lease")
         meta = entry.read_meta()
-        if meta is not None and session is not None and not tried_peers:
-            if live_peers(entry, me):
-                if _fetch(node, entry, session, host, image, meta, partial, final, deadline):
-                    return
+        refused = meta is not None and entry.meta_refused()
+        if meta is not None and session is not None and not tried_peers and not refused:
+            peers = live_peers(entry, me)
+            reading = entry.holders() > 0
+            if any(p.done for p in peers) or (reading and peers):
+                if _fetch(
+                    node, entry, session, host, image, meta, partial, final, deadline, progress
+                ):  # fmt: skip
+                    return _Made(serve=True)
                 tried_peers = True  # the next fallback is datadir, under the lease
-            elif entry.holders() > 0:
-                # A reader of datadir registers as a peer in a moment.
-                no_peer_since = now if no_peer_since is None else no_peer_since
-                if now - no_peer_since < cfg.stall_seconds:
-                    time.sleep(_POLL)
-                    continue
-            # Else a digest prepared ahead (or left by peers now gone): read datadir now.
+                continue
+            if reading:  # its reader registers as a peer in a moment
+                time.sleep(_POLL)
+                continue
+            # Else a digest prepared ahead (or left by peers now gone): read datadir now,
+            # passing each piece on as it is read.
         lease = entry.try_acquire(cfg.readers, me)
-        if lease is not None and meta is None and session is not None and entry.read_meta():
+        if lease is None:
+            if not waited:
+                waited = True
+                log.info("%s: waiting for a reader lease or a peer's copy", image.name)
+            time.sleep(_POLL)
+            continue
+        if meta is None and session is not None and entry.read_meta():
             # Published between our look and the lease (by the reader before us): fetch it.
             entry.release(lease)
             continue
-        if lease is not None:
+        try:
             register = None if session is None else _registrar(entry, me, host, session.port)
+            if meta is not None and session is not None and not refused:
+                assert register is not None
+                if _pipelined_copy(
+                    node, entry, lease, session, image, meta, partial, final, deadline,
+                    progress, register,
+                ):  # fmt: skip
+                    return _Made(serve=True, lease=lease)
+                refused = True
+            if refused:
+                _copy_alone(node, entry, lease, image, partial, final, deadline, progress)
+                entry.release(lease)
+                return _Made(serve=False)
             _copy_under_lease(
                 node, entry, lease, image, partial, final, deadline, progress, register
             )  # fmt: skip
-            return
-        if not waited:
-            waited = True
-            log.info("%s: waiting for a reader lease or a peer's copy", image.name)
-        time.sleep(_POLL)
+            return _Made(serve=True, lease=lease)
+        except BaseException:
+            entry.release(lease)
+            raise
 
 
 def live_peers(entry: Entry, me: str, now: float | None = None) -> list[Peer]:
@@ -262,14 +300,160 @@ def _copy_under_lease(
     renewing = _renewing(node, entry, lease, image, progress, register)
 
     hasher = torrent.PieceHasher(image.size)
+    copy_image(
+        image, partial, final, node=node, deadline=deadline, progress=renewing, hasher=hasher,
+        before_rename=lambda digest: _publish(entry, image, hasher, digest, final),
+    )  # fmt: skip
+
+
+def _copy_alone(
+    node: Node, entry: Entry, lease: Lease, image: Image, partial: Path, final: Path,
+    deadline: float | None, progress: Any,
+) -> None:  # fmt: skip
+    """The version's digest is refused: copy IMAGE from datadir like an independent node
+    (verified against what it read), still holding LEASE; nobody is served this copy."""
+    from scratch_stage.agent.stager import copy_image
+
+    node.events.emit("coop-lease", image.name, slot=f"{lease.slot}.{lease.generation}")
+    renewing = _renewing(node, entry, lease, image, progress)
+    copy_image(image, partial, final, node=node, deadline=deadline, progress=renewing)
+
+
+def _pipelined_copy(
+    node: Node, entry: Entry, lease: Lease, session: torrent.Session, image: Image,
+    meta: dict[str, Any], partial: Path, final: Path, deadline: float | None, progress: Any,
+    register: Any,
+) -> bool:  # fmt: skip
+    """Copy IMAGE from datadir under LEASE, handing each piece to the engine as it is read,
+    so that peers fetch it (and pass it on) while shared storage is still being read.
+
+    The engine writes PARTIAL and checks every piece against META's hashes before it keeps
+    or serves it; the whole file's sha256 is computed from the bytes read and must be
+    META's. False, with nothing kept or served, if what was read does not match META (a
+    stale or forged digest): the caller copies on its own.
+    """
+    from scratch_stage.agent.stager import _drop_read_pages, _fsync_dir, _throttle
+
+    body = _torrent_of(meta)
     try:
-        copy_image(
-            image, partial, final, node=node, deadline=deadline, progress=renewing,
-            hasher=hasher,
-            before_rename=lambda digest: _publish(entry, image, hasher, digest, final),
+        size, length, count = torrent.layout(session.lt, body)
+    except ValueError as e:
+        return _refuse(node, entry, image, f"digest's torrent unusable: {e}")
+    if size != image.size or meta.get("size") != image.size or -(-size // length) != count:
+        return _refuse(node, entry, image, f"digest is of {size} bytes, image {image.size}")
+    node.events.emit(
+        "coop-lease", image.name, slot=f"{lease.slot}.{lease.generation}", pipelined=True
+    )  # fmt: skip
+    renewing = _renewing(node, entry, lease, image, progress, register)
+    os.makedirs(partial.parent, mode=0o700, exist_ok=True)
+    # Root-only from the first byte: the engine writes into the file we created.
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    kept = False
+    started = time.monotonic()
+    try:
+        session.add(body, str(partial), seeding=False)
+        register()  # peers may fetch from this node from now on
+        whole = hashlib.sha256()
+        fd = os.open(image.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
+                raise StagingError(f"{image.name}: image changed since it was checked; not copied")
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            pending: collections.deque[int] = collections.deque()
+            buffer = bytearray()
+            index = done = dropped = shared = 0
+            chunk = node.config.chunk_size
+            while done < image.size:
+                interrupts.check()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StagingError(f"{image.name}: staging budget ran out")
+                data = os.pread(fd, min(chunk, image.size - done), done)
+                if not data:
+                    raise StagingError(f"{image.name}: image shrank while copying")
+                whole.update(data)
+                buffer += data
+                done += len(data)
+                dropped = _drop_read_pages(fd, dropped, done)
+                while len(buffer) >= length or (done == image.size and buffer):
+                    session.feed(index, bytes(buffer[:length]))
+                    del buffer[:length]
+                    pending.append(index)
+                    index += 1
+                if not _settle(session, pending, _AHEAD, image, deadline):
+                    return _refuse(node, entry, image, "a piece read from datadir fails its hash")
+                if done < image.size:  # (a complete torrent no longer counts its peers')
+                    shared = max(shared, session.peer_pieces())
+                renewing(done, image.size)
+                _throttle(node.config.bandwidth, done, started)
+            if not _settle(session, pending, 0, image, deadline):
+                return _refuse(node, entry, image, "a piece read from datadir fails its hash")
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
+                raise StagingError(f"{image.name}: image changed while copying; copy discarded")
+        finally:
+            os.close(fd)
+        if whole.hexdigest() != meta.get("sha256"):
+            return _refuse(node, entry, image, "sha256 of what was read differs from the digest")
+        node.events.emit(
+            "coop-read", image.name, bytes=image.size,
+            seconds=round(time.monotonic() - started, 3), peer_pieces=shared,
         )  # fmt: skip
+        flushed = session.flush()
+        session.remove()
+        if not flushed:
+            raise StagingError(f"{image.name}: the peer engine did not confirm its writes")
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        on_disk = os.stat(partial).st_size
+        problem = check_squashfs_header(read_header(partial), on_disk)
+        if on_disk != image.size or problem:
+            raise StagingError(f"{image.name}: copy is bad: {problem or f'{on_disk} bytes'}")
+        os.utime(partial, ns=(image.fingerprint.mtime_ns, image.fingerprint.mtime_ns))
+        os.replace(partial, final)
+        _fsync_dir(final.parent)
+        kept = True
+        return True
     finally:
-        entry.release(lease)
+        if not kept:
+            session.remove()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+
+
+def _settle(
+    session: torrent.Session, pending: collections.deque[int], ahead: int, image: Image,
+    deadline: float | None,
+) -> bool:  # fmt: skip
+    """Wait until at most AHEAD of the PENDING pieces are still being written and checked
+    (pieces kept are taken off); False as soon as one failed its hash check."""
+    last = time.monotonic()
+    while True:
+        if session.failed():
+            return False
+        while pending and session.had(pending[0]):
+            pending.popleft()
+            last = time.monotonic()
+        if len(pending) <= ahead:
+            return True
+        interrupts.check()
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise StagingError(f"{image.name}: staging budget ran out")
+        if now - last >= _ENGINE_SECONDS:
+            raise StagingError(f"{image.name}: the peer engine stopped writing pieces")
+        time.sleep(0.005)
+
+
+def _refuse(node: Node, entry: Entry, image: Image, reason: str) -> bool:
+    """The digest does not match what this node read: say so, mark it; False."""
+    log.warning(
+        "%s: the published digest does not match the image (%s); copying from datadir "
+        "alone, serving nobody (remove %s to publish a new one)", image.name, reason,
+        os.path.join(entry.path, "meta.json"),
+    )  # fmt: skip
+    node.events.emit("coop-digest-refused", image.name, reason=reason)
+    entry.refuse_meta(reason)
+    return False
 
 
 def _publish(entry: Entry, image: Image, hasher: torrent.PieceHasher, digest: str,
@@ -359,9 +543,14 @@ def _torrent_of(meta: dict[str, Any]) -> bytes:
 
 def _fetch(
     node: Node, entry: Entry, session: torrent.Session, host: str, image: Image,
-    meta: dict[str, Any], partial: Path, final: Path, deadline: float | None,
+    meta: dict[str, Any], partial: Path, final: Path, deadline: float | None, progress: Any,
 ) -> bool:  # fmt: skip
-    """Fetch IMAGE from peers into PARTIAL, verify it, move it to FINAL; False on failure."""
+    """Fetch IMAGE from peers into PARTIAL, verify it, move it to FINAL; False on failure.
+
+    Pieces come as soon as any peer has them: from a reader of datadir while it reads
+    (`_pipelined_copy`), or from other fetchers. No progress for `stall_seconds`, or the
+    digest refused by its reader, abandons the transfer.
+    """
     from scratch_stage.agent.stager import _fsync_dir
 
     body = _torrent_of(meta)
@@ -385,6 +574,9 @@ def _fetch(
             if now - beat >= _HEARTBEAT:
                 beat = now
                 entry.register_peer(Peer(me, host, session.port, False, time.time()))
+                if entry.meta_refused():
+                    log.warning("%s: the digest was refused; fetch abandoned", image.name)
+                    return False
             if now - looked >= _HEARTBEAT or (connected == 0 and now - looked >= _POLL):
                 # Until a peer answers (its engine may add the torrent a moment after the
                 # digest is out), try every poll; then look for new peers now and then.
@@ -394,6 +586,8 @@ def _fetch(
                 break
             if done > best:
                 best, best_at = done, now
+                if progress is not None and done > 0:
+                    progress(done, image.size)
             if now - best_at >= cfg.stall_seconds:
                 log.warning(
                     "%s: peer transfer stalled at %d of %d bytes; falling back to datadir",
@@ -406,7 +600,9 @@ def _fetch(
             time.sleep(_POLL)
         flushed = session.flush()
         session.remove()
+        checking = time.monotonic()
         problem = _check_copy(image, partial, str(meta.get("sha256")))
+        checked = time.monotonic() - checking
         if problem and not flushed:
             problem += " (the engine did not confirm its writes)"
         if problem:
@@ -419,7 +615,7 @@ def _fetch(
         ok = True
         node.events.emit(
             "coop-fetched", image.name, bytes=image.size,
-            seconds=round(time.monotonic() - started, 3),
+            seconds=round(time.monotonic() - started, 3), check_seconds=round(checked, 3),
         )  # fmt: skip
         return True
     finally:

@@ -22,7 +22,7 @@ KINDS = frozenset(
     ["request", "mount", "unmount", "stage-start", "stage-progress", "stage-done",
      "stage-failed", "evict", "refused", "release", "pin", "unpin", "recovered", "reconcile",
      "coop-lease", "coop-fetch", "coop-fetched", "coop-stalled", "coop-bad-copy",
-     "coop-served", "coop-prepared"]
+     "coop-served", "coop-prepared", "coop-read", "coop-digest-refused"]
 )  # fmt: skip
 # Bounds one line so that O_APPEND writes stay single and a hostile comment cannot bloat it.
 _MAX_FIELD = 200

@@ -19,8 +19,9 @@ version (`entry_key`), with no coordination server:
   while anyone could still act on it.
 - **Peers**: `peers/<node>.json`, the address where a node's engine serves this version.
 - **Digest**: `meta.json`, the image's sha256, size and piece hashes (a .torrent), written
-  once per image version by the first node that read it, published with `link(2)` (the first
-  writer wins) and never changed.
+  once per image version by the first node that read it or ahead by `coop prepare`,
+  published with `link(2)` (the first writer wins) and never changed; `meta.refused` when a
+  node's read of datadir did not match it.
 
 Whoever can write this directory can block staging (fake leases) or steer it (fake peers
 and digests), so it must be owned by a trusted owner and writable by nobody else, and every
@@ -333,6 +334,27 @@ class Entry:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return self.read_meta() or meta
+
+    def refuse_meta(self, reason: str) -> None:
+        """Mark the published digest refused: a node's read of datadir did not match it.
+
+        The digest never changes (the first writer wins), so the mark stays for this version:
+        every node then copies from datadir on its own, and serves nobody.
+        """
+        body = json.dumps({"reason": reason, "time": time.time()}).encode()
+        tmp = _write_private(self.path, "refused", body)
+        try:
+            link_exclusive(tmp, os.path.join(self.path, "meta.refused"))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def meta_refused(self) -> bool:
+        """Whether a node found the published digest wrong (a trusted mark, see refuse_meta)."""
+        try:
+            return read_trusted(os.path.join(self.path, "meta.refused"), self.trust) is not None
+        except CoopUnavailable:
+            return False
 
 
 def _token(data: bytes) -> str | None:

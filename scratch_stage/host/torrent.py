@@ -105,6 +105,15 @@ def make_torrent(lt: Any, filename: str, size: int, length: int, pieces: list[by
     return bytes(lt.bencode(entry))
 
 
+def layout(lt: Any, torrent: bytes) -> tuple[int, int, int]:
+    """(file size, piece length, number of pieces) of TORRENT; ValueError if it is not one."""
+    try:
+        info = lt.torrent_info(lt.bdecode(torrent))
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"not a torrent: {e}") from None
+    return int(info.total_size()), int(info.piece_length()), int(info.num_pieces())
+
+
 def info_hash(lt: Any, torrent: bytes) -> str:
     return str(lt.torrent_info(lt.bdecode(torrent)).info_hash())
 
@@ -166,6 +175,31 @@ class Session:
         if seeding:
             params.flags |= lt.torrent_flags.seed_mode
         self.handle = self.session.add_torrent(params)
+
+    def feed(self, index: int, data: bytes) -> None:
+        """Give the engine piece INDEX as read from datadir (the torrent added not seeding).
+
+        libtorrent's `add_piece` writes it as if a peer had sent it: asynchronously, then
+        checks it against the piece hash, after which the node has it and announces it to
+        its peers; a piece that fails is not kept (a `hash_failed_alert`, see `failed`).
+        """
+        self.handle.add_piece(index, data, 0)
+
+    def had(self, index: int) -> bool:
+        """Whether piece INDEX is written and passed its hash check."""
+        return bool(self.handle.have_piece(index))
+
+    def failed(self) -> list[int]:
+        """The pieces whose hash check failed since the last call (from the alerts)."""
+        bad = []
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, self.lt.hash_failed_alert) and alert.handle == self.handle:
+                bad.append(int(alert.piece_index))
+        return bad
+
+    def peer_pieces(self) -> int:
+        """How many pieces the connected peers have, summed over pieces (their HAVEs)."""
+        return sum(int(n) for n in self.handle.piece_availability())
 
     def connect(self, peers: Iterable[tuple[str, int]]) -> None:
         for host, port in peers:

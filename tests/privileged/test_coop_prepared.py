@@ -4,15 +4,17 @@ filesystem's own loop device."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from coopnodes import CLI, Cluster, CoopNode, drop_pages, sha256_of
-from test_coop import build_image, finish
+from test_coop import RUN, build_image, finish
 
 from scratch_stage.host import torrent
 
@@ -105,3 +107,85 @@ def test_nobody_cannot_prepare_nor_plant_a_digest(cluster: Cluster, tmp_path: Pa
     [(rc, err)] = finish([second.spawn_prestage("img")])
     assert rc == 0, err
     assert sha256_of(second.cached("img")) == want and second.mounted_backings()
+
+
+def wait_for_event(node: CoopNode, kind: str, proc: subprocess.Popen[str]) -> None:
+    end = time.monotonic() + RUN
+    while not node.events(kind):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"no {kind} event"
+        time.sleep(0.05)
+
+
+def test_peers_get_pieces_while_the_reader_still_reads_datadir(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    image = build_image(cluster.datadir, "img", 32, tmp_path)
+    size, want = image.stat().st_size, sha256_of(image)
+    reader, *others = cluster.nodes
+    assert cli(reader, "coop", "prepare", "img").returncode == 0
+    # The reader's copy is throttled (the staging bandwidth cap: 32 MiB at 4 MiB/s is 8 s),
+    # so a transfer that waited for its whole copy could not start before it ends.
+    reader.configure(bandwidth="4MiB")
+    drop_pages(image)
+    before = cluster.shared.bytes_read()
+    first = reader.spawn_prestage("img")
+    wait_for_event(reader, "coop-lease", first)
+    results = finish([first, *[node.spawn_prestage("img") for node in others]])
+    assert all(rc == 0 for rc, _ in results), results
+    shared = cluster.shared.bytes_read() - before
+    assert shared <= 1.25 * size, (shared, size)
+    [lease] = reader.events("coop-lease")
+    assert lease["pipelined"] is True
+    [read] = reader.events("coop-read")
+    # While it read datadir, its peers already had pieces (their HAVE messages).
+    assert read["peer_pieces"] > 0, read
+    assert all(node.events("coop-fetched") for node in others)
+    # A fetcher's first progress came before the reader had read everything.
+    early = [e for n in others for e in n.events("stage-progress") if e["ts"] < read["ts"]]
+    assert early, [n.events("stage-progress") for n in others]
+    for node in cluster.nodes:
+        assert sha256_of(node.cached("img")) == want
+        assert node.mounted_backings(), f"{node.name} mounted nothing"
+
+
+def forge(entry: Path, image: Path, how: str, tmp_path: Path) -> None:
+    """Replace ENTRY's digest (root's own file, as a careless or hostile root would) with one
+    of other bytes of the same size ("stale"), or with right pieces but a wrong sha256."""
+    meta = json.loads((entry / "meta.json").read_text())
+    if how == "stale":
+        other = tmp_path / "other.bin"
+        data = bytearray(image.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one byte differs: one piece's hash
+        other.write_bytes(bytes(data))
+        lt = torrent.load()
+        hasher = torrent.PieceHasher(len(data))
+        hasher.update(bytes(data))
+        pieces, digest = hasher.finish()
+        body = torrent.make_torrent(lt, "img.sqfs", len(data), hasher.length, pieces)
+        meta.update(sha256=digest, torrent=base64.b64encode(body).decode())
+    else:
+        meta["sha256"] = "0" * 64
+    (entry / "meta.json").unlink()
+    (entry / "meta.json").write_text(json.dumps(meta))
+    (entry / "meta.json").chmod(0o600)
+
+
+@pytest.mark.parametrize("how", ["stale", "wrong-sha256"])
+def test_a_digest_that_does_not_match_the_image_never_gives_a_wrong_copy(
+    cluster: Cluster, tmp_path: Path, how: str
+) -> None:
+    image = build_image(cluster.datadir, "img", 16, tmp_path)
+    want = sha256_of(image)
+    assert cli(cluster.nodes[0], "coop", "prepare", "img").returncode == 0
+    [entry] = entries(cluster)
+    forge(entry, image, how, tmp_path)
+    results = finish([node.spawn_prestage("img") for node in cluster.nodes])
+    assert all(rc == 0 for rc, _ in results), results
+    refused = [e for n in cluster.nodes for e in n.events("coop-digest-refused")]
+    assert refused, "nobody noticed the digest does not match"
+    assert (entry / "meta.refused").exists()
+    for node in cluster.nodes:
+        assert sha256_of(node.cached("img")) == want  # the image's bytes, whatever the digest
+        assert node.mounted_backings(), f"{node.name} mounted nothing"
+        assert not node.events("coop-served"), f"{node.name} served a copy under a bad digest"

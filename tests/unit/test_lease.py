@@ -154,3 +154,19 @@ def test_entry_key_changes_with_the_version() -> None:
     assert a == entry_key("img", Fingerprint(10, 1, 2, 3))
     assert a != entry_key("img", Fingerprint(10, 1, 2, 4))
     assert a.startswith("img.")
+
+
+def test_a_refused_digest_is_marked_once_and_only_a_trusted_mark_counts(tmp_path: Path) -> None:
+    e = entry(tmp_path)
+    assert not e.meta_refused()
+    e.refuse_meta("a piece fails its hash")
+    e.refuse_meta("another reason")  # the first mark stays
+    assert e.meta_refused()
+    mark = Path(e.path) / "meta.refused"
+    assert json.loads(mark.read_text())["reason"] == "a piece fails its hash"
+    assert mark.stat().st_mode & 0o777 == 0o600
+    other = open_entry(str(tmp_path / "coop"), "img.4567", Trust(), TTL)
+    planted = Path(other.path) / "meta.refused"
+    planted.write_text("{}")
+    os.chmod(planted, 0o666)  # writable by others: not ours to trust
+    assert not other.meta_refused()

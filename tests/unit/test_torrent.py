@@ -98,3 +98,70 @@ def test_corrupted_seed_never_completes_a_download(tmp_path: Path) -> None:
         get.close()
     got = tmp_path / "get" / "img.sqfs"
     assert not got.exists() or os.path.getsize(got) <= len(data)
+
+
+def torrent_of(data: bytes) -> tuple[bytes, int]:
+    hasher = torrent.PieceHasher(len(data))
+    hasher.update(data)
+    pieces, _ = hasher.finish()
+    return torrent.make_torrent(lt, "img.sqfs", len(data), hasher.length, pieces), hasher.length
+
+
+def settle(session: torrent.Session, index: int, seconds: float = 30) -> tuple[bool, list[int]]:
+    """(had, failed pieces) once piece INDEX is had or some piece failed."""
+    end = time.monotonic() + seconds
+    failed: list[int] = []
+    while time.monotonic() < end:
+        failed += session.failed()
+        if failed or session.had(index):
+            return session.had(index), failed
+        time.sleep(0.02)
+    return False, failed
+
+
+@needs_engine
+def test_layout_of_a_torrent_and_of_garbage() -> None:
+    data = random.Random(5).randbytes(2 * torrent.PIECE_SIZE + 1)
+    body, length = torrent_of(data)
+    assert torrent.layout(lt, body) == (len(data), length, 3)
+    with pytest.raises(ValueError, match="not a torrent"):
+        torrent.layout(lt, b"d4:infod6:lengthi-1eee")
+    with pytest.raises(ValueError, match="not a torrent"):
+        torrent.layout(lt, b"")
+
+
+@needs_engine
+def test_fed_pieces_are_checked_kept_and_passed_on_before_the_file_is_complete(
+    tmp_path: Path,
+) -> None:
+    data = random.Random(6).randbytes(3 * torrent.PIECE_SIZE + 99)
+    body, length = torrent_of(data)
+    reader = torrent.Session(lt, "127.0.0.1", 0)
+    fetcher = torrent.Session(lt, "127.0.0.1", 0)
+    try:
+        reader.add(body, str(tmp_path / "reader.part"), seeding=False)
+        fetcher.add(body, str(tmp_path / "fetcher.part"), seeding=False)
+        bad = bytearray(data[length : 2 * length])
+        bad[7] ^= 0xFF
+        reader.feed(1, bytes(bad))  # a piece that is not what the hashes say
+        assert settle(reader, 1) == (False, [1])
+        reader.feed(0, data[:length])
+        assert settle(reader, 0) == (True, [])
+        # Only piece 0 is there: the fetcher gets it, and nothing else, from the reader.
+        end = time.monotonic() + 30
+        while fetcher.progress()[0] < length and time.monotonic() < end:
+            fetcher.connect([("127.0.0.1", reader.port)])
+            time.sleep(0.05)
+        assert fetcher.progress()[:2] == (length, False)
+        assert reader.peer_pieces() >= 1  # the fetcher announced the piece it has
+        for index in (1, 2, 3):
+            reader.feed(index, data[index * length : (index + 1) * length])
+        assert settle(reader, 3) == (True, [])
+        assert wait_for([reader, fetcher], 30)
+        fetcher.flush()
+        reader.flush()
+    finally:
+        reader.close()
+        fetcher.close()
+    assert (tmp_path / "fetcher.part").read_bytes() == data
+    assert (tmp_path / "reader.part").read_bytes() == data
