@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # also under --import-mode=importlib
     sys.path.insert(0, str(HERE))
 
-from nodetree import CLI, REQUIRED_PROGRAMS, ImageStore, NodeEnv  # noqa: E402
+from nodetree import CLI, REQUIRED_PROGRAMS, ImageStore, NodeEnv, own_mount_namespace  # noqa: E402
 
 
 def missing_requirement() -> str | None:
@@ -54,13 +54,16 @@ def image_store(tmp_path_factory: pytest.TempPathFactory) -> ImageStore:
 
 @pytest.fixture
 def node_env(tmp_path: Path, image_store: ImageStore) -> Iterator[NodeEnv]:
-    node = NodeEnv(tmp_path / "node", image_store)
-    try:
-        yield node
-    finally:
-        left = node.finalize()
-        if left:
-            pytest.fail("privileged test left mounts behind: " + "; ".join(left))
+    """The test's node tree, its mounts in a mount namespace of the test's own (see
+    nodetree.own_mount_namespace: no one else on the machine can pin them)."""
+    with own_mount_namespace():
+        node = NodeEnv(tmp_path / "node", image_store)
+        try:
+            yield node
+        finally:
+            left = node.finalize()
+            if left:
+                pytest.fail("privileged test left mounts behind: " + "; ".join(left))
 
 
 @pytest.fixture

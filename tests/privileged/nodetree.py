@@ -8,6 +8,7 @@ independently of the package under test, so a parser bug there cannot hide itsel
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,53 @@ def clean_tree(root: Path) -> list[str]:
         # On a device still open, LOOP_CLR_FD only sets autoclear: it goes when closed.
         subprocess.run([LOSETUP, "-d", device], capture_output=True)
     return [f"still mounted: {m.target} ({m.source})" for m in mounts_under(root)]
+
+
+# --- a mount namespace per test ---
+
+_CLONE_NEWNS, _MS_REC, _MS_SLAVE, _MNT_DETACH = 0x20000, 0x4000, 0x80000, 2
+
+
+def _libc_call(name: str, *args: Any) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+
+
+@contextlib.contextmanager
+def own_mount_namespace() -> Iterator[None]:
+    """The body runs in a mount namespace of its own; the caller's is restored after.
+
+    A mount namespace created elsewhere on the machine while a test's image is mounted
+    (another checkout's `unshare --mount`, a Slurm job container) gets a copy of that mount,
+    and unless propagation is shared the test's unmount does not reach the copy: a cached
+    copy the test evicts then keeps its loop device and its blocks, deleted, until that
+    namespace ends, and rightly counts against the cache budget. Seen: "b does not fit:
+    266240 of 400000 bytes used" in test_rebalance, the deleted a.sqfs mounted in four
+    namespaces of another worktree's test_coop. Here nothing made by the test leaves the
+    namespace (slave: the machine's mounts still come in), and the copies of other
+    sessions' loop mounts it starts with are detached at once so that it pins none of
+    theirs either. Whatever is left when the body ends goes with the namespace.
+    Needs a single-threaded caller (unshare and setns refuse a shared filesystem context).
+    """
+    original = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc_call("unshare", _CLONE_NEWNS)
+        try:
+            _libc_call("mount", b"none", b"/", None, _MS_REC | _MS_SLAVE, None)
+            for mount in reversed(mount_table()):
+                if mount.source.startswith("/dev/loop"):
+                    with contextlib.suppress(OSError):  # gone with its parent already
+                        _libc_call("umount2", os.fsencode(mount.target), _MNT_DETACH)
+            yield
+        finally:
+            _libc_call("setns", original, _CLONE_NEWNS)
+            os.fchdir(cwd)  # setns moved it to the namespace's root
+    finally:
+        os.close(cwd)
+        os.close(original)
 
 
 # --- images, built once per session ---
