@@ -225,8 +225,20 @@ def site_without_lua(base: Path, slurm_kit: SlurmKit) -> Iterator[Site]:
     slurm_kit.down(built.cluster_dir)
 
 
+def finished_output(site: Site, tag: str) -> str:
+    """TAG's output once it holds the job script's last line ("ran", printed before the
+    job records its id). Under srun the output reaches the file through srun's I/O
+    forwarding, which can lag behind the job: seen with only the first line there."""
+
+    def whole() -> str:
+        out = site.output(tag)
+        return out if "ran\n" in out else ""
+
+    return str(wait_for(f"the output of {tag}", whole))
+
+
 def check_read(site: Site, tag: str, dataset: str) -> None:
-    out = site.output(tag)
+    out = finished_output(site, tag)
     assert HELLO.format(dataset) in out
     assert f"{site.checksums[dataset]}  {site.mountdir}/{dataset}/blob.bin" in out
 
