@@ -5,6 +5,7 @@ disk, unhandled OSError, and copies retried on every pass."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,8 +48,14 @@ def test_interrupted_eviction_leaves_no_phantom_cached_copy(node_env: NodeEnv) -
 def test_slow_umount_does_not_hold_the_state_lock(node_env: NodeEnv, tmp_path: Path) -> None:
     # Main: the rebalance unmounted idle stacks under the state lock; one slow umount made
     # concurrent prologs time out (exit 5, a drained node).
+    # The umount blocks until the test lets it go (a fixed sleep in it, with a fixed sleep
+    # here for the pass to reach it and a time limit on the prolog, failed under load).
+    entered, release = tmp_path / "umount-entered", tmp_path / "umount-release"
     slow = tmp_path / "slow-umount"
-    slow.write_text('#!/bin/sh\nsleep 3\nexec /usr/bin/umount "$@"\n')
+    slow.write_text(
+        f"#!/bin/sh\ntouch {entered}\nwhile [ ! -e {release} ]; do sleep 0.05; done\n"
+        'exec /usr/bin/umount "$@"\n'
+    )
     slow.chmod(0o755)
     node_env.add_image("alpha")
     node_env.add_image("beta")
@@ -57,15 +64,19 @@ def test_slow_umount_does_not_hold_the_state_lock(node_env: NodeEnv, tmp_path: P
     node_env.configure(
         idle_unmount=1, umount_command=str(slow), lock_timeout=1, demand={"source": "none"}
     )
-    time.sleep(1.2)
+    time.sleep(1.2)  # at least the idle time (a lower bound: load only lengthens it)
     rebalance = node_env.spawn(["rebalance"])
-    time.sleep(1.0)  # the pass is inside the slow umount now
+    try:
+        wait_until(entered.exists, timeout=60)  # the pass is inside the slow umount now
 
-    started = time.monotonic()
-    prolog = node_env.prolog(2, comment="datasets:beta")
+        # Were the umount under the state lock, this prolog would give up after
+        # lock_timeout (1 s) and fail: the umount does not end before release exists.
+        prolog = node_env.prolog(2, comment="datasets:beta")
 
-    assert prolog.returncode == 0, prolog.stderr
-    assert time.monotonic() - started < 1.5
+        assert prolog.returncode == 0, prolog.stderr
+        assert node_env.stack("beta") and not release.exists()
+    finally:
+        release.touch()
     assert rebalance.wait(timeout=60) == 0
     assert node_env.stack("alpha") == []
 
@@ -86,7 +97,7 @@ def test_unprivileged_user_cannot_hold_the_state_lock(node_env: NodeEnv) -> None
          "flock", "-s", str(lock), "sleep", "60"],
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_until(lambda: lock_taken(lock) or holder.poll() is not None)
         assert holder.poll() is None, "the user could not even take the old lock"
         done = node_env.prolog(3, comment="datasets:alpha")
         assert done.returncode == 0, done.stderr
@@ -140,6 +151,36 @@ def test_waiting_prestage_reaps_a_dead_copier(node_env: NodeEnv) -> None:
 def staging(node_env: NodeEnv) -> dict[str, object]:
     path = node_env.statedir / "state.json"
     return node_env.state()["staging"] if path.exists() else {}  # type: ignore[no-any-return]
+
+
+def lock_taken(lock: Path) -> bool:
+    """Whether another process holds a flock on LOCK (probed without waiting)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # not even created yet
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the probe's own lock, if it got one
+    return False
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process PID has PATH open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+    return False
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
@@ -214,19 +255,26 @@ def test_image_swapped_while_the_prolog_waits_is_not_mounted(node_env: NodeEnv, 
     mine = node_env.add_image("mine", "alpha")
     secret = node_env.add_image("secret", "beta", mode=0o600)
     lock = node_env.statedir / "state.lock"
-    holder = subprocess.Popen(["flock", str(lock), "sleep", "2"])
+    # Held until its stdin closes (fixed sleeps here, for the holder to take the lock and
+    # the prolog to reach it, let either come too late under load).
+    holder = subprocess.Popen(["flock", str(lock), "cat"], stdin=subprocess.PIPE)
     try:
-        time.sleep(0.3)
+        wait_until(lambda: lock_taken(lock))
         prolog = node_env.spawn(
             ["prolog"],
             node_env.job_environ(21, comment="datasets:mine", user="nobody", uid=65534, gid=65534),
         )
-        time.sleep(0.8)  # the prolog has checked mine.sqfs and waits for the lock
+        # The prolog checks the image before it opens the lock: once it has the lock file
+        # open it has checked mine.sqfs, and it waits for the lock.
+        wait_until(lambda: has_open(prolog.pid, lock) or prolog.poll() is not None)
+        assert prolog.poll() is None, prolog.communicate()
         if swap == "symlink":
             os.unlink(mine)
             os.symlink("secret.sqfs", mine)
         else:
             os.replace(secret, mine)
+        assert holder.stdin is not None
+        holder.stdin.close()
         assert holder.wait(timeout=10) == 0
         _, stderr = prolog.communicate(timeout=60)
     finally:
