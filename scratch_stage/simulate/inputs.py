@@ -8,6 +8,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from scratch_stage.core.expected import UNPLACED_CAP
 from scratch_stage.simulate.trace import MIN_READ_SECONDS, Job, Trace
 
 # Demand weights as scratch_stage.slurm.demand.node_demand gives them (a test holds them equal).
@@ -29,6 +30,7 @@ class SimConfig:
     tolerance: float = 0.0  # skip a pass whose inputs moved less than this (relative)
     seed: int = 0
     read_rate: float = 1e9  # prior read rate of a job: expected reads <= time limit x this
+    unplaced_cap: float = UNPLACED_CAP  # unplaced jobs of a dataset: at most this many jobs
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
 
 
 def unplaced_demand(trace: Trace, config: SimConfig) -> UnplacedDemand:
-    """Queued jobs not yet placed count min(1, nodes/N) x e^-1 on every node."""
+    """Queued jobs not yet placed count min(1, nodes/N) x e^-1 on every node; per dataset
+    at most `unplaced_cap` x e^-1 together."""
     total_nodes = max(1, len(trace.nodes))
     events: list[tuple[float, float, tuple[str, ...], float]] = []
     for job in trace.jobs:
@@ -161,5 +164,15 @@ def unplaced_demand(trace: Trace, config: SimConfig) -> UnplacedDemand:
         if i + 1 < len(events) and grid_ceil(events[i + 1][0], config.interval) == tick:
             continue
         ticks.append(tick)
-        values.append({n: dict(b) for n, b in current.items()})
+        values.append({n: _capped(b, config.unplaced_cap) for n, b in current.items()})
     return UnplacedDemand(tuple(ticks), tuple(values))
+
+
+def _capped(by_limit: Mapping[float, float], cap: float) -> dict[float, float]:
+    """A dataset's unplaced weights, scaled down to sum to CAP x e^-1 if they sum to more
+    (`demand.unplaced_scale`: at most CAP jobs sure to run here, at an unknown start)."""
+    total = sum(by_limit.values())
+    limit = cap * UNKNOWN_START_FACTOR
+    if total <= limit:
+        return dict(by_limit)
+    return {k: v * limit / total for k, v in by_limit.items()}

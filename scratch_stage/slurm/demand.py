@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scratch_stage.core.expected import after_landing, expected_read
+from scratch_stage.core.expected import UNPLACED_CAP, after_landing, expected_read
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
 from scratch_stage.host.catalog import Trust
@@ -277,6 +277,7 @@ def node_demand(
     read_rate: float = DEFAULT_READ_RATE,
     discount: bool = True,
     copy_seconds: Mapping[str, float] | None = None,
+    unplaced_cap: float = UNPLACED_CAP,
 ) -> dict[str, float]:
     """Expected bytes queued jobs will read from each dataset on NODE (pure).
 
@@ -291,10 +292,15 @@ def node_demand(
     planner's speculative copies into free room). COPY_SECONDS (per dataset: how long a
     copy would take to land, 0 or absent for a cached one) counts only the reads after
     the copy lands (`after_landing`; unknown start: one horizon away).
+
+    The jobs backfill has not placed (no SchedNodes) count together, per dataset, at most
+    as UNPLACED_CAP jobs sure to run here: when their shares of the nodes sum to more,
+    each is scaled down by the same factor (`unplaced_scale`).
     """
     demand: dict[str, float] = {}
     eligible = _Eligibility(snapshot.partitions, node)
     history = history or {}
+    scale = unplaced_scale(snapshot, node, unplaced_cap, eligible)
     for job in snapshot.jobs:
         if job.priority == 0:
             continue  # held (`sbatch --hold`, `scontrol hold`): cannot start until released
@@ -313,8 +319,30 @@ def node_demand(
                 land = copy_seconds.get(name, 0.0) if copy_seconds else 0.0
                 if land > 0:
                     amount *= after_landing(start, job.time_limit, now + land)
+            if not job.sched_nodes and name in scale:
+                amount *= scale[name]
             demand[name] = demand.get(name, 0.0) + weight * amount
     return demand
+
+
+def unplaced_scale(
+    snapshot: Snapshot, node: str, cap: float = UNPLACED_CAP, eligible: _Eligibility | None = None
+) -> dict[str, float]:
+    """Per dataset whose unplaced jobs' shares of NODE (`job_weight` before the wait's
+    discount; held jobs left out) sum to more than CAP: the factor (< 1) that brings the
+    sum down to CAP. Each such job could run here, but the queue behind backfill's window
+    cannot all start here within the horizon: when this node has room for them, backfill
+    places them, and each then counts on its own nodes in full."""
+    eligible = eligible or _Eligibility(snapshot.partitions, node)
+    shares: dict[str, float] = {}
+    for job in snapshot.jobs:
+        if job.priority == 0 or job.sched_nodes:
+            continue
+        share = job_weight(job, node, eligible, 0.0, 1.0, discount=False)
+        if share > 0:
+            for name in job.datasets:
+                shares[name] = shares.get(name, 0.0) + share
+    return {name: cap / total for name, total in shares.items() if total > cap}
 
 
 class _Eligibility:

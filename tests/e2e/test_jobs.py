@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from slurmclient import USER, SlurmClient, wait_for
 
-from scratch_stage.slurm.demand import parse_slurm_time
+from scratch_stage.core.expected import UNPLACED_CAP
+from scratch_stage.slurm.demand import Snapshot, node_demand, parse_slurm_time
 
 if TYPE_CHECKING:
     from conftest import SlurmKit
@@ -418,6 +420,76 @@ def test_free_room_prefetches_for_a_job_backfill_has_not_placed(site: Site) -> N
             site.admin("scancel", job)
         site.release("blocker2")
         site.release("pending2")
+    site.wait_idle()
+
+
+def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None:
+    """The attacker (the test user) queues many jobs wanting f that backfill cannot place
+    (they depend on a blocker: no start estimate, no SchedNodes), and a few held ones:
+    together they count as at most UNPLACED_CAP jobs sure to run here, at an unknown start
+    (x e^-1), so f does not take the room of a, which a job has just read. Without the cap,
+    the same queue would have outweighed a's value (node_demand on the published snapshot,
+    against the pass's own figures)."""
+    script = str(site.script("plain.sh"))
+    for name, data in site.status().items():
+        if data["cached"] and name != "a":
+            site.scratch_stage("purge", name)
+    site.scratch_stage("pin", "a")
+    site.scratch_stage("rebalance", "--json")
+    site.scratch_stage("unpin", "a")
+    assert site.status()["a"]["cached"] is True
+    reader = site.submit(f"--output={site.work}/reader.out", "--comment=datasets:a", script,
+                         "reader", "a")  # fmt: skip
+    site.release("reader")
+    assert site.started("reader") == reader
+    site.wait_completed(reader)
+    check_read(site, "reader", "a")  # a is being read: it has heat, and no holder now
+    blocker = site.submit("--output=/dev/null", "-n", "2", script, "blocker3", "")
+    queued: list[str] = []
+    count = 40
+    try:
+        site.started("blocker3")
+        after = f"--dependency=afterany:{blocker}"
+        for _ in range(count):
+            queued.append(site.submit(after, "--time=1", "--output=/dev/null",
+                                      "--comment=datasets:f", "--wrap", "true"))  # fmt: skip
+        for _ in range(5):
+            queued.append(site.submit("--hold", "--time=1", "--output=/dev/null",
+                                      "--comment=datasets:f", "--wrap", "true"))  # fmt: skip
+        time.sleep(6)  # a backfill pass (bf_interval=5) has run: it cannot place them
+        placed = site.admin("squeue", "-h", "-j", queued[0], "-o", "%Y|%S").strip()
+        assert placed in ("(null)|N/A", "|N/A"), placed
+        sizes = {n: d["size"] for n, d in site.status().items()}
+        full = str(max(sizes["a"], sizes["f"]))  # room for one of the two
+        # a 10 s horizon: a's heat, measured over the few seconds since a's last sample,
+        # stands for a dataset read steadily; f's demand does not depend on it
+        env = {"SCRATCH_STAGE_CAPACITY": full, "SCRATCH_STAGE_HORIZON": "10"}
+        published = site.base / "demand-flood.json"
+        shown = json.loads(
+            site.scratch_stage("demand", "--json", "--publish", str(published), env=env)
+        )
+        assert shown["pending_jobs"]["f"] == count + 5, shown
+        cap = UNPLACED_CAP * math.exp(-1) * 1.000001
+        assert shown["node_demand"]["f"] <= cap, shown
+        dry = json.loads(site.scratch_stage("rebalance", "--dry-run", "--json", env=env))
+        kept, wanted = dry["decisions"]["a"], dry["decisions"]["f"]
+        assert kept["heat"] > 0 and kept["action"] == "keep", kept
+        assert 0 < wanted["demand"] <= cap * sizes["f"], wanted
+        snapshot = Snapshot.from_json(json.loads(published.read_text()))
+        uncapped = node_demand(
+            snapshot, "localhost", now=snapshot.taken_at, horizon=10.0, sizes=sizes,
+            unplaced_cap=math.inf,
+        )["f"]  # fmt: skip
+        assert uncapped - sizes["f"] > kept["value"], (uncapped, kept)  # the attack, uncapped
+        report = json.loads(site.scratch_stage("rebalance", "--json", env=env))
+        assert report["evict"] == [] and report["stage"] == [], report
+        assert report["decisions"]["f"]["action"] == "none", report["decisions"]["f"]
+        assert site.status()["a"]["cached"] is True
+        assert site.status()["f"]["cached"] is False
+    finally:
+        for job in queued:
+            site.admin("scancel", job)
+        site.release("blocker3")
     site.wait_idle()
 
 

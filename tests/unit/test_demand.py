@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scratch_stage.core.expected import UNPLACED_CAP
 from scratch_stage.host.counters import Counters
 from scratch_stage.slurm.demand import (
     PendingJob,
@@ -147,7 +148,10 @@ def test_recorded_squeue_before_backfill_counts_by_partition() -> None:
     assert all(j.sched_nodes == () and j.start is None for j in jobs)
     snap = Snapshot(tuple(jobs), parse_sinfo(recorded("sinfo-o.txt")), NOW)
     demand = node_demand(snap, "localhost", now=NOW, horizon=H)
-    assert demand["imagenet"] == pytest.approx(2 * math.exp(-1))
+    assert demand["imagenet"] == pytest.approx(min(2, UNPLACED_CAP) * math.exp(-1))
+    # two unplaced jobs on a one-node partition, a cap of one: one job sure to run here
+    one = node_demand(snap, "localhost", now=NOW, horizon=H, unplaced_cap=1.0)
+    assert one["imagenet"] == pytest.approx(math.exp(-1))
 
 
 def test_recorded_pipe_in_comment_and_empty_output() -> None:
@@ -220,7 +224,11 @@ def test_a_huge_time_limit_cannot_raise_a_job_above_what_jobs_read_here() -> Non
         tuple(job(str(i), ("c",), start=None, limit=year) for i in range(1000)), PARTITIONS, NOW
     )
     flood = node_demand(many, "n1", now=NOW, horizon=H, sizes=SIZES, history=history)["c"]
-    assert flood == pytest.approx(1000 * 0.25 * math.exp(-1) * 5 * GB)
+    assert flood == pytest.approx(UNPLACED_CAP * math.exp(-1) * 5 * GB)
+    uncapped = node_demand(
+        many, "n1", now=NOW, horizon=H, sizes=SIZES, history=history, unplaced_cap=math.inf
+    )["c"]
+    assert uncapped == pytest.approx(1000 * 0.25 * math.exp(-1) * 5 * GB)
 
 
 def test_a_held_job_counts_nothing_until_released() -> None:
@@ -255,3 +263,56 @@ def test_the_copy_rate_is_what_this_nodes_copies_ran_at() -> None:
     counters.add("b", "copied_bytes", 50 * GB)
     counters.add("b", "copy_seconds", 100)
     assert counters.copy_rate() == pytest.approx(0.5 * GB)
+
+
+BIG = tuple(f"c{i}" for i in range(64))
+CAP = UNPLACED_CAP * math.exp(-1)  # the most unplaced jobs of one dataset weigh
+
+
+def test_unplaced_jobs_of_one_dataset_count_at_most_the_cap() -> None:
+    """500 queued one-node jobs of one user on x, none placed, over 64 nodes: each is a
+    1/64 share, 7.8 jobs together uncapped; capped, UNPLACED_CAP jobs (x e^-1, unknown
+    start) on every node, whatever their number or time limits. A job placed here, a job of another
+    dataset and the prospect keep their own weights; held jobs do not count in the sum."""
+    partitions = {"big": BIG}
+    size = 10**12
+    sizes = {"x": size, "y": size}
+    flood = tuple(job(str(i), ("x",), start=None, partitions=("big",), limit=3600.0 * (1 + i % 3))
+                  for i in range(500))  # fmt: skip
+    held = tuple(PendingJob(f"h{i}", ("big",), 0, 1, None, (), ("y",), None) for i in range(50))
+    lone = job("y1", ("y",), start=None, partitions=("big",))
+    here = job("x1", ("x",), start=NOW, sched=("c0",), partitions=("big",))
+    snap = Snapshot((*flood, *held, lone), partitions, NOW)
+    for node in ("c0", "c63"):
+        jobs = node_demand(snap, node, now=NOW, horizon=H)
+        assert jobs["x"] == pytest.approx(CAP)
+        assert jobs["y"] == pytest.approx(math.exp(-1) / 64)  # one unplaced job: its share
+        demand = node_demand(snap, node, now=NOW, horizon=H, sizes=sizes)
+        assert demand["x"] == pytest.approx(CAP * size)  # one pass of each of CAP jobs
+        prospect = node_demand(snap, node, now=NOW, horizon=H, sizes=sizes, discount=False)
+        assert prospect["x"] == pytest.approx(UNPLACED_CAP * size)
+        uncapped = node_demand(snap, node, now=NOW, horizon=H, unplaced_cap=math.inf)
+        assert uncapped["x"] == pytest.approx(500 / 64 * math.exp(-1))
+    placed = node_demand(Snapshot((*flood, here), partitions, NOW), "c0", now=NOW, horizon=H)
+    assert placed["x"] == pytest.approx(1 + CAP)  # the placed job counts in full
+    # time limits scale together: a limit caps its job's bytes, the sum stays under one job
+    limited = node_demand(snap, "c0", now=NOW, horizon=H, sizes=sizes, read_rate=1e8)
+    expected = CAP * sum(min(size, 1e8 * 3600.0 * (1 + i % 3)) for i in range(500)) / 500
+    assert limited["x"] == pytest.approx(expected)
+
+
+def test_the_cap_counts_only_jobs_that_may_run_on_this_node() -> None:
+    # a cap of 1: four unplaced jobs in debug (n1-n4) each 1/4 are exactly the cap on n1;
+    # the nine in gpu (g1 alone) count on g1 only
+    jobs = [job(str(i), ("x",), start=None) for i in range(4)]
+    jobs += [job(f"g{i}", ("x",), start=None, partitions=("gpu",)) for i in range(9)]
+    snap = Snapshot(tuple(jobs), PARTITIONS, NOW)
+
+    def on(snapshot: Snapshot, node: str) -> float:
+        return node_demand(snapshot, node, now=NOW, horizon=H, unplaced_cap=1.0)["x"]
+
+    assert on(snap, "n1") == pytest.approx(math.exp(-1))
+    assert on(snap, "g1") == pytest.approx(math.exp(-1))
+    five = Snapshot((*jobs, job("5", ("x",), start=None)), PARTITIONS, NOW)
+    assert on(five, "n1") == pytest.approx(math.exp(-1))
+    assert on(five, "n2") == pytest.approx(math.exp(-1))

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratch_stage.core.expected import UNPLACED_CAP
 from scratch_stage.host import interrupts
 from scratch_stage.host.catalog import Fingerprint
 from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState
@@ -34,7 +35,12 @@ from scratch_stage.simulate.policies import POLICIES, Ours, ScratchManager
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
-from scratch_stage.slurm.demand import PendingJob, Snapshot, node_demand
+from scratch_stage.slurm.demand import (
+    PendingJob,
+    Snapshot,
+    node_demand,
+    unplaced_scale,
+)
 from tests.unit.sim_helpers import GB, random_trace, tiny_trace
 
 CONFIG = SimConfig(capacity=150 * GB, interval=100.0, bandwidth=1e9)
@@ -203,14 +209,21 @@ def test_simulator_builds_the_input_the_rebalance_builds_from_state() -> None:
     assert got.held == got.fresh == frozenset({"a"}) and not got.inflight
 
 
-def test_demand_matches_node_demand_of_the_live_system() -> None:
-    trace = generate(WorkloadSpec(jobs=120, nodes=4, sweep_share=0.6, seed=5),
-                     {"x": 50 * GB, "y": 200 * GB, "z": 900 * GB})  # fmt: skip
-    config = SimConfig(capacity=300 * GB, interval=60.0, backfill_window=1800.0)
+@pytest.mark.parametrize(("wide", "cap"), [(0.0, UNPLACED_CAP), (0.5, UNPLACED_CAP), (0.5, 0.5)])
+def test_demand_matches_node_demand_of_the_live_system(wide: float, cap: float) -> None:
+    """The replay's demand is node_demand's for the same queue, the cap on unplaced jobs
+    included (WIDE: many-node jobs, which wait for their nodes: their queued jobs exceed
+    the cap at some times)."""
+    sizes = {"x": 50 * GB, "y": 200 * GB, "z": 900 * GB}
+    spec = WorkloadSpec(jobs=120, nodes=4, sweep_share=0.6, seed=5, wide_share=wide, wide_max=4)
+    trace = generate(spec, sizes)
+    assert wide == 0 or any(len(job.nodes) > 1 for job in trace.jobs)
+    config = SimConfig(capacity=300 * GB, interval=60.0, backfill_window=1800.0,
+                       unplaced_cap=cap)  # fmt: skip
     work = split_by_node(trace, config)
     unplaced = unplaced_demand(trace, config)
     partitions = {"all": trace.nodes}
-    histories = 0
+    histories = capped = 0
     for t in [600.0 * k for k in range(1, 40, 3)]:
         pending = []
         for job in trace.jobs:
@@ -221,6 +234,7 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
                     job.nodes if placed else (), tuple(sorted(job.reads)), job.limit,
                 ))  # fmt: skip
         snapshot = Snapshot(tuple(pending), partitions, t)
+        capped += bool(unplaced_scale(snapshot, "n0000", cap))
         for name, node_work in work.items():
             node = SimNode(node_work, trace.datasets, config, unplaced)
             for done in node_work.jobs:  # the history of the jobs finished here by t
@@ -234,11 +248,13 @@ def test_demand_matches_node_demand_of_the_live_system() -> None:
             live = node_demand(
                 snapshot, name, now=t, horizon=config.horizon, sizes=trace.datasets,
                 history=history, read_rate=config.read_rate, copy_seconds=copy,
+                unplaced_cap=cap,
             )  # fmt: skip
             assert set(ours) == {k for k, v in live.items() if v > 1e-9}
             for k, v in live.items():
                 assert math.isclose(ours.get(k, 0.0), v, rel_tol=1e-9, abs_tol=1e-9)
     assert histories  # some nodes had a history of finished jobs to go by
+    assert capped or not wide  # the cap on unplaced jobs applied at some of the times
 
 
 def test_all_policies_are_registered() -> None:
