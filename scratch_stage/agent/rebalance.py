@@ -182,7 +182,7 @@ def expected_bytes(
     (their reads need no copy); without, the prior for every dataset (and no sizes if
     this user cannot list datadir)."""
     from scratch_stage.agent.views import ExpectedBytes
-    from scratch_stage.slurm.demand import history_per_job
+    from scratch_stage.slurm.demand import history_per_job, unplaced_scale
 
     try:
         catalog = scan_catalog(node.config.datadir, trust=node.trust)
@@ -195,7 +195,7 @@ def expected_bytes(
     demand, prospect, _ = pass_demand(node, snapshot, state, now, sizes)
     return ExpectedBytes(
         demand, prospect, sizes, history_per_job(state.counters.datasets), with_state,
-        node.config.read_rate,
+        node.config.read_rate, unplaced_scale(snapshot, node.config.node),
     )  # fmt: skip
 
 

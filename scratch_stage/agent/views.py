@@ -224,6 +224,7 @@ class ExpectedBytes:
     per_job: Mapping[str, float]  # the history: bytes read per job start here
     history: bool  # the node's counters could be read (root)
     read_rate: float
+    unplaced_scale: Mapping[str, float] = field(default_factory=dict)  # capped datasets
 
     def basis(self, name: str) -> tuple[float, str]:
         """Bytes a job of NAME is expected to read before its time limit's cap, and whence."""
@@ -237,7 +238,10 @@ class ExpectedBytes:
             return basis
         size = self.sizes[name]
         passes = amount / size if size else 0.0
-        return f"{format_size(amount)}, {passes:.2f} passes ({basis})"
+        text = f"{format_size(amount)}, {passes:.2f} passes ({basis})"
+        if name in self.unplaced_scale:
+            text += f"; unplaced jobs x{self.unplaced_scale[name]:.2g} (cap)"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         names = sorted(set(self.demand) | set(self.prospect))
@@ -253,4 +257,5 @@ class ExpectedBytes:
             "per_job": per_job,
             "history": self.history,
             "read_rate": self.read_rate,
+            "unplaced_scale": dict(self.unplaced_scale),
         }

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from scratch_stage.core.expected import UNPLACED_CAP
 from scratch_stage.slurm.demand import PendingJob, Snapshot
 from tests.unit.cli_tree import MIB, NOW, CliTree, build_tree, open_tree
 
@@ -247,6 +248,21 @@ def test_demand_shows_this_nodes_expected_bytes_and_whence(tree: CliTree) -> Non
     assert data["history"] is False
     assert data["per_job"]["beta"]["basis"] == "prior"
     assert data["node_demand_bytes"]["beta"] == pytest.approx(soon_weight * MIB)
+
+
+def test_demand_says_when_the_cap_on_unplaced_jobs_applies(tree: CliTree) -> None:
+    # ten unplaced jobs on gamma over two nodes: 5 jobs' shares, scaled to UNPLACED_CAP
+    published = tree.root / "demand.json"
+    jobs = tuple(PendingJob(str(i), ("p",), 10, 1, None, (), ("gamma",)) for i in range(10))
+    published.write_text(json.dumps(Snapshot(jobs, {"p": ("node7", "node8")}, NOW).to_json()))
+    configure(tree, demand=f"{{source: file, path: {published}}}")
+    code, out, err = tree.run("demand", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["unplaced_scale"] == {"gamma": pytest.approx(UNPLACED_CAP / 5)}
+    assert data["node_demand"]["gamma"] == pytest.approx(UNPLACED_CAP / math.e)
+    code, out, _ = tree.run("demand")
+    assert code == 0 and f"unplaced jobs x{UNPLACED_CAP / 5:.2g} (cap)" in out
 
 
 @pytest.mark.parametrize(("args", "group"), [(["config"], "config"), (["image"], "image")])
