@@ -127,6 +127,18 @@ class Site(SlurmClient):
 
         wait_for("the node to be idle", idle, 60)
 
+    def wait_backfill_after(self, moment: float) -> None:
+        """Until a backfill cycle ended in a later second than MOMENT (`sdiag`; one every
+        bf_interval=5 s, later under load: a fixed sleep could end before it)."""
+
+        def last_cycle() -> bool:
+            for line in self.admin("sdiag").splitlines():
+                if line.strip().startswith("Last cycle when:") and line.rstrip().endswith(")"):
+                    return int(line.rstrip(")").rsplit("(", 1)[1]) > int(moment)
+            return False
+
+        wait_for("a backfill cycle", last_cycle, 60)
+
     def features(self) -> list[str]:
         out = self.admin("scontrol", "show", "node", "-o", "localhost")
         for item in out.split():
@@ -395,7 +407,8 @@ def test_free_room_prefetches_for_a_job_backfill_has_not_placed(site: Site) -> N
         for _ in range(5):
             queued.append(site.submit("--hold", "--time=365-0", "--output=/dev/null",
                                       "--comment=datasets:f", "--wrap", "true"))  # fmt: skip
-        time.sleep(6)  # a backfill pass (bf_interval=5) has run: it cannot place the job
+        submitted = time.time()
+        site.wait_backfill_after(submitted)  # a backfill pass has run: it cannot place the job
         assert site.admin("squeue", "-h", "-j", queued[0], "-o", "%Y").strip() in ("(null)", "")
         # no start estimate, or one as far as the blocker's limit: demand ~ 0 now
         start = site.admin("squeue", "-h", "-j", queued[0], "-o", "%S").strip()
@@ -540,6 +553,10 @@ def _file_value(path: Path, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{labels} not in {path}")
 
 
+# Prometheus scrapes and evaluates this often here: the span the figures need shrinks with it
+SCRAPE = "250ms"
+
+
 def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_path: Path) -> None:
     import sys
 
@@ -558,7 +575,7 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
     held = ""
     with (
         promstack.node_exporter(textfile, work) as exporter,
-        promstack.prometheus([exporter.removeprefix("http://")], work) as server,
+        promstack.prometheus([exporter.removeprefix("http://")], work, interval=SCRAPE) as server,
     ):
         site.config.write_text(original + f"metrics_dir: {textfile}\nprometheus_url: {server}\n")
         try:
@@ -587,8 +604,8 @@ def test_cluster_view_shows_cache_demand_and_prometheus_figures(site: Site, tmp_
                                "held", "f")  # fmt: skip
             promstack.wait_for_query(server, f"{cached_a} == {after:.0f}", bool)
             # increase() extrapolates a series that starts inside the window by half a scrape
-            # interval over its span: with 1 s scrapes and a span of 15 s, at most ~7 %
-            time.sleep(max(0.0, 15 - (time.monotonic() - baseline_seen)))
+            # interval over its span: with 0.25 s scrapes and a span of 4 s, at most ~7 %
+            time.sleep(max(0.0, 4 - (time.monotonic() - baseline_seen)))
 
             data = json.loads(site.scratch_stage("cluster", "--json", "--window", "5m"))
             rows = {d["name"]: d for d in data["datasets"]}
