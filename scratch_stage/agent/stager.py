@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 from scratch_stage.agent.node import Node
 from scratch_stage.agent.recovery import process_start
-from scratch_stage.core.errors import Interrupted, StagingError
+from scratch_stage.core.errors import Interrupted, NoRoomYet, StagingError
 from scratch_stage.core.layout import partial_name
 from scratch_stage.host import faults, interrupts
 from scratch_stage.host.catalog import (
@@ -69,6 +69,8 @@ def stage(
     while True:
         try:
             status = _reserve(node, image)
+        except NoRoomYet:
+            raise  # nothing failed: no backoff, the next pass retries
         except StagingError as e:
             _record_failure(node, name, str(e))
             raise
@@ -157,11 +159,18 @@ def _reserve(node: Node, image: Image) -> Reservation:
 
 def _check_fits(node: Node, state: NodeState, image: Image) -> None:
     """StagingError unless IMAGE fits the budget and the filesystem's real free space."""
-    from scratch_stage.agent.space import FREE_MARGIN, free_bytes, used_bytes
+    from scratch_stage.agent.space import FREE_MARGIN, free_bytes, retired_bytes
 
     capacity = node.capacity_bytes()
     # A stale copy still on disk (or deleted but mounted) occupies it during the copy.
-    used = used_bytes(node, state)
+    reserved, retired = state.reserved_bytes(), retired_bytes(node)
+    used = reserved + retired
+    if used + image.size > capacity and reserved + image.size <= capacity:
+        raise NoRoomYet(
+            f"{image.name} ({image.size} bytes) does not fit yet: {used} of {capacity} bytes "
+            f"used or in flight, {retired} of them by deleted copies still mounted (by a job, "
+            "or in another mount namespace) until those end; retried by the next pass"
+        )
     if used + image.size > capacity:
         raise StagingError(
             f"{image.name} ({image.size} bytes) does not fit: {used} of {capacity} bytes "

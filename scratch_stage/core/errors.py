@@ -47,6 +47,12 @@ class StagingError(ScratchStageError):
     """A copy into the cache failed or was interrupted; nothing partial is kept."""
 
 
+class NoRoomYet(StagingError):
+    """A copy would fit but for deleted copies still mounted (held by a job, or copied into
+    another mount namespace, e.g. a Slurm job container or a user's `unshare`): no copy
+    failed, so no backoff; the next pass tries again."""
+
+
 class Interrupted(ScratchStageError):
     """SIGTERM or SIGINT arrived; the command stopped between two steps."""
 

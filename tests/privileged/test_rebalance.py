@@ -8,11 +8,12 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from nodetree import NodeEnv, blob_of, wait_for
+from nodetree import NodeEnv, blob_of, loops_under, wait_for
 
 IMAGE_BYTES = 400_000  # each test image is ~260 kB: the capacity holds one, not two
 
@@ -231,3 +232,62 @@ def test_daemon_notifies_systemd_and_stops_cleanly_mid_copy(node_env: NodeEnv) -
     assert node_env.state()["staging"] == {}
     assert not (node_env.cachedir / "big.sqfs").exists()
     assert [e["event"] for e in node_env.events()][-1] == "stage-failed"
+
+
+def deleted_copies(node: NodeEnv) -> list[str]:
+    """Backing files of loop devices still attached to deleted cached copies."""
+    return [b for b in loops_under(node.cachedir).values() if b.endswith(" (deleted)")]
+
+
+def test_a_copy_a_user_namespace_holds_defers_the_next_copy_without_backoff(
+    node_env: NodeEnv,
+) -> None:
+    # Any user can copy the node's mounts into a namespace of their own (unshare --user
+    # --mount; Slurm's job_container/tmpfs makes a private one per job): a cached copy
+    # evicted meanwhile stays on disk, deleted, until that namespace ends, and counts. The
+    # copy it makes room for is deferred with that reason, never put into backoff (which
+    # doubled up to a day and counted as a failed copy), and made once the space is free.
+    setup(node_env)
+    assert node_env.cli("prestage", "a").returncode == 0
+    assert node_env.backings("a")[-1] == str(node_env.cachedir / "a.sqfs")
+    holder = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         "unshare", "--user", "--map-root-user", "--mount", "sleep", "600"],
+    )  # fmt: skip
+    try:
+        ours = os.readlink("/proc/self/ns/mnt")
+
+        def holds_copy() -> bool:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{holder.pid}/ns/mnt") != ours:
+                    mounts = Path(f"/proc/{holder.pid}/mountinfo").read_text()
+                    return f" {node_env.mountdir / 'a'} " in mounts
+            assert holder.poll() is None, "the user could not make a mount namespace"
+            return False
+
+        wait_for(holds_copy)
+        assert node_env.cli("pin", "b").returncode == 0  # the pass evicts a, copies b
+
+        done = node_env.cli("rebalance", "--json")
+
+        assert done.returncode == 1, done.stderr
+        report = json.loads(done.stdout)
+        assert report["evict"] == ["a"] and report["stage"] == ["b"], report
+        (failed,) = report["failed"]
+        assert failed["step"] == "stage" and failed["dataset"] == "b", failed
+        assert "does not fit yet" in failed["error"]
+        assert "deleted copies still mounted" in failed["error"], failed
+        assert not (node_env.cachedir / "a.sqfs").exists()
+        assert len(deleted_copies(node_env)) == 1  # a's, in the user's namespace only
+        assert node_env.stack("a") and all("(deleted)" not in b for b in node_env.backings("a"))
+        assert node_env.state()["failures"] == {}  # no backoff
+        assert node_env.events("stage-failed") == []
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for(lambda: deleted_copies(node_env) == [])  # its namespace gone with it
+
+    report = rebalance(node_env)
+
+    assert report["stage"] == ["b"] and report["failed"] == [], report
+    assert node_env.backings("b")[-1] == str(node_env.cachedir / "b.sqfs")
