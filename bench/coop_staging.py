@@ -1,13 +1,16 @@
 """Cooperative staging vs independent staging, and two peer-transfer engines, on one machine.
 
     .venv/bin/python bench/coop_staging.py [--nodes 4 8] [--size-mib 1024] [--engines]
-        [--shared-rate 100MB/s 300MB/s]
+        [--shared-rate 100MB/s 300MB/s] [--prepared]
 
 For each node count N, in one run and on the same image (random data, squashfs without
 compression, SIZE MiB):
 - `single`: one node stages it alone (coop off): the baseline copy time T1;
 - `independent`: all N stage it at once, each from datadir (coop off);
-- `cooperative`: all N at once with coop on (readers: 1, libtorrent).
+- `cooperative`: all N at once with coop on (readers: 1, libtorrent);
+- `prepared` (with `--prepared`): the same, after `coop prepare` published the digest
+  (its read, off the staging path, is reported apart): the lease holder passes each piece
+  on while it reads (pipelined).
 Each node is the harness of tests/privileged/coopnodes.py (its own mount namespace, node
 tree and 127.0.0.x address); its cachedir is a tmpfs of its own, as a node's local SSD is
 its own disk (on one machine, N copies onto one disk would measure that disk). Shared
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -44,11 +48,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "privileged"))
 
-from coopnodes import Cluster, CoopNode, drop_pages  # noqa: E402
+from coopnodes import CLI, Cluster, CoopNode, drop_pages  # noqa: E402
 
 from scratch_stage.host import torrent  # noqa: E402
 
@@ -182,6 +187,32 @@ def reset(node: CoopNode) -> None:
         path.unlink()
 
 
+def in_throttle(throttle: Throttle | None, spawn: Callable[[], T]) -> T:
+    """SPAWN's processes, born in THROTTLE's cgroup (if any)."""
+    if throttle:
+        throttle.enter()
+    try:
+        return spawn()
+    finally:
+        if throttle:
+            throttle.leave()
+
+
+def prepare(cluster: Cluster, node: CoopNode, throttle: Throttle | None) -> tuple[float, int]:
+    """`coop prepare img` on NODE, pages dropped first: (seconds, shared bytes read)."""
+    drop_pages(cluster.datadir / "img.sqfs")
+    before = cluster.shared.bytes_read()
+    started = time.monotonic()
+    proc = in_throttle(throttle, lambda: subprocess.Popen(
+        [str(CLI), "coop", "prepare", "img"], env=node.environ(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd="/",
+    ))  # fmt: skip
+    _, err = proc.communicate(timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{node.name}: coop prepare failed: {err.strip()}")
+    return time.monotonic() - started, cluster.shared.bytes_read() - before
+
+
 def stage_all(
     cluster: Cluster, nodes: list[CoopNode], images: list[Path], throttle: Throttle | None
 ) -> tuple[float, int]:
@@ -190,13 +221,8 @@ def stage_all(
         drop_pages(image)
     before = cluster.shared.bytes_read()
     started = time.time()
-    if throttle:
-        throttle.enter()  # the nodes' processes are born in its cgroup
-    try:
-        procs = [node.spawn_prestage("img") for node in nodes]
-    finally:
-        if throttle:
-            throttle.leave()
+    # The nodes' processes are born in the throttle's cgroup.
+    procs = in_throttle(throttle, lambda: [node.spawn_prestage("img") for node in nodes])
     for node, proc in zip(nodes, procs):
         _, err = proc.communicate(timeout=3600)
         if proc.returncode != 0:
@@ -206,14 +232,21 @@ def stage_all(
     return last - started, shared
 
 
-Results = dict[str, tuple[float, int]]
+Results = dict[str, tuple[float, int, float]]
+T = TypeVar("T")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process's finished children (the nodes' processes), user + system."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_cluster(
-    count: int, mib: int, base: Path, rates: list[int | None]
+    count: int, mib: int, base: Path, rates: list[int | None], prepared: bool
 ) -> tuple[int, list[tuple[int | None, tuple[float, float] | None, Results, str]]]:
-    """(image size, per rate: (rate, throttle check, {mode: (seconds, shared bytes)}, the
-    cooperative nodes' coop events))."""
+    """(image size, per rate: (rate, throttle check, {mode: (seconds, shared bytes, CPU
+    seconds)}, the cooperative nodes' coop events))."""
     base.mkdir()
     cluster = Cluster(base, count, size_mib=(count + 1) * (mib + 32) + 256)
     throttle: Throttle | None = None
@@ -245,11 +278,15 @@ def run_cluster(
                         f"{rate / 1e6:.0f} MB/s took {seconds:.2f} s, not {expected:.2f} s +-10 %"
                     )
             results: Results = {}
-            for mode, nodes, coop in (
+            modes = [
                 ("single", cluster.nodes[:1], False),
                 ("independent", cluster.nodes, False),
                 ("cooperative", cluster.nodes, True),
-            ):
+            ]
+            if prepared:
+                modes.append(("prepared", cluster.nodes, True))
+            event_notes = []
+            for mode, nodes, coop in modes:
                 for i, node in enumerate(cluster.nodes):
                     # The defaults of a real node (the test harness shortens the stall time).
                     coop_cfg = {"enabled": coop, "stall_seconds": 30, "seed_seconds": 120}
@@ -259,15 +296,29 @@ def run_cluster(
                 # A cooperative run of an earlier rate left its digest and peers behind.
                 shutil.rmtree(cluster.datadir / ".scratch-stage-coop", ignore_errors=True)
                 images = [image] + [d / image.name for d in own]
-                results[mode] = stage_all(cluster, nodes, images, throttle)
+                if mode == "prepared":
+                    took, read = prepare(cluster, cluster.nodes[0], throttle)
+                    results["prepare"] = (took, read, 0.0)
+                cpu = cpu_seconds()
+                seconds, shared = stage_all(cluster, nodes, images, throttle)
+                results[mode] = (seconds, shared, cpu_seconds() - cpu)
                 if coop:
-                    kinds = ("coop-lease", "coop-fetch", "coop-stalled", "coop-bad-copy")
+                    kinds = ("coop-lease", "coop-fetch", "coop-stalled", "coop-bad-copy",
+                             "coop-digest-refused")  # fmt: skip
                     seen = {k: sum(len(n.events(k)) for n in nodes) for k in kinds}
                     bad = {e.get("reason", "") for n in nodes for e in n.events("coop-bad-copy")}
-                    notes.append(
-                        ", ".join(f"{k} {v}" for k, v in seen.items())
+                    checks = [e["check_seconds"] for n in nodes for e in n.events("coop-fetched")]
+                    reads = [e for n in nodes for e in n.events("coop-read")]
+                    event_notes.append(
+                        f"{mode}: "
+                        + ", ".join(f"{k} {v}" for k, v in seen.items())
+                        + (f", fetchers' sha256 check {min(checks):.2f}-{max(checks):.2f} s"
+                           if checks else "")
+                        + "".join(f", reader's read {e['seconds']:.2f} s, peers had up to "
+                                  f"{e['peer_pieces']} pieces while it read" for e in reads)
                         + "".join(f"\n  bad copy: {reason}" for reason in sorted(bad))
-                    )
+                    )  # fmt: skip
+            notes.append("\n".join(event_notes))
             if throttle:
                 for node in cluster.nodes:
                     node.kill()
@@ -429,6 +480,10 @@ def main() -> None:
     parser.add_argument("--engines", action="store_true")
     parser.add_argument("--no-staging", action="store_true")
     parser.add_argument(
+        "--prepared", action="store_true",
+        help="also run the cooperative mode after `coop prepare` (pipelined transfer)",
+    )  # fmt: skip
+    parser.add_argument(
         "--shared-rate", type=parse_rate, nargs="+", default=[None], metavar="RATE",
         help="cap shared storage's reads at RATE for all nodes together (e.g. 100MB/s)",
     )  # fmt: skip
@@ -442,7 +497,9 @@ def main() -> None:
         base = Path(tempfile.mkdtemp(prefix="coop-bench-"))
         try:
             if not args.no_staging:
-                size, runs = run_cluster(count, args.size_mib, base / "stage", args.shared_rate)
+                size, runs = run_cluster(
+                    count, args.size_mib, base / "stage", args.shared_rate, args.prepared
+                )
                 for rate, check, r, coop_events in runs:
                     t1 = r["single"][0]
                     speed = "unthrottled" if rate is None else f"{rate / 1e6:g} MB/s"
@@ -451,13 +508,25 @@ def main() -> None:
                         took, want = check
                         print(f"throttle check: reading the image alone took {took:.2f} s, "
                               f"size/rate = {want:.2f} s ({took / want:.3f}x)")  # fmt: skip
-                    head = ("mode", "shared bytes", "x image", "time s", "x single")
-                    print("{:<12} {:>14} {:>8} {:>8} {:>9}".format(*head))
-                    for mode in ("single", "independent", "cooperative"):
-                        seconds, shared = r[mode]
+                    head = ("mode", "shared bytes", "x image", "time s", "x single",
+                            "CPU s/GiB")  # fmt: skip
+                    print("{:<12} {:>14} {:>8} {:>8} {:>9} {:>10}".format(*head))
+                    for mode in ("single", "independent", "cooperative", "prepared"):
+                        if mode not in r:
+                            continue
+                        seconds, shared, cpu = r[mode]
+                        moved = size * (1 if mode == "single" else count) / (1 << 30)
                         print(f"{mode:<12} {shared:>14} {shared / size:>8.2f} {seconds:>8.2f} "
-                              f"{seconds / t1:>9.2f}")  # fmt: skip
-                    print(f"cooperative nodes' events: {coop_events}")
+                              f"{seconds / t1:>9.2f} {cpu / moved:>10.2f}")  # fmt: skip
+                    if "prepare" in r:
+                        took, read, _ = r["prepare"]
+                        print(f"coop prepare (before `prepared`, not in its time): {took:.2f} s, "
+                              f"{read} shared bytes ({read / size:.2f}x)")  # fmt: skip
+                    print(f"cooperative nodes' events:\n{coop_events}")
+                    print(
+                        "CPU s/GiB: CPU seconds (user + system) of all node processes per GiB "
+                        "that ends up in the nodes' caches"
+                    )
                 print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             if args.engines:
                 lt_time, aria_time = run_engines(count, args.size_mib, base)
