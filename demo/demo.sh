@@ -201,8 +201,11 @@ dev=$(findmnt -n -o SOURCE "$run/shared")
 mkdir -m 0755 "$run/shared/data" "$run/src/shards"
 chmod 0755 "$run/shared"
 head -c $((48 << 20)) /dev/urandom >"$run/src/shards/shard0.bin"
-printf 'datadir: %s\ncachedir: %s\n' "$run/shared/data" "$run/build-cache" >"$run/build4.yaml"
+printf 'datadir: %s\ncachedir: %s\ncoop: {enabled: true}\n' "$run/shared/data" "$run/build-cache" >"$run/build4.yaml"
 show "$S" --config "$run/build4.yaml" image build "$run/src/shards" shards --compression fast
+echo "(with coop enabled, image build as root also publishes the image's digest, as 'coop prepare'"
+echo " does for images built elsewhere: the node that will read shared storage passes on each piece"
+echo " while it reads, instead of the others waiting for its whole copy)"
 for n in n1 n2 n3 n4; do mkdir -p "$run/cluster4/nodes/$n"/{mount,cache,state}; done
 cat >"$run/node-config.yaml" <<CONF
 datadir: $run/shared/data
@@ -261,8 +264,9 @@ for n in n1 n2 n3 n4; do
 done
 awk -v b="$read_bytes" -v s="$size" -v t="$t2" -v t1="$t1" 'BEGIN { t -= t1
   printf "shared storage read %.1f MiB for a %.1f MiB image staged on 4 nodes: %.2fx its size (independent copies: 4x); all cached in %.1f s\n", b / 1048576, s / 1048576, b / s, t }'
-echo "(coop-lease: this node read shared storage under the reader lease; coop-fetched: it copied from"
-echo " its peers, every copy verified against the published sha256 before it is mounted)"
+echo "(coop-lease: this node read shared storage under the reader lease; coop-read: it had read it all,"
+echo " its peers fetching pieces meanwhile; coop-fetched: it copied from its peers, every copy verified"
+echo " against the published sha256 before it is mounted)"
 
 step "A 4-node job reads its dataset on every node, from that node's cached copy"
 show scancel "$blocker"
