@@ -195,7 +195,8 @@ def expected_bytes(
     demand, prospect, _ = pass_demand(node, snapshot, state, now, sizes)
     return ExpectedBytes(
         demand, prospect, sizes, history_per_job(state.counters.datasets), with_state,
-        node.config.read_rate, unplaced_scale(snapshot, node.config.node),
+        node.config.read_rate,
+        unplaced_scale(snapshot, node.config.node, now=now, horizon=node.config.horizon),
     )  # fmt: skip
 
 

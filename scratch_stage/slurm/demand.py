@@ -300,7 +300,9 @@ def node_demand(
     demand: dict[str, float] = {}
     eligible = _Eligibility(snapshot.partitions, node)
     history = history or {}
-    scale = unplaced_scale(snapshot, node, unplaced_cap, eligible)
+    scale = unplaced_scale(
+        snapshot, node, unplaced_cap, eligible, now=now, horizon=horizon, discount=discount
+    )
     for job in snapshot.jobs:
         if job.priority == 0:
             continue  # held (`sbatch --hold`, `scontrol hold`): cannot start until released
@@ -326,19 +328,25 @@ def node_demand(
 
 
 def unplaced_scale(
-    snapshot: Snapshot, node: str, cap: float = UNPLACED_CAP, eligible: _Eligibility | None = None
-) -> dict[str, float]:
-    """Per dataset whose unplaced jobs' shares of NODE (`job_weight` before the wait's
-    discount; held jobs left out) sum to more than CAP: the factor (< 1) that brings the
-    sum down to CAP. Each such job could run here, but the queue behind backfill's window
-    cannot all start here within the horizon: when this node has room for them, backfill
-    places them, and each then counts on its own nodes in full."""
+    snapshot: Snapshot, node: str, cap: float = UNPLACED_CAP, eligible: _Eligibility | None = None,
+    *, now: float = 0.0, horizon: float = 1.0, discount: bool = True,
+) -> dict[str, float]:  # fmt: skip
+    """Per dataset whose unplaced jobs weigh more on NODE, together, than CAP jobs sure to
+    run here at an unknown start (`job_weight`, held jobs left out: their weights sum to
+    more than CAP x e^-1; DISCOUNT false, their shares of the nodes to more than CAP): the
+    factor (< 1) that brings the sum down to it. Each such job could run here, but the
+    queue behind backfill's window cannot all start here within the horizon: when this
+    node has room for them, backfill places them, and each then counts in full on its
+    own nodes. A job with a start estimate far away weighs about 0 in the sum, as in the
+    demand."""
     eligible = eligible or _Eligibility(snapshot.partitions, node)
+    if discount:
+        cap *= math.exp(-1.0)  # an unknown start is one horizon away
     shares: dict[str, float] = {}
     for job in snapshot.jobs:
         if job.priority == 0 or job.sched_nodes:
             continue
-        share = job_weight(job, node, eligible, 0.0, 1.0, discount=False)
+        share = job_weight(job, node, eligible, now, horizon, discount)
         if share > 0:
             for name in job.datasets:
                 shares[name] = shares.get(name, 0.0) + share

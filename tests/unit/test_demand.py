@@ -301,6 +301,19 @@ def test_unplaced_jobs_of_one_dataset_count_at_most_the_cap() -> None:
     assert limited["x"] == pytest.approx(expected)
 
 
+def test_unplaced_jobs_starting_far_away_do_not_dilute_the_others() -> None:
+    """Jobs backfill has not placed but whose start Slurm estimates a year away weigh ~0
+    in the demand, and ~0 in the cap's sum: a job with an unknown start keeps its
+    weight. In the prospect (no discount) they count by their shares."""
+    far = tuple(job(str(i), ("x",), start=NOW + 365 * 86400, partitions=("big",))
+                for i in range(500))  # fmt: skip
+    unknown = job("u", ("x",), start=None, partitions=("big",))
+    snap = Snapshot((*far, unknown), {"big": BIG}, NOW)
+    assert node_demand(snap, "c0", now=NOW, horizon=H)["x"] == pytest.approx(math.exp(-1) / 64)
+    prospect = node_demand(snap, "c0", now=NOW, horizon=H, discount=False)["x"]
+    assert prospect == pytest.approx(UNPLACED_CAP)  # 501/64 shares, capped
+
+
 def test_the_cap_counts_only_jobs_that_may_run_on_this_node() -> None:
     # a cap of 1: four unplaced jobs in debug (n1-n4) each 1/4 are exactly the cap on n1;
     # the nine in gpu (g1 alone) count on g1 only
