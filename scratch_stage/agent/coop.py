@@ -548,8 +548,8 @@ def _fetch(
     """Fetch IMAGE from peers into PARTIAL, verify it, move it to FINAL; False on failure.
 
     Pieces come as soon as any peer has them: from a reader of datadir while it reads
-    (`_pipelined_copy`), or from other fetchers. No progress for `stall_seconds`, or the
-    digest refused by its reader, abandons the transfer.
+    (`_pipelined_copy`), or from other fetchers. No progress for `stall_seconds` while no
+    reader holds a live lease, or the digest refused by its reader, abandons the transfer.
     """
     from scratch_stage.agent.stager import _fsync_dir
 
@@ -588,7 +588,9 @@ def _fetch(
                 best, best_at = done, now
                 if progress is not None and done > 0:
                     progress(done, image.size)
-            if now - best_at >= cfg.stall_seconds:
+            # A reader of datadir holding a live lease is progress too: its next piece comes
+            # at the shared-storage rate, however slow (a dead reader's lease expires).
+            if now - best_at >= cfg.stall_seconds and entry.holders() == 0:
                 log.warning(
                     "%s: peer transfer stalled at %d of %d bytes; falling back to datadir",
                     image.name, max(best, 0), image.size,

@@ -189,3 +189,52 @@ def test_a_digest_that_does_not_match_the_image_never_gives_a_wrong_copy(
         assert sha256_of(node.cached("img")) == want  # the image's bytes, whatever the digest
         assert node.mounted_backings(), f"{node.name} mounted nothing"
         assert not node.events("coop-served"), f"{node.name} served a copy under a bad digest"
+
+
+def test_a_digest_left_by_peers_now_gone_is_read_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    image = build_image(cluster.datadir, "img", 8, tmp_path)
+    want = sha256_of(image)
+    first = cluster.nodes[0]
+    assert cli(first, "coop", "prepare", "img").returncode == 0
+    [entry] = entries(cluster)
+    # Two nodes that had the copy once and died: registered as done, not heard from since.
+    peers = entry / "peers"
+    peers.mkdir(mode=0o700, exist_ok=True)
+    for i, name in enumerate(("dead1", "dead2")):
+        gone = {"node": name, "host": f"127.0.0.{90 + i}", "port": 9, "done": True,
+                "time": time.time() - 3600}  # fmt: skip
+        (peers / f"{name}.json").write_text(json.dumps(gone))
+        (peers / f"{name}.json").chmod(0o600)
+    first.configure(coop={"stall_seconds": 300})  # were they waited for, the test would hang
+    [(rc, err)] = finish([first.spawn_prestage("img")])
+    assert rc == 0, err
+    assert not first.events("coop-fetch")  # no transfer tried from the dead
+    [lease] = first.events("coop-lease")
+    assert lease["pipelined"] is True
+    assert sha256_of(first.cached("img")) == want and first.mounted_backings()
+
+
+def test_a_fetch_that_follows_a_slow_reader_does_not_stall(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    image = build_image(cluster.datadir, "img", 12, tmp_path)
+    size, want = image.stat().st_size, sha256_of(image)
+    reader, *others = cluster.nodes[:3]
+    assert cli(reader, "coop", "prepare", "img").returncode == 0
+    # A piece (4 MiB) every 4 s from the reader, and fetchers that would give up after 1 s
+    # without progress: they must keep following the reader, not fall back to datadir.
+    reader.configure(bandwidth="1MiB")
+    for node in others:
+        node.configure(coop={"stall_seconds": 1})
+    drop_pages(image)
+    before = cluster.shared.bytes_read()
+    first = reader.spawn_prestage("img")
+    wait_for_event(reader, "coop-lease", first)
+    results = finish([first, *[node.spawn_prestage("img") for node in others]])
+    assert all(rc == 0 for rc, _ in results), results
+    assert not [e for n in others for e in n.events("coop-stalled")]
+    assert all(n.events("coop-fetched") for n in others)
+    shared = cluster.shared.bytes_read() - before
+    assert shared <= 1.25 * size, (shared, size)
+    for node in (reader, *others):
+        assert sha256_of(node.cached("img")) == want and node.mounted_backings()
