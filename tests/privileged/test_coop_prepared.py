@@ -221,11 +221,12 @@ def test_a_fetch_that_follows_a_slow_reader_does_not_stall(
     size, want = image.stat().st_size, sha256_of(image)
     reader, *others = cluster.nodes[:3]
     assert cli(reader, "coop", "prepare", "img").returncode == 0
-    # A piece (4 MiB) every 4 s from the reader, and fetchers that would give up after 1 s
+    # A piece (4 MiB) every 8 s from the reader, and fetchers that would give up after 4 s
     # without progress: they must keep following the reader, not fall back to datadir.
-    reader.configure(bandwidth="1MiB")
+    # (4 s, not less: when the reader turns seeder, fetchers reconnect to it.)
+    reader.configure(bandwidth="512KiB")
     for node in others:
-        node.configure(coop={"stall_seconds": 1})
+        node.configure(coop={"stall_seconds": 4})
     drop_pages(image)
     before = cluster.shared.bytes_read()
     first = reader.spawn_prestage("img")
