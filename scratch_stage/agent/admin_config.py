@@ -62,8 +62,10 @@ def check_config(config: Config) -> list[Finding]:
 
 # slurmctld RPCs a node's demand costs per pass, counted with `sdiag` on the 22.05 test
 # cluster: `squeue -t PD` and `sinfo` together make 4 (REQUEST_JOB_INFO 1,
-# REQUEST_NODE_INFO 1, REQUEST_PARTITION_INFO 2). pyslurm loads jobs and partitions (2).
-DEMAND_RPCS = {"squeue": 4, "pyslurm": 2, "file": 0, "none": 0}
+# REQUEST_NODE_INFO 1, REQUEST_PARTITION_INFO 2), `squeue -t R` (running jobs' time
+# limits) 2 more (REQUEST_JOB_INFO 1, REQUEST_PARTITION_INFO 1). pyslurm loads jobs and
+# partitions (2).
+DEMAND_RPCS = {"squeue": 6, "pyslurm": 2, "file": 0, "none": 0}
 # `scontrol show node -o NODE` makes 2 (node and partition info); with node_features only
 # when the cached set changed or REFRESH passed (agent/features.py), plus an update.
 FEATURE_RPCS = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Callable
 
 from scratch_stage.agent.mounts import perform_unmount
@@ -32,7 +32,7 @@ from scratch_stage.policy.report import (
     skipped_report,
 )
 from scratch_stage.policy.unmounts import UnmountPlan, decide_unmounts
-from scratch_stage.slurm.demand import Snapshot
+from scratch_stage.slurm.demand import Snapshot, running_demand
 from scratch_stage.slurm.demand_sources import demand_here, read_snapshot
 
 if TYPE_CHECKING:
@@ -154,11 +154,14 @@ def _skipped(node: Node) -> PassReport:
 
 
 def pass_demand(
-    node: Node, snapshot: Snapshot | None, state: NodeState, now: float, sizes: dict[str, int]
-) -> tuple[dict[str, float], dict[str, float], PlanParams]:
+    node: Node, snapshot: Snapshot | None, state: NodeState, now: float, sizes: dict[str, int],
+    heat: Mapping[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, float], PlanParams]:  # fmt: skip
     """This pass's demand, prospect and planner knobs: copies run at the rate this node's
     finished copies ran (the counters), else at `copy_rate`; a dataset not cached or in
-    flight counts only the reads after its copy would land."""
+    flight counts only the reads after its copy would land. With HEAT, the demand also
+    counts what the jobs running here will read after a copy lands (`running_demand`:
+    their time limits from SNAPSHOT, their starts from the state)."""
     config = node.config
     rate = state.counters.copy_rate() or float(config.copy_rate)
     copy_seconds = {
@@ -169,6 +172,11 @@ def pass_demand(
     demand, prospect = demand_here(
         config, snapshot, now, sizes, state.counters.datasets, copy_seconds
     )
+    if heat is not None and snapshot is not None and snapshot.running:
+        holds = {j: (h.datasets, h.since) for j, h in state.jobs.items()}
+        running = running_demand(holds, snapshot.running, heat, copy_seconds, now)
+        for name, amount in running.items():
+            demand[name] = demand.get(name, 0.0) + amount
     params = PlanParams(horizon=config.horizon, hysteresis=config.hysteresis, copy_rate=rate)
     return demand, prospect, params
 
@@ -211,7 +219,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
     if dry_run:
         state = node.store.read()
         heat = measure_heat(node, state, now, count=False)
-        demand, prospect, params = pass_demand(node, snapshot, state, now, sizes)
+        demand, prospect, params = pass_demand(node, snapshot, state, now, sizes, heat)
         the_plan = plan(
             plan_input(state, fingerprints, now), heat, demand, capacity,
             params=params, value=value, prospect=prospect,
@@ -222,7 +230,7 @@ def _rebalance(node: Node, *, dry_run: bool, progress: ProgressFactory | None) -
 
         settle(node, state, full=True)
         heat = measure_heat(node, state, now)
-        demand, prospect, params = pass_demand(node, snapshot, state, now, sizes)
+        demand, prospect, params = pass_demand(node, snapshot, state, now, sizes, heat)
         # counters of datasets gone from datadir and the cache go too: the state stays small
         gone = set(state.counters.datasets) - set(catalog.images) - set(state.cached)
         state.counters.forget(

@@ -37,3 +37,26 @@ def after_landing(start: float, limit: float | None, land: float) -> float:
     if limit is None or limit <= 0 or start + limit <= land:
         return 0.0
     return (start + limit - land) / limit
+
+
+# A running job's time limit counts at most this far ahead (seconds): a limit of a year
+# weighs what a limit of a day does (docs/planner.md, "Running jobs").
+RUNNING_HORIZON_CAP = 86400.0
+
+
+def running_read(rate: float, now: float, start: float, limit: float | None, land: float) -> float:
+    """Bytes a job running since START is expected to read after a copy lands LAND
+    seconds from NOW (pure).
+
+    RATE is what the job reads per second (the dataset's heat over its running jobs). It
+    ends, with no other knowledge, at a time uniform between NOW and the end of its time
+    LIMIT (seconds; counted at most RUNNING_HORIZON_CAP ahead of NOW; None: unknown, 0):
+    the expected reads after the landing are RATE x (end - landing)^2 / (2 (end - NOW)).
+    """
+    if limit is None or rate <= 0:
+        return 0.0
+    end = min(start + limit, now + RUNNING_HORIZON_CAP)
+    after = now + max(0.0, land)
+    if after >= end:
+        return 0.0
+    return rate * (end - after) ** 2 / (2.0 * (end - now))

@@ -34,6 +34,9 @@ class Policy(Protocol):
     the given (low, high) ranges per dataset and whose prospect stays at most the given
     highest, the node unchanged; the replay then skips those ticks.
 
+    A policy with `running_demand = True` gets in its demand what running jobs will read
+    after a copy lands (`SimNode.running_demand`), as the rebalance computes it.
+
     A policy may instead have `steady_until(node, now) -> float`: its answer at NOW is its
     answer at every time before the result if no job starts or ends and no copy lands (it
     does not read heat or demand); the replay then skips those ticks (with tolerance 0).
@@ -74,6 +77,9 @@ class _Replay:
             getattr(policy, "steady_until", None) if node.config.tolerance == 0.0 else None
         )
         self.resume = math.nan  # the tick a steady skip resumes at
+        # The policy reads the running jobs' reads after a landing in the demand (`ours`,
+        # as the rebalance does); the others do not, and are replayed as before.
+        self.running: bool = getattr(policy, "running_demand", False)
 
     def run(self) -> Costs:
         node, jobs = self.node, self.node.work.jobs
@@ -122,8 +128,11 @@ class _Replay:
             # Every skipped tick would have answered the same and left the last one's
             # inputs as the memo: so does this one (tolerance 0, nothing happened since).
             before = now - self.step
-            self.memo = (node.version, Inputs(node.heat(before), *node.demand_parts(before)))
-        inputs = Inputs(node.heat(now), *node.demand_parts(now))
+            heat = node.heat(before)
+            running = heat if self.running else None
+            self.memo = (node.version, Inputs(heat, *node.demand_parts(before, running)))
+        heat = node.heat(now)
+        inputs = Inputs(heat, *node.demand_parts(now, heat if self.running else None))
         decided = False
         if self.memo is None or not _same(self.memo, (node.version, inputs), self.config):
             before_version = node.version
@@ -133,7 +142,11 @@ class _Replay:
                 return now + self.step
             decided = True
         upcoming = min(node.unplaced.next_change(now), node.next_placement())
-        if now - node.last_boundary < self.config.period or not node.demand_settled(now):
+        if (
+            now - node.last_boundary < self.config.period
+            or not node.demand_settled(now)
+            or (self.running and node.running_moves(now))
+        ):
             if decided and self.steady is not None:
                 return self._steady(now, self.steady(node, now))
             return self._proven(now, node.next_placement())  # heat or demand still moving

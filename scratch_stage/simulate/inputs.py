@@ -41,6 +41,7 @@ class NodeJob:
     start: float
     end: float
     reads: tuple[tuple[str, int], ...]
+    limit: float = math.inf  # the job's time limit (inf: none)
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,12 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
         reads = tuple(sorted((n, b) for n, b in job.reads.items() if b > 0))
         visible = visible_from(job, config)
         noise = rng.gauss(0.0, config.estimate_noise) if config.estimate_noise else 0.0
+        limit = math.inf if job.limit is None else job.limit
         for name in job.nodes:
             work = nodes.setdefault(name, NodeWorkload(name))
-            work.jobs.append(NodeJob(job.id, job.start, end, reads))
+            work.jobs.append(NodeJob(job.id, job.start, end, reads, limit))
             if visible < job.start and job.reads:
                 datasets = tuple(sorted(job.reads))
-                limit = math.inf if job.limit is None else job.limit
                 work.pending.append(Pending(visible, job.start, job.start + noise, datasets, limit))
     for work in nodes.values():
         work.jobs.sort(key=lambda j: (j.start, j.id))

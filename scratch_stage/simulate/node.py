@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scratch_stage.core.expected import after_landing, expected_read
+from scratch_stage.core.expected import after_landing, expected_read, running_read
 from scratch_stage.policy.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
@@ -195,10 +195,48 @@ class SimNode:
         """Expected bytes queued jobs will read here, weighted as node_demand weighs them."""
         return self.demand_parts(now)[0]
 
-    def demand_parts(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
-        """The demand, and the prospect (the same without the wait's discount)."""
+    def running_demand(self, now: float, heat: Mapping[str, float]) -> dict[str, float]:
+        """Bytes the running jobs are expected to read from each dataset neither cached nor
+        in flight after its copy would land (`running_read`, as `slurm.demand.running_demand`
+        computes it: each job reads the dataset's HEAT over its running jobs)."""
+        out: dict[str, float] = {}
+        cached, held = self.cached, self.held
+        inflight = self.inflight[0] if self.inflight is not None else None
+        for job in self.running.values():
+            limit = job.limit
+            if limit == math.inf:
+                continue
+            for name, _ in job.reads:
+                rate = heat.get(name)
+                if not rate or name in cached or name == inflight:
+                    continue
+                land = self.sizes[name] / self.config.bandwidth
+                amount = running_read(rate / held[name], now, job.start, limit, land)
+                if amount > 0:
+                    out[name] = out.get(name, 0.0) + amount
+        return out
+
+    def running_moves(self, now: float) -> bool:
+        """Some running job's expected reads after a copy would land still change with time."""
+        for job in self.running.values():
+            if job.limit == math.inf:
+                continue
+            for name, _ in job.reads:
+                land = self.land(name)
+                if land > 0 and job.start + job.limit > now + land:
+                    return True
+        return False
+
+    def demand_parts(
+        self, now: float, heat: Mapping[str, float] | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The demand, and the prospect (the same without the wait's discount); with HEAT,
+        the demand includes the running jobs' reads after a copy lands (`running_demand`)."""
         values = self.unplaced.at(now)
         demand = dict(self._unplaced_bytes(values, landing=True))
+        if heat is not None:
+            for name, amount in self.running_demand(now, heat).items():
+                demand[name] = demand.get(name, 0.0) + amount
         # every unplaced job weighs its share x e^-1 (unknown start): undiscounted, x e
         prospect = {n: v / UNKNOWN_START_FACTOR for n, v in self._unplaced_bytes(values).items()}
         pending = self.work.pending
@@ -289,6 +327,24 @@ class SimNode:
                 a_low, a_high = self._after(p, name, end), self._after(p, name, start)
                 low[name] = low.get(name, 0.0) + w_low * amount * a_low
                 high[name] = high.get(name, 0.0) + w_high * amount * a_high
+        # Running jobs' reads after a landing (`running_demand`): growing with heat, never
+        # growing with time, so lowest at the lowest heat at END, highest at the highest
+        # heat at START.
+        cached, held, bandwidth = self.cached, self.held, self.config.bandwidth
+        inflight = self.inflight[0] if self.inflight is not None else None
+        for job in self.running.values():
+            if job.limit == math.inf:
+                continue
+            for name, _ in job.reads:
+                h_low, h_high = heat.get(name, (0.0, 0.0))
+                if not h_high or name in cached or name == inflight:
+                    continue
+                land, count = self.sizes[name] / bandwidth, held[name]
+                amount = running_read(h_high / count, start, job.start, job.limit, land)
+                if amount > 0:
+                    high[name] = high.get(name, 0.0) + amount
+                    amount = running_read(h_low / count, end, job.start, job.limit, land)
+                    low[name] = low.get(name, 0.0) + amount
         return heat, {n: (low.get(n, 0.0), high[n]) for n in high}
 
     def demand_settled(self, now: float) -> bool:

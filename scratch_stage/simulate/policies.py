@@ -26,6 +26,7 @@ class Ours:
     """The production planner, called exactly as the rebalance calls it."""
 
     triggers = TICK
+    running_demand = True  # its demand counts running jobs' reads, as the rebalance's does
 
     def __init__(
         self, params: planner.PlanParams | None = None,

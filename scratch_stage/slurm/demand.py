@@ -14,11 +14,11 @@ import secrets
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratch_stage.core.expected import UNPLACED_CAP, after_landing, expected_read
+from scratch_stage.core.expected import UNPLACED_CAP, after_landing, expected_read, running_read
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
 from scratch_stage.host.catalog import Trust
@@ -33,6 +33,9 @@ SQUEUE_FORMAT = "%i|%P|%Q|%D|%S|%Y|%l|%k"
 # The format before the time limit (%l) was read: recorded outputs of it stay parseable.
 SQUEUE_FORMAT_NO_LIMIT = "%i|%P|%Q|%D|%S|%Y|%k"
 SINFO_FORMAT = "%R|%N"
+# Running jobs (`squeue -h -t R`): job id (%A: each array element its own) and time limit.
+# Neither field is free text, so the records need no marker.
+RUNNING_FORMAT = "%A|%l"
 # The prior read rate of a job (bytes/s) when the configuration gives none: what caps a
 # job's expected reads by its time limit (`read_rate`, docs/planner.md).
 DEFAULT_READ_RATE = 1e9
@@ -54,11 +57,13 @@ class PendingJob:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The cluster's pending jobs and partitions at TAKEN_AT."""
+    """The cluster's pending jobs and partitions at TAKEN_AT, and the time limits of its
+    running jobs (job id -> seconds, None: unlimited or unknown)."""
 
     jobs: tuple[PendingJob, ...]
     partitions: Mapping[str, tuple[str, ...]]
     taken_at: float
+    running: Mapping[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +72,7 @@ class Snapshot:
             "partitions": {p: list(n) for p, n in self.partitions.items()},
             "jobs": [asdict(j) for j in self.jobs],
             "peers": {name: list(nodes) for name, nodes in self.peers().items()},
+            "running": dict(self.running),
         }
 
     def peers(self) -> dict[str, tuple[str, ...]]:
@@ -106,7 +112,11 @@ class Snapshot:
             for j in data["jobs"]
         )
         partitions = {str(p): tuple(map(str, n)) for p, n in data["partitions"].items()}
-        return cls(jobs, partitions, float(data["taken_at"]))
+        running = {  # absent in files published before it was
+            str(j): None if limit is None else float(limit)
+            for j, limit in data.get("running", {}).items()
+        }
+        return cls(jobs, partitions, float(data["taken_at"]), running)
 
 
 def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -192,6 +202,17 @@ def parse_squeue(text: str, marker: str = "", *, limit: bool = True) -> list[Pen
             )
         )
     return jobs
+
+
+def parse_running(text: str) -> dict[str, float | None]:
+    """Job id -> time limit (seconds, None: unlimited) of running jobs from
+    `squeue -h -t R -o RUNNING_FORMAT`; lines that are not such a record are skipped."""
+    running: dict[str, float | None] = {}
+    for line in text.splitlines():
+        job_id, sep, limit = line.partition("|")
+        if sep and job_id.strip().isdigit() and "|" not in limit:
+            running[job_id.strip()] = parse_time_limit(limit)
+    return running
 
 
 def parse_time_limit(text: str) -> float | None:
@@ -353,6 +374,41 @@ def unplaced_scale(
     return {name: cap / total for name, total in shares.items() if total > cap}
 
 
+def running_demand(
+    holds: Mapping[str, tuple[Sequence[str], float]],
+    limits: Mapping[str, float | None],
+    heat: Mapping[str, float],
+    copy_seconds: Mapping[str, float],
+    now: float,
+) -> dict[str, float]:
+    """Expected bytes this node's running jobs will read from each dataset after its copy
+    would land (pure; docs/planner.md, "Running jobs").
+
+    HOLDS: job id -> (datasets, start) of the jobs running here; LIMITS: their time limits
+    (a job absent or unlimited counts nothing); HEAT: bytes/s read per dataset, shared
+    evenly by the jobs holding it; COPY_SECONDS: how long each dataset's copy would take
+    (absent or 0: cached or in flight, nothing to count). Per job `running_read`.
+    """
+    holders: dict[str, int] = {}
+    for datasets, _ in holds.values():
+        for name in set(datasets):
+            holders[name] = holders.get(name, 0) + 1
+    out: dict[str, float] = {}
+    for job_id, (datasets, start) in holds.items():
+        limit = limits.get(job_id)
+        if limit is None:
+            continue
+        for name in set(datasets):
+            land = copy_seconds.get(name, 0.0)
+            if land <= 0:
+                continue
+            rate = heat.get(name, 0.0) / holders[name]
+            amount = running_read(rate, now, start, limit, land)
+            if amount > 0:
+                out[name] = out.get(name, 0.0) + amount
+    return out
+
+
 class _Eligibility:
     """How many nodes a job's partitions span; infinite when they do not include NODE."""
 
@@ -368,9 +424,15 @@ class _Eligibility:
         return self.cache[names]
 
 
-def snapshot_from_cli(squeue_out: str, sinfo_out: str, now: float, marker: str = "") -> Snapshot:
-    """A Snapshot from the two commands' outputs (squeue's records start with MARKER)."""
-    return Snapshot(tuple(parse_squeue(squeue_out, marker)), parse_sinfo(sinfo_out), now)
+def snapshot_from_cli(
+    squeue_out: str, sinfo_out: str, now: float, marker: str = "", running_out: str = ""
+) -> Snapshot:
+    """A Snapshot from the commands' outputs (squeue's records of pending jobs start with
+    MARKER; RUNNING_OUT: squeue's running jobs in RUNNING_FORMAT)."""
+    return Snapshot(
+        tuple(parse_squeue(squeue_out, marker)), parse_sinfo(sinfo_out), now,
+        parse_running(running_out),
+    )  # fmt: skip
 
 
 def read_demand_file(

@@ -20,6 +20,7 @@ from scratch_stage.host.catalog import Trust
 from scratch_stage.host.config import Config
 from scratch_stage.host.logger import get_logger
 from scratch_stage.slurm.demand import (
+    RUNNING_FORMAT,
     SINFO_FORMAT,
     SQUEUE_FORMAT,
     Snapshot,
@@ -156,9 +157,11 @@ def require_query(config: Config, now: float, run: Run = runner.run) -> Snapshot
                      timeout=config.command_timeout)  # fmt: skip
         sinfo = run([*config.sinfo_command, "-h", "-o", SINFO_FORMAT],
                     timeout=config.command_timeout)  # fmt: skip
+        running = run([*config.squeue_command, "-h", "-t", "R", "-o", RUNNING_FORMAT],
+                      timeout=config.command_timeout)  # fmt: skip
     except ScratchStageError as e:
         raise NoDemand(f"Slurm's queue cannot be read: {e}") from None
-    return snapshot_from_cli(squeue, sinfo, now, marker)
+    return snapshot_from_cli(squeue, sinfo, now, marker, running)
 
 
 def check_publishable(path: Path) -> None:

@@ -73,8 +73,12 @@ def _limit_seconds(minutes: Any) -> float | None:
 def snapshot_from_pyslurm(pyslurm: Any, now: float) -> Snapshot:
     """The pending jobs with datasets and the partitions, read through pyslurm."""
     jobs = []
+    running: dict[str, float | None] = {}
     for job in pyslurm.Jobs.load().values():
         comment = job.comment or ""
+        if str(job.state).upper() == "RUNNING":
+            running[str(job.id)] = _limit_seconds(getattr(job, "time_limit", None))
+            continue
         if str(job.state).upper() != "PENDING" or "datasets:" not in comment:
             continue
         start = job.start_time
@@ -94,4 +98,4 @@ def snapshot_from_pyslurm(pyslurm: Any, now: float) -> Snapshot:
         str(name): expand_hosts(str(part.nodes or ""))
         for name, part in pyslurm.Partitions.load().items()
     }
-    return Snapshot(tuple(jobs), partitions, now)
+    return Snapshot(tuple(jobs), partitions, now, running)

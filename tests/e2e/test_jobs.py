@@ -503,6 +503,30 @@ def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None
         for job in queued:
             site.admin("scancel", job)
         site.release("blocker3")
+
+
+def test_a_running_jobs_time_limit_counts_at_most_a_day_of_its_reads(site: Site) -> None:
+    """The rebalance reads the time limits of running jobs (squeue -t R): a job reading p,
+    whose copy is gone, counts what it would read after a copy lands. The attacker (the
+    test user) asks for a year: it counts at most half a day at the rate it reads now."""
+    script = str(site.script("plain.sh"))
+    if site.status()["p"]["cached"]:
+        site.scratch_stage("purge", "p")
+    job = site.submit("--time=365-0", "--output=/dev/null", "--comment=datasets:p", script,
+                      "year", "p")  # fmt: skip
+    try:
+        assert site.started("year") == job
+        published = site.base / "demand-running.json"
+        site.scratch_stage("demand", "--publish", str(published))
+        assert json.loads(published.read_text())["running"][job] == 365 * 86400.0
+        report = json.loads(site.scratch_stage("rebalance", "--dry-run", "--json"))
+        decision = report["decisions"]["p"]
+        assert decision["heat"] > 0 and decision["demand"] > 0, decision
+        assert decision["demand"] <= decision["heat"] * 86400 / 2, decision
+        assert site.status()["p"]["cached"] is False  # a dry run changes nothing
+    finally:
+        site.release("year")
+    site.wait_completed(job)
     site.wait_idle()
 
 

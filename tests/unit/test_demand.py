@@ -15,11 +15,13 @@ from scratch_stage.slurm.demand import (
     Snapshot,
     history_per_job,
     node_demand,
+    parse_running,
     parse_sinfo,
     parse_slurm_time,
     parse_squeue,
     parse_time_limit,
     read_demand_file,
+    running_demand,
 )
 
 NOW = 1_800_000_000.0
@@ -118,6 +120,19 @@ def test_snapshot_round_trips_and_stale_or_bad_files_mean_no_demand(tmp_path: Pa
     path.write_text("{not json")
     assert read_demand_file(path, now=NOW, max_age=300) is None
     assert read_demand_file(tmp_path / "missing.json", now=NOW, max_age=300) is None
+    with_running = Snapshot(snap.jobs, PARTITIONS, NOW, {"7": 3600.0, "8": None})
+    path.write_text(json.dumps(with_running.to_json()))
+    assert read_demand_file(path, now=NOW, max_age=300) == with_running
+    older = with_running.to_json()
+    del older["running"]  # published before running jobs were: none known
+    path.write_text(json.dumps(older))
+    assert read_demand_file(path, now=NOW, max_age=300) == snap
+
+
+def test_parse_running_reads_job_ids_and_time_limits() -> None:
+    text = "12|1:00:00\n13|UNLIMITED\n14|2-00:00:00\nnot a record\n15|1|2\n|5\n"
+    assert parse_running(text) == {"12": 3600.0, "13": None, "14": 172800.0}
+    assert parse_running("") == {}
 
 
 # --- recorded real output of Slurm 22.05.8 (tests/data/slurm-22.05/README.md) ---------
@@ -329,3 +344,51 @@ def test_the_cap_counts_only_jobs_that_may_run_on_this_node() -> None:
     five = Snapshot((*jobs, job("5", ("x",), start=None)), PARTITIONS, NOW)
     assert on(five, "n1") == pytest.approx(math.exp(-1))
     assert on(five, "n2") == pytest.approx(math.exp(-1))
+
+
+def test_a_running_job_counts_its_expected_reads_after_the_copy_lands() -> None:
+    """The job ends at a time uniform between now and its limit's end: half of what the
+    limit leaves at its read rate, only after a copy would land, none once cached."""
+    from scratch_stage.core.expected import running_read
+
+    rate = 0.5 * GB
+    # started an hour ago with a 5 h limit: 4 h left, a copy landing at once
+    assert running_read(rate, NOW, NOW - H, 5 * H, 0.0) == pytest.approx(rate * 2 * H)
+    # a copy landing in 2 h: rate x (4h - 2h)^2 / (2 x 4h)
+    assert running_read(rate, NOW, NOW - H, 5 * H, 2 * H) == pytest.approx(rate * H / 2)
+    assert running_read(rate, NOW, NOW - H, 5 * H, 4 * H) == 0.0  # lands after its limit
+    assert running_read(rate, NOW, NOW - H, None, 0.0) == 0.0  # no limit known
+    assert running_read(0.0, NOW, NOW - H, 5 * H, 0.0) == 0.0  # reads nothing now
+    holds = {"7": (("a", "b"), NOW - H), "8": (("a",), NOW - 60), "9": (("c",), NOW)}
+    limits = {"7": 5 * H, "8": 5 * H}  # 9: no limit known
+    heat = {"a": 2 * rate, "b": rate, "c": rate}
+    copy = {"a": 2 * H, "c": 60.0}  # b is cached: nothing to count
+    got = running_demand(holds, limits, heat, copy, NOW)
+    assert set(got) == {"a"}
+    # a's heat shared by its two jobs: rate each
+    assert got["a"] == pytest.approx(
+        running_read(rate, NOW, NOW - H, 5 * H, 2 * H)
+        + running_read(rate, NOW, NOW - 60, 5 * H, 2 * H)
+    )
+
+
+def test_a_running_job_cannot_claim_more_than_it_reads_for_a_day() -> None:
+    """Attacker's view: a year's time limit counts as a day's; a job that reads nothing
+    counts nothing; splitting the same reads over many jobs counts no more."""
+    from scratch_stage.core.expected import RUNNING_HORIZON_CAP, running_read
+
+    rate = 0.1 * GB
+    year, day = 365 * 86400.0, RUNNING_HORIZON_CAP
+    assert running_read(rate, NOW, NOW, year, 0.0) == running_read(rate, NOW, NOW, day, 0.0)
+    assert running_read(rate, NOW, NOW, year, 0.0) == pytest.approx(rate * day / 2)
+    copy = {"c": 600.0}
+    one = running_demand({"1": (("c",), NOW)}, {"1": year}, {"c": rate}, copy, NOW)
+    many = running_demand(
+        {str(i): (("c",), NOW) for i in range(1000)},
+        {str(i): year for i in range(1000)},
+        {"c": rate},
+        copy,
+        NOW,
+    )
+    assert many["c"] == pytest.approx(one["c"]) and one["c"] <= rate * day / 2
+    assert running_demand({"1": (("c",), NOW)}, {"1": year}, {}, copy, NOW) == {}

@@ -17,6 +17,7 @@ from scratch_stage.core.errors import ScratchStageError
 from scratch_stage.core.records import replace
 from scratch_stage.host.config import Config, DemandConfig
 from scratch_stage.slurm.demand import (
+    RUNNING_FORMAT,
     SINFO_FORMAT,
     SQUEUE_FORMAT,
     PendingJob,
@@ -61,6 +62,10 @@ def config(tmp_path: Path, **kwargs: object) -> Config:
                     f"marker=${{5%%%i*}}; sed -E 's/^(([^|]*[|]){{6}})/\\15:00|/; "
                     f"s/^/'\"$marker\"'/' {RECORDED / name}"
                 )
+                # running jobs (-t R): the recorded two, limits of a year and of 2 h
+                running = RECORDED / "squeue-r-o.txt"
+                body = f'if [ "$3" = R ]; then cat {running}; exit; fi\n{body}'
+
             kwargs[key] = script(tmp_path / command, body)
     kwargs.setdefault("demand", DemandConfig(source="squeue"))
     return Config(datadir=tmp_path, cachedir=tmp_path, node="localhost", **kwargs)  # type: ignore[arg-type]
@@ -84,8 +89,10 @@ def test_squeue_source_runs_squeue_and_sinfo_and_weighs_this_node(tmp_path: Path
         ("4", ("coco", "imagenet")),
     ]
     assert snapshot.partitions == {"debug": ("localhost",)}
-    [squeue_args] = args_of(tmp_path, "squeue")
+    squeue_args, running_args = args_of(tmp_path, "squeue")
     assert re.fullmatch(f"-h -t PD -o @[0-9a-f]{{16}}@{re.escape(SQUEUE_FORMAT)}", squeue_args)
+    assert running_args == f"-h -t R -o {RUNNING_FORMAT}"
+    assert snapshot.running == {"1": 365 * 86400.0, "2": 7200.0}
     assert args_of(tmp_path, "sinfo") == [f"-h -o {SINFO_FORMAT}"]
     assert [j.time_limit for j in snapshot.jobs] == [300.0, 300.0]
     sizes = {"imagenet": 10**12, "coco": 10**12}
@@ -248,12 +255,12 @@ def test_config_check_names_the_demand_source_and_its_cost(tmp_path: Path) -> No
 
     squeue = config(tmp_path, interval=60.0)
     assert demand_note(squeue) == (
-        "demand: squeue on every node: about 4 slurmctld RPCs per node per pass (every 60s): "
-        "4/min per node, 400/min at 100 nodes, 4,000/min at 1,000; a published file "
-        "(`demand: {source: file}`, scratch-stage-demand.timer on one host) costs 4 per 30s "
+        "demand: squeue on every node: about 6 slurmctld RPCs per node per pass (every 60s): "
+        "6/min per node, 600/min at 100 nodes, 6,000/min at 1,000; a published file "
+        "(`demand: {source: file}`, scratch-stage-demand.timer on one host) costs 6 per 30s "
         "in all"
     )
-    assert "8,000/min at 1,000" in demand_note(config(tmp_path, interval=30.0))
+    assert "12,000/min at 1,000" in demand_note(config(tmp_path, interval=30.0))
     published = config(tmp_path, demand=DemandConfig(source="file"))
     assert demand_note(published).startswith(
         f"demand: file {tmp_path}/.scratch-stage-demand.json (one publisher asks slurmctld"

@@ -29,7 +29,8 @@ def fake_pyslurm(version: str) -> types.ModuleType:
     jobs = {
         3: job(id=3, state="PENDING", comment="datasets:imagenet", scheduled_nodes="n[1-2]",
                start_time=1_800_000_000),
-        4: job(id=4, state="RUNNING", comment="datasets:coco"),
+        4: job(id=4, state="RUNNING", comment="datasets:coco", time_limit=90),
+        6: job(id=6, state="RUNNING", time_limit=None),
         5: job(id=5, state="PENDING", comment="no request"),
     }  # fmt: skip
     parts = {"debug": types.SimpleNamespace(nodes="n[1-4]")}
@@ -65,6 +66,7 @@ def test_adapter_keeps_pending_jobs_with_datasets() -> None:
     ]
     assert snap.jobs[0].start == 1_800_000_000.0
     assert snap.partitions == {"debug": ("n1", "n2", "n3", "n4")}
+    assert snap.running == {"4": 5400.0, "6": None}  # running jobs' time limits
 
 
 def test_a_pyslurm_that_ends_the_process_on_import_costs_only_a_child(

@@ -462,3 +462,56 @@ def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
             assert _costs(steady) == _costs(all_ticks), name
             fewer[name] += all_ticks.decisions - steady.decisions
     assert fewer["belady"] > 0 and fewer["future-bytes"] > 0
+
+
+def test_a_long_running_job_on_an_image_slower_to_copy_than_the_horizon_gets_a_copy() -> None:
+    """A job reading a 4 TB image for 6 h (limit 8 h), never queued where a node could see
+    it: its copy takes longer than the horizon, so its heat alone is worth nothing; what
+    it will read after the copy lands (`running_demand`, from its time limit) pays."""
+    hour = 3600.0
+    trace = Trace(
+        {"big": 4000 * GB},
+        (Job("1", 0.0, 0.0, 6 * hour, ("n1",), {"big": int(0.8 * GB * 6 * hour)}, 8 * hour),),
+    )
+    config = SimConfig(capacity=5000 * GB, bandwidth=1e9)
+    report = simulate(trace, config, ["ours", "none"], bound=False)
+    ours, none = report.results["ours"], report.results["none"]
+    assert ours.copies == 1
+    assert ours.slow_bytes < 0.5 * none.slow_bytes
+    without_limit = Trace(trace.datasets, (replace_limit(trace.jobs[0], None),))
+    report = simulate(without_limit, config, ["ours"], bound=False)
+    assert report.results["ours"].copies == 0  # no limit: nothing known of its end
+
+
+def replace_limit(job: Job, limit: float | None) -> Job:
+    return Job(job.id, job.submit, job.start, job.end, job.nodes, job.reads, limit)
+
+
+def test_running_demand_matches_the_live_systems() -> None:
+    from scratch_stage.slurm.demand import running_demand
+
+    trace = generate(WorkloadSpec(jobs=120, nodes=4, sweep_share=0.6, seed=5),
+                     {"x": 50 * GB, "y": 2000 * GB, "z": 9000 * GB})  # fmt: skip
+    config = SimConfig(capacity=300 * GB, interval=60.0)
+    work = split_by_node(trace, config)
+    limits = {j.id: j.limit for j in trace.jobs}
+    compared = 0
+    for t in [600.0 * k for k in range(1, 40, 3)]:
+        for node_work in work.values():
+            node = SimNode(node_work, trace.datasets, config, unplaced_demand(trace, config))
+            for job in node_work.jobs:
+                if job.start <= t:
+                    node.start_job(job, job.start)
+                if job.end <= t:
+                    node.end_job(job, job.end)
+            node.cached = {"x": 0.0}  # a cached copy: nothing to count for it
+            heat = node.heat(t)
+            ours = node.running_demand(t, heat)
+            holds = {j.id: (tuple(n for n, _ in j.reads), j.start) for j in node.running.values()}
+            copy = {n: s / config.bandwidth for n, s in trace.datasets.items() if n != "x"}
+            live = running_demand(holds, limits, heat, copy, t)
+            assert set(ours) == set(live) and "x" not in live
+            for k, v in live.items():
+                assert math.isclose(ours[k], v, rel_tol=1e-9)
+            compared += len(live)
+    assert compared
