@@ -527,7 +527,9 @@ def test_a_running_jobs_time_limit_counts_at_most_a_day_of_its_reads(site: Site)
     finally:
         site.release("year")
     site.wait_completed(job)
-    site.wait_idle()
+    # never drained; not waited for idle: after the many-pending test's cancelled queue,
+    # 22.05 shows the node "mixed" with no CPU allocated for minutes
+    assert "drain" not in site.node_state(), site.admin("sinfo", "-R")
 
 
 def test_node_features_follow_the_cache(site: Site) -> None:
