@@ -162,9 +162,14 @@ def coop_copy(
                 entry.unregister_peer(node.config.node)
                 session.close()
             return None
-        session.add(_torrent_of(meta), str(final), seeding=True)
-        entry.register_peer(Peer(node.config.node, host, session.port, True, time.time()))
-        return Seeder(node, entry, session, host)
+        seeder = Seeder(node, entry, session, host)
+        try:
+            session.add(_torrent_of(meta), str(final), seeding=True)
+            entry.register_peer(Peer(node.config.node, host, session.port, True, time.time()))
+        except BaseException:
+            seeder.close()
+            raise
+        return seeder
     finally:
         # A reader keeps its lease until it serves as a done peer: a node looking in between
         # would see the digest, no lease held and no peer with the image, and read datadir.
