@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -149,7 +150,10 @@ def _libc_call(name: str, *args: Any) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if getattr(libc, name)(*args) != 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+        hint = ""
+        if name in ("unshare", "setns") and threading.active_count() > 1:
+            hint = f" ({threading.active_count() - 1} other thread(s) of pytest still run)"
+        raise OSError(errno, f"{name}: {os.strerror(errno)}{hint}")
 
 
 @contextlib.contextmanager
