@@ -102,4 +102,11 @@ def _each_node(func: Callable[[int], Any], count: int, workers: int) -> Iterator
         return
     context = multiprocessing.get_context("fork")
     with context.Pool(min(workers, count), initializer=_default_signals) as pool:
-        yield from pool.imap(func, range(count))
+        results = list(pool.imap(func, range(count)))
+        # Let the workers leave on their own before the pool goes: terminate() (what
+        # leaving the `with` does) kills them wherever they are, and a pool left open in a
+        # suspended generator is terminated only at exit, where a child was once seen
+        # waiting for ever on one of multiprocessing's locks.
+        pool.close()
+        pool.join()
+    yield from results
