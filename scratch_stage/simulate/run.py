@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
@@ -101,7 +102,17 @@ def _each_node(func: Callable[[int], Any], count: int, workers: int) -> Iterator
         yield from map(func, range(count))
         return
     context = multiprocessing.get_context("fork")
-    with context.Pool(min(workers, count), initializer=_default_signals) as pool:
+    # Fork the workers with SIGTERM at its default too: Pool.terminate() (an error, Ctrl-C)
+    # may signal a worker before it ran its initializer, and a worker that caught it with
+    # the parent's flag-setting handler would never exit: the replay would hang.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
+    try:
+        pool = context.Pool(min(workers, count), initializer=_default_signals)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    with pool:
         results = list(pool.imap(func, range(count)))
         # Let the workers leave on their own before the pool goes: terminate() (what
         # leaving the `with` does) kills them wherever they are, and a pool left open in a

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -347,6 +350,44 @@ def test_workers_die_on_sigterm_even_when_the_parent_turned_it_into_a_flag() -> 
     # Pool.terminate(), and a replay could hang for ever on one still waiting on its queue.
     interrupts.install()
     assert list(run_module._each_node(_worker_dies_on_sigterm, 4, workers=2)) == [True] * 4
+
+
+_LATE_WORKER = """
+import multiprocessing, time
+from scratch_stage.host import interrupts
+from scratch_stage.simulate import run
+initializer = run._default_signals
+started = multiprocessing.get_context("fork").Value("i", 0)
+def late() -> None:  # the second worker is slow to start: the first does all the work
+    with started.get_lock():
+        started.value += 1
+        second = started.value == 2
+    if second:
+        time.sleep(1.0)  # Pool.terminate() signals it here
+    initializer()
+run._default_signals = late
+interrupts.install()
+print(list(run._each_node(abs, 2, workers=2)))
+"""
+
+
+def test_a_worker_signalled_before_its_initializer_still_dies() -> None:
+    """A worker slow to start while the other does all the work: the replay ends (a
+    terminate() at the pool's end used to SIGTERM it before its initializer ran, and with
+    the parent's flag-setting handler it never exited: a unit run hung on it). In a fresh
+    interpreter in its own session, with a time limit: a hang fails the test, and the
+    whole session (its workers too) is killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LATE_WORKER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=Path(__file__).resolve().parents[2], start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the replay's pool hung on a worker signalled before its initializer")
+    assert proc.returncode == 0 and out == "[0, 1]\n", (out, err)
 
 
 def reference_knapsack(items: Sequence[tuple[str, int, float]], capacity: int) -> set[str]:
