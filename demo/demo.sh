@@ -113,7 +113,9 @@ pids=$(cat "$run/cluster"/{munged,slurmctld,slurmd}.pid)
 show sinfo
 
 step "Two jobs ask for their data: one with --comment, one with the SPANK option --datasets"
-read_cmd="ls $run/datasets/; cat $run/datasets/*/labels.txt; sha256sum $run/datasets/imagenet-mini/train/img1.bin"
+# Each job reads its datasets whole (what a node's history of reads per job then expects of
+# the next job on them), prints the labels and one file's digest.
+read_cmd="ls $run/datasets/; cat $run/datasets/*/train/* >/dev/null; cat $run/datasets/*/labels.txt; sha256sum $run/datasets/imagenet-mini/train/img1.bin"
 j1=$(submit --output=%j.out --comment="lr=0.1 datasets:imagenet-mini" --wrap "$read_cmd; sleep 4")
 j2=$(submit --output=%j.out --datasets=imagenet-mini,coco-mini --wrap "$read_cmd; sleep 4")
 for ((i = 0; i < 100; i++)); do # until both run (their prologs have run)
@@ -148,7 +150,12 @@ scontrol show node localhost | grep Features
 show scancel "$blocker"
 wait_job "$pending"
 output "$pending"
-echo "(the top layer the job read is the cached copy in $run/cache)"
+if grep -q "<- $run/cache/" "$work/$pending.out"; then
+  echo "(the top layer the job read is the cached copy in $run/cache)"
+else
+  echo "DEMO FAILED: the pending job did not read a cached copy of coco-mini" >&2
+  exit 1
+fi
 
 step "A user asks for a dataset that does not exist: rejected at submission, with the reason"
 ushow sbatch --datasets=nope --wrap true || echo "(sbatch exit code: $?)"

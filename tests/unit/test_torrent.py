@@ -153,7 +153,12 @@ def test_fed_pieces_are_checked_kept_and_passed_on_before_the_file_is_complete(
             fetcher.connect([("127.0.0.1", reader.port)])
             time.sleep(0.05)
         assert fetcher.progress()[:2] == (length, False)
-        assert reader.peer_pieces() >= 1  # the fetcher announced the piece it has
+        # The fetcher announces the piece it has (a HAVE message, on its way after the
+        # fetcher's own count moved: under load it arrives a moment later).
+        end = time.monotonic() + 30
+        while reader.peer_pieces() < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert reader.peer_pieces() >= 1
         for index in (1, 2, 3):
             reader.feed(index, data[index * length : (index + 1) * length])
         assert settle(reader, 3) == (True, [])
