@@ -117,6 +117,19 @@ def wait_for_event(node: CoopNode, kind: str, proc: subprocess.Popen[str]) -> No
         time.sleep(0.05)
 
 
+def stage_behind_reader(
+    cluster: Cluster, image: Path, reader: CoopNode, others: list[CoopNode]
+) -> int:
+    """READER stages IMAGE first (its lease taken), then OTHERS; shared bytes read."""
+    drop_pages(image)
+    before = cluster.shared.bytes_read()
+    first = reader.spawn_prestage(image.stem)
+    wait_for_event(reader, "coop-lease", first)
+    results = finish([first, *[node.spawn_prestage(image.stem) for node in others]])
+    assert all(rc == 0 for rc, _ in results), results
+    return cluster.shared.bytes_read() - before
+
+
 def test_peers_get_pieces_while_the_reader_still_reads_datadir(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -127,13 +140,7 @@ def test_peers_get_pieces_while_the_reader_still_reads_datadir(
     # The reader's copy is throttled (the staging bandwidth cap: 32 MiB at 4 MiB/s is 8 s),
     # so a transfer that waited for its whole copy could not start before it ends.
     reader.configure(bandwidth="4MiB")
-    drop_pages(image)
-    before = cluster.shared.bytes_read()
-    first = reader.spawn_prestage("img")
-    wait_for_event(reader, "coop-lease", first)
-    results = finish([first, *[node.spawn_prestage("img") for node in others]])
-    assert all(rc == 0 for rc, _ in results), results
-    shared = cluster.shared.bytes_read() - before
+    shared = stage_behind_reader(cluster, image, reader, others)
     assert shared <= 1.25 * size, (shared, size)
     [lease] = reader.events("coop-lease")
     assert lease["pipelined"] is True
@@ -227,15 +234,9 @@ def test_a_fetch_that_follows_a_slow_reader_does_not_stall(
     reader.configure(bandwidth="512KiB")
     for node in others:
         node.configure(coop={"stall_seconds": 4})
-    drop_pages(image)
-    before = cluster.shared.bytes_read()
-    first = reader.spawn_prestage("img")
-    wait_for_event(reader, "coop-lease", first)
-    results = finish([first, *[node.spawn_prestage("img") for node in others]])
-    assert all(rc == 0 for rc, _ in results), results
+    shared = stage_behind_reader(cluster, image, reader, others)
     assert not [e for n in others for e in n.events("coop-stalled")]
     assert all(n.events("coop-fetched") for n in others)
-    shared = cluster.shared.bytes_read() - before
     assert shared <= 1.25 * size, (shared, size)
     for node in (reader, *others):
         assert sha256_of(node.cached("img")) == want and node.mounted_backings()
