@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,7 @@ def _pipelined_copy(
     META's. False, with nothing kept or served, if what was read does not match META (a
     stale or forged digest): the caller copies on its own.
     """
-    from scratch_stage.agent.stager import _drop_read_pages, _fsync_dir, _throttle
+    from scratch_stage.agent.stager import _fsync_dir
 
     body = _torrent_of(meta)
     try:
@@ -359,44 +360,24 @@ def _pipelined_copy(
         session.add(body, str(partial), seeding=False)
         register()  # peers may fetch from this node from now on
         whole = hashlib.sha256()
-        fd = os.open(image.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
-                raise StagingError(f"{image.name}: image changed since it was checked; not copied")
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            pending: collections.deque[int] = collections.deque()
-            buffer = bytearray()
-            index = done = dropped = shared = 0
-            chunk = node.config.chunk_size
-            while done < image.size:
-                interrupts.check()
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise StagingError(f"{image.name}: staging budget ran out")
-                data = os.pread(fd, min(chunk, image.size - done), done)
-                if not data:
-                    raise StagingError(f"{image.name}: image shrank while copying")
-                whole.update(data)
-                buffer += data
-                done += len(data)
-                dropped = _drop_read_pages(fd, dropped, done)
-                while len(buffer) >= length or (done == image.size and buffer):
-                    session.feed(index, bytes(buffer[:length]))
-                    del buffer[:length]
-                    pending.append(index)
-                    index += 1
-                if not _settle(session, pending, _AHEAD, image, deadline):
-                    return _refuse(node, entry, image, "a piece read from datadir fails its hash")
-                if done < image.size:  # (a complete torrent no longer counts its peers')
-                    shared = max(shared, session.peer_pieces())
-                renewing(done, image.size)
-                _throttle(node.config.bandwidth, done, started)
-            if not _settle(session, pending, 0, image, deadline):
+        pending: collections.deque[int] = collections.deque()
+        buffer = bytearray()
+        index = shared = 0
+        for data, done in read_datadir(node, image, deadline):
+            whole.update(data)
+            buffer += data
+            while len(buffer) >= length or (done == image.size and buffer):
+                session.feed(index, bytes(buffer[:length]))
+                del buffer[:length]
+                pending.append(index)
+                index += 1
+            if not _settle(session, pending, _AHEAD, image, deadline):
                 return _refuse(node, entry, image, "a piece read from datadir fails its hash")
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
-                raise StagingError(f"{image.name}: image changed while copying; copy discarded")
-        finally:
-            os.close(fd)
+            if done < image.size:  # (a complete torrent no longer counts its peers')
+                shared = max(shared, session.peer_pieces())
+            renewing(done, image.size)
+        if not _settle(session, pending, 0, image, deadline):
+            return _refuse(node, entry, image, "a piece read from datadir fails its hash")
         if whole.hexdigest() != meta.get("sha256"):
             return _refuse(node, entry, image, "sha256 of what was read differs from the digest")
         node.events.emit(
@@ -423,6 +404,38 @@ def _pipelined_copy(
             session.remove()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)
+
+
+def read_datadir(node: Node, image: Image, deadline: float | None) -> Iterator[tuple[bytes, int]]:
+    """IMAGE's bytes from datadir, chunk by chunk, with the bytes read so far: its version
+    checked before and after, its pages dropped behind the read, the staging bandwidth
+    cap applied between chunks (after the caller has used each one)."""
+    from scratch_stage.agent.stager import _drop_read_pages, _throttle
+
+    fd = os.open(image.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
+            raise StagingError(f"{image.name}: image changed since it was checked; not read")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        started = time.monotonic()
+        done = dropped = 0
+        chunk = node.config.chunk_size
+        while done < image.size:
+            interrupts.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StagingError(f"{image.name}: staging budget ran out")
+            data = os.pread(fd, min(chunk, image.size - done), done)
+            if not data:
+                raise StagingError(f"{image.name}: image shrank while it was read")
+            done += len(data)
+            dropped = _drop_read_pages(fd, dropped, done)
+            yield data, done
+            _throttle(node.config.bandwidth, done, started)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
+            raise StagingError(f"{image.name}: image changed while it was read; not used")
+    finally:
+        os.close(fd)
 
 
 def _settle(
@@ -493,8 +506,6 @@ def prepare(node: Node, name: str) -> Prepared:
     cap applied), none if the version's digest is there already. StagingError if the
     image changes while it is read, or without libtorrent (the digest would serve no peer).
     """
-    from scratch_stage.agent.stager import _drop_read_pages, _throttle
-
     image = lookup_image(node.config.datadir, name, trust=node.trust)
     lt = torrent.load()
     if lt is None:
@@ -508,27 +519,8 @@ def prepare(node: Node, name: str) -> Prepared:
         return Prepared(image.name, key, published=False)
     started = time.monotonic()
     hasher = torrent.PieceHasher(image.size)
-    fd = os.open(image.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
-            raise StagingError(f"{image.name}: image changed since it was checked")
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        done = dropped = 0
-        chunk = node.config.chunk_size
-        while done < image.size:
-            interrupts.check()
-            data = os.pread(fd, min(chunk, image.size - done), done)
-            if not data:
-                raise StagingError(f"{image.name}: image shrank while it was read")
-            hasher.update(data)
-            done += len(data)
-            dropped = _drop_read_pages(fd, dropped, done)
-            _throttle(node.config.bandwidth, done, started)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        if Fingerprint.of(os.fstat(fd)) != image.fingerprint:
-            raise StagingError(f"{image.name}: image changed while it was read; no digest")
-    finally:
-        os.close(fd)
+    for data, _ in read_datadir(node, image, None):
+        hasher.update(data)
     published = entry.publish_meta(meta_of(image, hasher, f"{image.name}.sqfs"))
     ours = published.get("sha256") == hasher.hexdigest()
     seconds = time.monotonic() - started

@@ -437,9 +437,7 @@ def _sha256_uncached(path: Path) -> str:
         while data := os.read(fd, 1 << 20):
             hasher.update(data)
             done += len(data)
-            if done - dropped >= _WRITEBACK_WINDOW:  # the re-read must not flood the cache
-                os.posix_fadvise(fd, dropped, done - dropped, os.POSIX_FADV_DONTNEED)
-                dropped = done
+            dropped = _drop_read_pages(fd, dropped, done)  # the re-read must not flood the cache
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
