@@ -5,13 +5,19 @@ than each baseline, at a reduced size so that two checkouts can be compared in o
     .venv/bin/python bench/hard_summary.py [JOBS]          # default 1500 jobs, 16 nodes
     PYTHONPATH=/path/to/other/checkout .venv/bin/python bench/hard_summary.py 1500
     .venv/bin/python bench/hard_summary.py 1500 --many --unplaced-cap inf --unplaced-cap 2
+    .venv/bin/python bench/hard_summary.py 1500 --many --tables --oracle --bound
 
 The workloads are those of `bench/simulate_policies.py hard` (Zipf 0.9; drift, bursty
 sweeps, partial reads) with JOBS jobs; --many adds the many-node one (`generate --preset
 many`: 64 nodes, half of the batches 2-32 nodes wide), --tables the developers' ones (those
 of `simulate_policies.py tables sweeps`, each at its one cache size). --unplaced-cap
 (repeatable) replays `ours` once per cap on the unplaced jobs of a dataset
-(`SimConfig.unplaced_cap`; `inf`: no cap), the baselines once. No bound is computed.
+(`SimConfig.unplaced_cap`; `inf`: no cap), the baselines once. --oracle adds the queue
+oracle (`queue-oracle`: the planner told the truth about submitted jobs) as a baseline:
+its slow bytes against future-bytes and `ours`'s against it. --bound computes the lower
+bound with copy time and prints the best any policy could do against LRU and
+scratch_manager, "out of reach" where the bound proves the issue's target is
+(`scratch_stage/simulate/targets.py`); without it no bound is computed.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ def main() -> None:
     parser.add_argument("--many", action="store_true", help="add the many-node workload")
     parser.add_argument("--tables", action="store_true", help="add the developers' workloads")
     parser.add_argument("--unplaced-cap", type=float, action="append", default=[])
+    parser.add_argument("--oracle", action="store_true", help="add the queue oracle")
+    parser.add_argument("--bound", action="store_true", help="what the bound allows")
     args = parser.parse_args()
+    baselines = BASELINES + (("queue-oracle",) if args.oracle else ())
     caps: list[float | None] = list(args.unplaced_cap) or [None]
     base = WorkloadSpec(jobs=args.jobs, nodes=16, datasets=100, max_duration=6 * 3600.0, seed=1)
     workloads = [(title, {"zipf": 0.9, **knobs}, SHARES) for title, knobs in HARD]
@@ -59,8 +68,23 @@ def main() -> None:
         trace = generate(spec, load_sizes(SIZES))
         for share in shares:
             capacity = int(trace.catalog_bytes() * share)
-            report = simulate(trace, SimConfig(capacity=capacity), BASELINES, bound=False)
-            slow = {p: report.results[p].slow_bytes for p in BASELINES}
+            started = time.perf_counter()
+            report = simulate(trace, SimConfig(capacity=capacity), baselines, bound=args.bound)
+            slow = {p: report.results[p].slow_bytes for p in baselines}
+            extra = ""
+            if args.oracle:
+                oracle = report.results["queue-oracle"]
+                extra += (f" | oracle {oracle.slow_bytes / 1e12:8.1f} TB"
+                          f" oracle/future-bytes {slow['queue-oracle'] / slow['future-bytes']:.3f}"
+                          f" ({oracle.seconds:.0f}s)")  # fmt: skip
+            if args.bound:
+                from scratch_stage.simulate.targets import attainability
+
+                for a in attainability(report):
+                    extra += f" | best vs {a.baseline} {a.best:+.1%}"
+                    extra += " out of reach" if a.out_of_reach else ""
+                extra += f" | bound {report.bound.lower / 1e12:.1f} TB" if report.bound else ""
+            baselines_seconds = time.perf_counter() - started
             for cap in caps:
                 started = time.perf_counter()
                 config = SimConfig(capacity=capacity)
@@ -68,12 +92,17 @@ def main() -> None:
                     config = SimConfig(capacity=capacity, unplaced_cap=cap)
                 ours = simulate(trace, config, ("ours",), bound=False).results["ours"].slow_bytes
                 label = "" if cap is None else f" cap {cap:g}"
+                if args.oracle:
+                    extra_ours = f" | ours/oracle {ours / slow['queue-oracle']:.3f}"
+                else:
+                    extra_ours = ""
                 print(
                     f"{title:9s} {share:4.0%}{label} ours {ours / 1e12:8.1f} TB"
                     f" | fewer than lru {1 - ours / slow['lru']:+.1%}"
                     f" | than scratch_manager {1 - ours / slow['scratch_manager']:+.1%}"
                     f" | ours/future-bytes {ours / slow['future-bytes']:.3f}"
-                    f" | {time.perf_counter() - started:.0f}s",
+                    f"{extra_ours}{extra}"
+                    f" | {time.perf_counter() - started:.0f}s (baselines {baselines_seconds:.0f}s)",
                     flush=True,
                 )
 

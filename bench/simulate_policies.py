@@ -9,7 +9,10 @@
 
 Several workload sets run one after another; --summary ends with one markdown table of
 every run: each policy's slow-storage TB and its ratio to the bound with copy time, the
-two bounds, and ours against LRU, scratch_manager and future-bytes.
+two bounds, ours against LRU, scratch_manager, future-bytes and the queue oracle, the
+queue oracle against future-bytes, and what the bound allows against LRU and
+scratch_manager (the best any policy could do, (bound - X) / X; "out of reach" where the
+issue's target is beyond it: `scratch_stage/simulate/targets.py`).
 
 Every trace is generated from a fixed seed; the catalog's sizes are drawn from
 tests/data/dataset-sizes.csv (a real HPC cluster's catalog).
@@ -25,6 +28,7 @@ from pathlib import Path
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
+from scratch_stage.simulate.targets import FEWER_THAN, Attainable, attainability
 from scratch_stage.simulate.workload import PRESETS, WorkloadSpec, generate, load_sizes
 
 SIZES = Path(__file__).resolve().parent.parent / "tests/data/dataset-sizes.csv"
@@ -75,13 +79,65 @@ def summary(runs: list[tuple[str, Report]]) -> str:
     instant = [f"{r.instant_bound.lower / 1e12:.0f}" if r.instant_bound else "-" for _, r in runs]
     lines.append("| bound, copy time | " + " | ".join(copy_time) + " |")
     lines.append("| bound, instant copies | " + " | ".join(instant) + " |")
-    for other in ("lru", "scratch_manager", "future-bytes"):
+    pairs = [("ours", other) for other in ("lru", "scratch_manager", "future-bytes")]
+    pairs += [("ours", "queue-oracle"), ("queue-oracle", "future-bytes")]
+    for mine, other in pairs:
+        if any(mine not in r.results or other not in r.results for _, r in runs):
+            continue
         cells = []
         for _, r in runs:
-            ours, theirs = r.results["ours"].slow_bytes, r.results[other].slow_bytes
-            cells.append(f"{(ours - theirs) / theirs:+.1%}")
-        lines.append(f"| ours vs {other} | " + " | ".join(cells) + " |")
+            slow, theirs = r.results[mine].slow_bytes, r.results[other].slow_bytes
+            cells.append(f"{(slow - theirs) / theirs:+.1%}")
+        lines.append(f"| {mine} vs {other} | " + " | ".join(cells) + " |")
+    found = [{a.baseline: a for a in attainability(r)} for _, r in runs]
+    for baseline in ("lru", "scratch_manager"):
+        if all(baseline in f for f in found):
+            cells = [_reach(f[baseline]) for f in found]
+            lines.append(f"| best possible vs {baseline} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def targets(runs: list[tuple[str, Report]]) -> str:
+    """Issue 12's targets over RUNS: where `ours` met each, where the bound proves it out
+    of reach, and where the queue oracle is more than 10 % above future-bytes."""
+    lines = []
+    count = len(runs)
+    for baseline, share in FEWER_THAN.items():
+        met, out = [], []
+        for title, r in runs:
+            ours, theirs = r.results["ours"].slow_bytes, r.results[baseline].slow_bytes
+            if ours <= (1 - share) * theirs:
+                met.append(title)
+            out += [title for a in attainability(r) if a.baseline == baseline and a.out_of_reach]
+        lines.append(
+            f"- ours >= {share:.0%} fewer than {baseline}: met on {len(met)} of {count}"
+            f" ({', '.join(met) or '-'}); out of reach for every policy on {len(out)}"
+            f" ({', '.join(out) or '-'})"
+        )
+    met = [t for t, r in runs if _ratio(r, "ours", "future-bytes") <= 1.10]
+    lines.append(f"- ours within 10 % of future-bytes: met on {len(met)} of {count}"
+                 f" ({', '.join(met) or '-'})")  # fmt: skip
+    if all("queue-oracle" in r.results for _, r in runs):
+        over = [t for t, r in runs if _ratio(r, "queue-oracle", "future-bytes") > 1.10]
+        lines.append(
+            f"- queue-oracle more than 10 % above future-bytes (within 10 % out of reach of"
+            f" ours's planner with what a node knows) on {len(over)} of {count}"
+            f" ({', '.join(over) or '-'})"
+        )
+    tenth = [(t, r) for t, r in runs if abs(r.capacity / max(r.catalog_bytes, 1) - 0.10) < 0.005]
+    met = [t for t, r in tenth if r.bound and r.results["ours"].slow_bytes <= 1.10 * r.bound.lower]
+    lines.append(f"- ours <= 1.10x the bound at 10 % cache: met on {len(met)} of {len(tenth)}"
+                 " (the bound cannot prove this one out of reach)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _ratio(r: Report, mine: str, other: str) -> float:
+    return r.results[mine].slow_bytes / r.results[other].slow_bytes
+
+
+def _reach(a: Attainable) -> str:
+    """'-18.2% out of reach' (the target is beyond the bound), else the best possible."""
+    return f"{a.best:+.1%}" + (" out of reach" if a.out_of_reach else "")
 
 
 def main() -> None:
@@ -95,6 +151,8 @@ def main() -> None:
         workloads(what, args.jobs, args.tolerance)
     if args.summary and RUNS:
         print(summary(RUNS))
+        print()
+        print(targets(RUNS))
 
 
 def workloads(what: str, jobs: int, tolerance: float) -> None:

@@ -12,6 +12,7 @@ from scratch_stage.agent.mounts import perform_unmount
 from scratch_stage.agent.node import Node
 from scratch_stage.core.errors import ConfigError, Interrupted, ScratchStageError
 from scratch_stage.host.catalog import Catalog, scan_catalog
+from scratch_stage.host.config import simulator_only
 from scratch_stage.host.counters import count_reads, layer_of_path, read_diskseqs
 from scratch_stage.host.heat import (
     dataset_of_path,
@@ -52,6 +53,9 @@ def load_value_function(spec: str) -> ValueFunction:
     """The callable named 'module:function' in the config, or the built-in one."""
     if not spec:
         return default_value
+    problem = simulator_only(spec)
+    if problem:
+        raise ConfigError(f"value_function: {problem}")
     module_name, _, attr = spec.partition(":")
     try:
         func = getattr(importlib.import_module(module_name), attr)

@@ -317,7 +317,23 @@ def _show_coop(value: CoopConfig) -> dict[str, Any]:
 def _callable_name(value: Any) -> str:
     if not isinstance(value, str) or (value and value.count(":") != 1):
         raise ValueError(f"must be 'module:function', got {value!r}")
+    problem = simulator_only(value)
+    if problem:
+        raise ValueError(problem)
     return value
+
+
+# The simulator's policies (the offline references, the queue oracle that knows submitted
+# jobs' true reads) are replays' yardsticks: none of them may value datasets on a node.
+SIMULATOR_PACKAGE = "scratch_stage.simulate"
+
+
+def simulator_only(spec: str) -> str | None:
+    """Why SPEC ('module:function') cannot be a node's valuation, or None."""
+    module = spec.partition(":")[0].strip()
+    if module == SIMULATOR_PACKAGE or module.startswith(SIMULATOR_PACKAGE + "."):
+        return f"{spec!r} is in the simulator, whose policies only run in replays"
+    return None
 
 
 def _fraction(value: Any) -> float:

@@ -37,6 +37,11 @@ class Policy(Protocol):
     A policy with `running_demand = True` gets in its demand what running jobs will read
     after a copy lands (`SimNode.running_demand`), as the rebalance computes it.
 
+    A policy with `own_inputs = True` reads neither heat nor demand at ticks (it gets
+    None; the queue oracle computes its own): it is asked at every tick, but for those
+    its `next_pass(node, now, step) -> float` (the next tick to visit, if no job starts
+    or ends and no copy lands before it) proves would repeat its answer.
+
     A policy may instead have `steady_until(node, now) -> float`: its answer at NOW is its
     answer at every time before the result if no job starts or ends and no copy lands (it
     does not read heat or demand); the replay then skips those ticks (with tolerance 0).
@@ -80,6 +85,7 @@ class _Replay:
         # The policy reads the running jobs' reads after a landing in the demand (`ours`,
         # as the rebalance does); the others do not, and are replayed as before.
         self.running: bool = getattr(policy, "running_demand", False)
+        self.own: bool = getattr(policy, "own_inputs", False)
 
     def run(self) -> Costs:
         node, jobs = self.node, self.node.work.jobs
@@ -124,6 +130,12 @@ class _Replay:
     def _tick(self, now: float) -> float:
         """Run a pass at NOW unless its inputs equal the last pass's; the next useful tick."""
         node = self.node
+        if self.own:
+            version = node.version
+            self._act(self.policy.decide(node, now, "tick", None, None), now)
+            if node.version != version:
+                return now + self.step
+            return float(self.policy.next_pass(node, now, self.step))  # type: ignore[attr-defined]
         if now == self.resume and self.memo is not None and self.memo[0] == node.version:
             # Every skipped tick would have answered the same and left the last one's
             # inputs as the memo: so does this one (tolerance 0, nothing happened since).

@@ -42,6 +42,7 @@ class NodeJob:
     end: float
     reads: tuple[tuple[str, int], ...]
     limit: float = math.inf  # the job's time limit (inf: none)
+    submit: float | None = None  # when it was submitted (None: not known, taken as its start)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
         limit = math.inf if job.limit is None else job.limit
         for name in job.nodes:
             work = nodes.setdefault(name, NodeWorkload(name))
-            work.jobs.append(NodeJob(job.id, job.start, end, reads, limit))
+            work.jobs.append(NodeJob(job.id, job.start, end, reads, limit, job.submit))
             if visible < job.start and job.reads:
                 datasets = tuple(sorted(job.reads))
                 work.pending.append(Pending(visible, job.start, job.start + noise, datasets, limit))

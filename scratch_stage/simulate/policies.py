@@ -583,6 +583,185 @@ class FutureBytes(Belady):
         return until
 
 
+class QueueOracle:
+    """Reference, simulator only: the production planner told the truth about the jobs
+    already submitted, and nothing else. Not optimal, not a bound.
+
+    At every pass it calls the planner `ours` calls, with `ours`'s knobs and the built-in
+    value, but with no heat and, as demand, the true bytes this node's submitted jobs
+    will read: running ones to their end and pending ones at their true start (those
+    starting within `lookahead`), each dataset counted after a copy started now would land
+    (the copy in flight: after it lands; a cached copy: from now). Its prospect (room for
+    speculative copies) is the true bytes the submitted jobs not started yet will read,
+    within the lookahead. A job it has not seen submitted does not exist for it. So it
+    shows what better estimates alone could give `ours`: the planner's decisions are the
+    same, only its inputs are true. It cannot be selected on a node (no `value_function`
+    can name the simulator: `host.config`).
+    """
+
+    triggers = TICK
+    own_inputs = True  # the replay asks it at every tick; `next_pass` says which to skip
+    lookahead = 12 * 3600.0
+
+    def __init__(self, params: planner.PlanParams | None = None, *, prove: bool = True) -> None:
+        self.params = params
+        self.prove = prove  # skip the ticks proven to repeat the last plan (same replay)
+        self._by_submit: list[tuple[float, NodeJob]] | None = None
+        self._next = 0  # the first job of _by_submit not seen yet
+        self._seen: list[NodeJob] = []  # submitted, not ended (at the last call)
+
+    def seen(self, node: SimNode, now: float) -> list[NodeJob]:
+        """The jobs of this node submitted by NOW that have not ended."""
+        if self._by_submit is None:
+            self._by_submit = sorted(
+                ((j.start if j.submit is None else min(j.submit, j.start), j)
+                 for j in node.work.jobs), key=lambda e: (e[0], e[1].start, e[1].id),
+            )  # fmt: skip
+        order, i = self._by_submit, self._next
+        while i < len(order) and order[i][0] <= now:
+            self._seen.append(order[i][1])
+            i += 1
+        self._next = i
+        self._seen = [j for j in self._seen if j.end > now]
+        return self._seen
+
+    def next_submit(self) -> float:
+        """When the next job not seen yet is submitted (inf: none)."""
+        order = self._by_submit or []
+        return order[self._next][0] if self._next < len(order) else math.inf
+
+    def landing(self, node: SimNode, name: str, now: float) -> float:
+        """When a copy of NAME started NOW would be mounted (NOW if it is cached)."""
+        if name in node.cached:
+            return now
+        if node.inflight is not None and node.inflight[0] == name:
+            return node.inflight[2]
+        return now + node.sizes[name] / node.config.bandwidth
+
+    def inputs(self, node: SimNode, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """The true demand (bytes read after a landing) and prospect, at NOW."""
+        demand: dict[str, float] = {}
+        prospect: dict[str, float] = {}
+        horizon = now + self.lookahead
+        for job in self.seen(node, now):
+            if job.start >= horizon:
+                continue
+            span = job.end - job.start
+            for name, size in job.reads:
+                after = job.end - max(job.start, self.landing(node, name, now))
+                if after > 0:
+                    demand[name] = demand.get(name, 0.0) + size * min(1.0, after / span)
+                if job.start > now:
+                    prospect[name] = prospect.get(name, 0.0) + size
+        return demand, prospect
+
+    def params_of(self, node: SimNode) -> planner.PlanParams:
+        return self.params or Ours.default_params(node)
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        demand, prospect = self.inputs(node, now)
+        result = planner.plan(
+            node.plan_input(), {}, demand, node.capacity, params=self.params_of(node),
+            value=planner.default_value, prospect=prospect,
+        )  # fmt: skip
+        return Action(result.evict, result.stage)
+
+    def next_pass(self, node: SimNode, now: float, step: float) -> float:
+        """The next tick whose plan could differ from the one just made at NOW, if no job
+        starts or ends and no copy lands before it (each of those is followed by a tick).
+
+        Until the next job is submitted here or a seen one's start enters the lookahead,
+        each dataset's demand is a sum of terms piecewise linear in time (bending where a
+        job's start or end meets a landing), its prospect constant: its value over a
+        stretch lies between its values at the stretch's ends and those bends, and
+        `planner.plan_holds` says whether the plan is the same for all of them.
+        """
+        if not self.prove:
+            return now + step
+        seen = self.seen(node, now)
+        horizon = now + self.lookahead
+        boundary = self.next_submit()
+        for job in seen:
+            if job.start >= horizon:
+                boundary = min(boundary, job.start - self.lookahead)
+        # the last tick before the boundary (a tick at the boundary plans again)
+        limit = math.ceil(boundary / step) * step - step if boundary < math.inf else math.inf
+        proven = now
+        for ticks in (2, 240, 16):
+            last = min(now + ticks * step, limit)
+            if last <= proven:
+                continue
+            if self._holds(node, now, last, seen):
+                proven = last
+            elif proven == now:
+                break
+        return proven + step
+
+    def _holds(self, node: SimNode, start: float, end: float, seen: list[NodeJob]) -> bool:
+        """The plan made at START is made at every time in START..END (no event between)."""
+        points: dict[str, set[float]] = {}
+        prospect: dict[str, float] = {}
+        horizon = start + self.lookahead
+        for job in seen:
+            if job.start >= horizon:
+                continue
+            for name, size in job.reads:
+                if job.start > start:
+                    prospect[name] = prospect.get(name, 0.0) + size
+                land = self.landing(node, name, start) - start
+                found = points.setdefault(name, {start, end})
+                if name in node.cached or node.inflight is None or node.inflight[0] != name:
+                    # bends: the landing passes the job's start, then its end
+                    found.update(t for t in (job.start - land, job.end - land) if start < t < end)
+        demand_at: dict[float, dict[str, float]] = {}
+        bounds: dict[str, tuple[float, float]] = {}
+        params = self.params_of(node)
+        node_input = node.plan_input()
+        fresh = node_input.fresh
+        for name, times in points.items():
+            levels = []
+            for t in times:
+                if t not in demand_at:
+                    demand_at[t] = self._demand(node, start, t, seen)
+                levels.append(demand_at[t].get(name, 0.0))
+            bounds[name] = self._value_range(node, name, min(levels), max(levels), params, fresh)
+        for name in {*node.cached, *(() if node.inflight is None else (node.inflight[0],))}:
+            if name not in bounds:
+                bounds[name] = self._value_range(node, name, 0.0, 0.0, params, fresh)
+        return planner.plan_holds(node_input, bounds, node.capacity, prospect)
+
+    def _demand(self, node: SimNode, now: float, t: float, seen: list[NodeJob]) -> dict[str, float]:
+        """The demand at time T, as `inputs` would compute it with the node as at NOW."""
+        demand: dict[str, float] = {}
+        horizon = now + self.lookahead  # no start enters the lookahead before T
+        for job in seen:
+            if job.start >= horizon or job.end <= t:
+                continue
+            span = job.end - job.start
+            for name, size in job.reads:
+                landing = self.landing(node, name, now) - now + t
+                if node.inflight is not None and node.inflight[0] == name:
+                    landing = node.inflight[2]
+                after = job.end - max(job.start, landing)
+                if after > 0:
+                    demand[name] = demand.get(name, 0.0) + size * min(1.0, after / span)
+        return demand
+
+    @staticmethod
+    def _value_range(
+        node: SimNode, name: str, low: float, high: float, params: planner.PlanParams,
+        fresh: frozenset[str],
+    ) -> tuple[float, float]:  # fmt: skip
+        size = node.sizes[name]
+        cached = name in fresh
+        v_low = planner.default_value(planner.View(name, size, 0.0, low, cached), params)
+        v_high = planner.default_value(planner.View(name, size, 0.0, high, cached), params)
+        slack = 1e-9 * (abs(v_low) + abs(v_high) + size) + 1e-6  # float rounding
+        return v_low - slack, v_high + slack
+
+
 def _running_slopes(node: SimNode) -> Mapping[str, tuple[float, float]]:
     """Per dataset, (A, B) with running jobs' remaining reads at time t = A - B t."""
     slopes: dict[str, tuple[float, float]] = {}
@@ -614,4 +793,5 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "aged-uses": AgedUses,
     "belady": Belady,
     "future-bytes": FutureBytes,
+    "queue-oracle": QueueOracle,
 }

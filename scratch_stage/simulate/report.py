@@ -15,6 +15,7 @@ from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.sharing import format_shared, shared_load
+from scratch_stage.simulate.targets import attainability, format_attainability
 from scratch_stage.simulate.trace import Trace, read_trace
 
 
@@ -50,9 +51,13 @@ def run_simulation(
         data = report.to_json()
         for entry in data["policies"]:
             entry["shared_storage"] = loads[entry["policy"]].to_json()
+        data["targets"] = [a.to_json() for a in attainability(report)]
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         click.echo(format_table(report))
+        targets = format_attainability(report)
+        if targets:
+            click.echo(targets)
         click.echo("")
         click.echo(format_shared(loads, speed, shared))
     if plot is not None:

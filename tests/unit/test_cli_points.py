@@ -395,6 +395,25 @@ def test_a_user_sees_only_the_public_summary_with_names_escaped(public_tree: Pat
         assert one_line(done.stderr).startswith("scratch-stage: error: ")
 
 
+def test_a_user_cannot_make_a_simulator_policy_value_the_node(public_tree: Path) -> None:
+    # The queue oracle (true future reads of submitted jobs) is for replays only: naming
+    # it, or anything of the simulator, as the valuation is refused in one line.
+    for spec in ("scratch_stage.simulate.policies:QueueOracle", "scratch_stage.simulate.x:f"):
+        done = subprocess.run(
+            [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             sys.executable, "-m", "scratch_stage", "--config",
+             str(public_tree / "config.yaml"), "rebalance", "--dry-run", "--explain"],
+            capture_output=True, text=True, timeout=60, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                 "SCRATCH_STAGE_RUNDIR": str(public_tree / "run"),
+                 "SCRATCH_STAGE_VALUE_FUNCTION": spec},
+        )  # fmt: skip
+        assert done.returncode != 0 and done.stdout == ""
+        line = one_line(done.stderr)
+        assert line.startswith("scratch-stage: error: ") and "value_function" in line
+        assert "only run in replays" in line
+
+
 def test_root_sees_hostile_file_names_escaped(public_tree: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "scratch_stage", "--config", str(public_tree / "config.yaml"),

@@ -66,6 +66,8 @@ RATE1 = 200 * GB / 3600  # job 1 reads 200 GB over an hour
         ("aged-uses", 0.0),
         ("belady", 0.0),
         ("future-bytes", 0.0),
+        # Both jobs are submitted at t=0: it knows they will read a 300 GB.
+        ("queue-oracle", 0.0),
     ],
 )
 def test_hand_computed_trace(policy: str, slow_read: float) -> None:
@@ -262,7 +264,7 @@ def test_demand_matches_node_demand_of_the_live_system(wide: float, cap: float) 
 
 def test_all_policies_are_registered() -> None:
     assert set(POLICIES) == {"ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager",
-                             "aged-uses", "belady", "future-bytes"}  # fmt: skip
+                             "aged-uses", "belady", "future-bytes", "queue-oracle"}  # fmt: skip
 
 
 def _costs(result: PolicyResult) -> dict[str, Any]:
