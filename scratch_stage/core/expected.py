@@ -3,6 +3,8 @@ demand (`slurm.demand.node_demand`) and the simulator's (docs/planner.md, "Deman
 
 from __future__ import annotations
 
+import math
+
 # The most that the queued jobs of one dataset that backfill has not placed count for on
 # a node, together: this many jobs sure to run there (docs/planner.md, "Demand"). Their
 # weights (each its share of its partitions' nodes) are scaled down to sum to it. 2 was
@@ -23,6 +25,15 @@ def expected_read(
     if limit is not None:
         expected = min(expected, read_rate * limit)
     return expected if expected > 0 else 0.0
+
+
+def wait_discount(wait: float, land: float, horizon: float) -> float:
+    """The weight of a job expected to start WAIT seconds from now, for a dataset whose
+    copy would take LAND seconds (0: cached or in flight): exp(-max(0, WAIT - LAND) /
+    HORIZON) (pure). The wait counts from when the copy must start to land in time, not
+    from now: a job due in 3 h on an image taking 2.5 h to copy weighs what a job due in
+    30 min weighs on one cached (docs/planner.md, "Demand")."""
+    return math.exp(-max(0.0, wait - land) / horizon)
 
 
 def after_landing(start: float, limit: float | None, land: float) -> float:

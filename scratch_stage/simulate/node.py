@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scratch_stage.core.expected import after_landing, expected_read, running_read
+from scratch_stage.core.expected import after_landing, expected_read, running_read, wait_discount
 from scratch_stage.policy.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
@@ -247,8 +247,10 @@ class SimNode:
         horizon = self.config.horizon
         for i in self._pending_active:
             p = pending[i]
-            weight = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - now) / horizon)
+            wait = max(0.0, p.estimate - now)
             for name in p.datasets:
+                # the wait counts from when a copy must start to land in time
+                weight = SCHEDULED_HERE * wait_discount(wait, self.land(name), horizon)
                 amount = self.expected(name, p.limit)
                 prospect[name] = prospect.get(name, 0.0) + SCHEDULED_HERE * amount
                 amount *= self._after(p, name, now)
@@ -319,9 +321,10 @@ class SimNode:
         pending, horizon = self.work.pending, self.config.horizon
         for i in self._pending_active:
             p = pending[i]
-            w_low = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - start) / horizon)
-            w_high = SCHEDULED_HERE * math.exp(-max(0.0, p.estimate - end) / horizon)
             for name in p.datasets:
+                land = self.land(name)  # constant until the next event (a copy landing)
+                w_low = SCHEDULED_HERE * wait_discount(max(0.0, p.estimate - start), land, horizon)
+                w_high = SCHEDULED_HERE * wait_discount(max(0.0, p.estimate - end), land, horizon)
                 amount = self.expected(name, p.limit)
                 # the share after a copy lands only shrinks as time goes on
                 a_low, a_high = self._after(p, name, end), self._after(p, name, start)

@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratch_stage.core.expected import UNPLACED_CAP, after_landing, expected_read, running_read
+from scratch_stage.core.expected import (
+    UNPLACED_CAP,
+    after_landing,
+    expected_read,
+    running_read,
+    wait_discount,
+)
 from scratch_stage.core.hostlist import expand_hostlist
 from scratch_stage.core.requests import parse_request
 from scratch_stage.host.catalog import Trust
@@ -271,20 +277,27 @@ def history_per_job(datasets: Mapping[str, Sequence[float]]) -> dict[str, float]
 
 def job_weight(
     job: PendingJob, node: str, eligible: _Eligibility, now: float, horizon: float,
-    discount: bool = True,
+    discount: bool = True, land: float = 0.0,
 ) -> float:  # fmt: skip
     """The chance-and-soonness weight of JOB on NODE: 1 if backfill planned it onto NODE
     (SchedNodes; a many-node job lists all the nodes it is planned on: 1 on each), 0 if
     onto other nodes, else the share of its partitions' nodes it takes; times
-    exp(-wait / HORIZON) (unknown start: wait = HORIZON)."""
+    exp(-wait / HORIZON) (unknown start: wait = HORIZON). For a job backfill planned
+    (SchedNodes and a start), the wait is counted from when a copy taking LAND seconds
+    must start (`wait_discount`): exp(-max(0, wait - LAND) / HORIZON). A job it has not
+    placed keeps its plain discount: its start is no commitment, and its weight is capped
+    (`unplaced_scale`)."""
     if job.sched_nodes:
         weight = 1.0 if node in job.sched_nodes else 0.0
     else:
         weight = min(1.0, job.nodes / eligible.size(job.partitions))
     if weight <= 0 or not discount:
         return weight
-    wait = horizon if job.start is None else max(0.0, job.start - now)
-    return weight * math.exp(-wait / horizon)
+    if job.start is None:
+        return weight * math.exp(-1.0)  # unknown start: one horizon away
+    if not job.sched_nodes:
+        land = 0.0
+    return weight * wait_discount(max(0.0, job.start - now), land, horizon)
 
 
 def node_demand(
@@ -312,7 +325,8 @@ def node_demand(
     the wait's discount: the prospect, what the queue will read here eventually (the
     planner's speculative copies into free room). COPY_SECONDS (per dataset: how long a
     copy would take to land, 0 or absent for a cached one) counts only the reads after
-    the copy lands (`after_landing`; unknown start: one horizon away).
+    the copy lands (`after_landing`; unknown start: one horizon away), and a placed job's
+    wait from when that copy must start (`job_weight`).
 
     The jobs backfill has not placed (no SchedNodes) count together, per dataset, at most
     as UNPLACED_CAP jobs sure to run here: when their shares of the nodes sum to more,
@@ -332,6 +346,7 @@ def node_demand(
             continue
         start = now + horizon if job.start is None else max(now, job.start)
         for name in job.datasets:
+            land = 0.0
             if sizes is None:
                 amount = 1.0
             else:
@@ -344,7 +359,10 @@ def node_demand(
                     amount *= after_landing(start, job.time_limit, now + land)
             if not job.sched_nodes and name in scale:
                 amount *= scale[name]
-            demand[name] = demand.get(name, 0.0) + weight * amount
+            w = weight
+            if land > 0 and discount and job.sched_nodes and job.start is not None:
+                w = job_weight(job, node, eligible, now, horizon, discount, land)
+            demand[name] = demand.get(name, 0.0) + w * amount
     return demand
 
 

@@ -505,6 +505,75 @@ def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None
         site.release("blocker3")
 
 
+def test_placed_jobs_due_far_ahead_cannot_evict_a_dataset_being_read(site: Site) -> None:
+    """The attacker (the test user) queues jobs wanting f, with a year's time limit, behind
+    a blocker with a 30-minute limit: backfill places the first ones here (SchedNodes),
+    due in about 30 minutes, the others wait unplaced. A placed job's wait counts from when
+    f's copy must start (`wait_discount`): f copies in a blink here, so with a 10 s horizon
+    the placed ones weigh ~0 (the unplaced at most the cap) and a, which a job has just
+    read, keeps its room. The same published queue, for an image
+    whose copy would take until their start, weighs them in full (the rule on Slurm's
+    own output): that is what a big image gets, and what it gets only for jobs due within
+    about its copy time plus a horizon."""
+    script = str(site.script("plain.sh"))
+    for name, data in site.status().items():
+        if data["cached"] and name != "a":
+            site.scratch_stage("purge", name)
+    site.scratch_stage("pin", "a")
+    site.scratch_stage("rebalance", "--json")
+    site.scratch_stage("unpin", "a")
+    assert site.status()["a"]["cached"] is True
+    reader = site.submit(f"--output={site.work}/reader4.out", "--comment=datasets:a", script,
+                         "reader4", "a")  # fmt: skip
+    site.release("reader4")
+    assert site.started("reader4") == reader
+    site.wait_completed(reader)
+    check_read(site, "reader4", "a")
+    site.submit("--output=/dev/null", "--time=30", "-n", "2", script, "blocker4", "")
+    queued: list[str] = []
+    try:
+        site.started("blocker4")
+        for _ in range(4):
+            queued.append(site.submit("--time=365-0", "--output=/dev/null",
+                                      "--comment=datasets:f", "--wrap", "true"))  # fmt: skip
+        wait_for(
+            "backfill to plan the first queued job onto localhost (SchedNodes, %Y)",
+            lambda: site.admin("squeue", "-h", "-j", queued[0], "-o", "%Y").strip() == "localhost",
+            30,
+        )
+        start = parse_slurm_time(site.admin("squeue", "-h", "-j", queued[0], "-o", "%S"))
+        assert start is not None and start > time.time() + 20 * 60, start
+        sizes = {n: d["size"] for n, d in site.status().items()}
+        full = str(max(sizes["a"], sizes["f"]))  # room for one of the two
+        env = {"SCRATCH_STAGE_CAPACITY": full, "SCRATCH_STAGE_HORIZON": "10"}
+        published = site.base / "demand-far.json"
+        site.scratch_stage("demand", "--publish", str(published), env=env)
+        dry = json.loads(site.scratch_stage("rebalance", "--dry-run", "--json", env=env))
+        kept, wanted = dry["decisions"]["a"], dry["decisions"]["f"]
+        assert kept["action"] == "keep" and wanted["action"] == "none", dry["decisions"]
+        # the unplaced ones weigh at most the cap (x e^-1: unknown start), the placed ~0
+        assert wanted["demand"] <= UNPLACED_CAP * math.exp(-1) * sizes["f"] * 1.000001, wanted
+        snapshot = Snapshot.from_json(json.loads(published.read_text()))
+        placed = [j for j in snapshot.jobs if j.sched_nodes == ("localhost",)]
+        assert placed and all(j.start and j.start > snapshot.taken_at + 1200 for j in placed)
+        first = min(j.start or 0.0 for j in placed)
+        due = [j for j in placed if j.start == first]
+        slow_copy = {"f": first - snapshot.taken_at}  # lands as the first ones start
+        big = node_demand(
+            snapshot, "localhost", now=snapshot.taken_at, horizon=10.0, sizes=sizes,
+            copy_seconds=slow_copy,
+        )["f"]  # fmt: skip
+        assert big >= len(due) * sizes["f"] * 0.99, (big, placed)  # one pass each, weight 1
+        report = json.loads(site.scratch_stage("rebalance", "--json", env=env))
+        assert report["evict"] == [] and report["stage"] == [], report
+        assert site.status()["a"]["cached"] is True
+        assert site.status()["f"]["cached"] is False
+    finally:
+        for job in queued:
+            site.admin("scancel", job)
+        site.release("blocker4")
+
+
 def test_a_running_jobs_time_limit_counts_at_most_a_day_of_its_reads(site: Site) -> None:
     """The rebalance reads the time limits of running jobs (squeue -t R): a job reading p,
     whose copy is gone, counts what it would read after a copy lands. The attacker (the

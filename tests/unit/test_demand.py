@@ -392,3 +392,55 @@ def test_a_running_job_cannot_claim_more_than_it_reads_for_a_day() -> None:
     )
     assert many["c"] == pytest.approx(one["c"]) and one["c"] <= rate * day / 2
     assert running_demand({"1": (("c",), NOW)}, {"1": year}, {}, copy, NOW) == {}
+
+
+def test_a_placed_jobs_wait_counts_from_when_its_copy_must_start() -> None:
+    """A job backfill placed here, due in 3 h on an image taking 2.5 h to copy, weighs what
+    a job due in 30 min weighs on a cached image: exp(-0.5). Counted from now it would weigh
+    exp(-3). A job due before its copy could land weighs 1 (and counts its reads after the
+    landing only). A job not placed keeps its plain discount, start estimate or not."""
+    from scratch_stage.core.expected import wait_discount
+
+    assert wait_discount(3 * H, 2.5 * H, H) == pytest.approx(math.exp(-0.5))
+    assert wait_discount(0.5 * H, 0.0, H) == pytest.approx(math.exp(-0.5))
+    assert wait_discount(H, 2 * H, H) == 1.0
+    sizes = {"big": 9000 * GB, "small": 10 * GB}
+    copy = {"big": 2.5 * H}  # small is cached: nothing to copy
+    snap = Snapshot(
+        (job("1", ("big",), start=NOW + 3 * H, sched=("n1",)),
+         job("2", ("small",), start=NOW + 0.5 * H, sched=("n1",))),
+        PARTITIONS, NOW,
+    )  # fmt: skip
+    demand = node_demand(snap, "n1", now=NOW, horizon=H, sizes=sizes, copy_seconds=copy)
+    assert demand["big"] == pytest.approx(math.exp(-0.5) * 9000 * GB)
+    assert demand["small"] == pytest.approx(math.exp(-0.5) * 10 * GB)
+    plain = node_demand(snap, "n1", now=NOW, horizon=H, sizes=sizes)  # copies land at once
+    assert plain["big"] == pytest.approx(math.exp(-3) * 9000 * GB)
+    unplaced = Snapshot((job("3", ("big",), start=NOW + 3 * H),), PARTITIONS, NOW)
+    shares = node_demand(unplaced, "n1", now=NOW, horizon=H, sizes=sizes, copy_seconds=copy)
+    assert shares["big"] == pytest.approx(0.25 * math.exp(-3) * 9000 * GB)
+
+
+def test_far_placed_jobs_on_a_big_image_cannot_evict_a_dataset_being_read_hard() -> None:
+    """Attacker's view: a user gets backfill to place jobs here wanting a 9 TB image (2.5 h
+    to copy), with a year's time limit. Ten of them due in 12 h weigh about nothing; one
+    due in 3 h weighs at most one pass (its limit raises nothing), exp(-0.5) of it: not
+    worth the copy, so the 1 TB dataset read at 1 GB/s keeps its room."""
+    from scratch_stage.policy.planner import PlanInput, PlanParams, plan
+
+    year = 365 * 86400.0
+    sizes = {"big": 9000 * GB, "hot": 1000 * GB}
+    node = PlanInput(sizes, {"hot": 1000 * GB}, frozenset({"hot"}))
+    params = PlanParams(copy_rate=GB)
+    copy = {"big": 9000.0}
+    for count, due in ((10, 12 * H), (1, 3 * H)):
+        jobs = tuple(
+            job(str(i), ("big",), start=NOW + due, sched=("n1",), limit=year)
+            for i in range(count)
+        )  # fmt: skip
+        snap = Snapshot(jobs, PARTITIONS, NOW)
+        demand = node_demand(snap, "n1", now=NOW, horizon=H, sizes=sizes, copy_seconds=copy)
+        assert demand["big"] <= math.exp(-0.5) * 9000 * GB * (1 + 1e-9)
+        result = plan(node, {"hot": 1 * GB}, demand, 9000 * GB, params=params)
+        assert result.empty and result.decisions["hot"].action == "keep", result.decisions
+        assert result.decisions["big"].value < 0
