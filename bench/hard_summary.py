@@ -14,7 +14,8 @@ of `simulate_policies.py tables sweeps`, each at its one cache size). --unplaced
 (repeatable) replays `ours` once per cap on the unplaced jobs of a dataset
 (`SimConfig.unplaced_cap`; `inf`: no cap), the baselines once. --oracle adds the queue
 oracle (`queue-oracle`: the planner told the truth about submitted jobs) as a baseline:
-its slow bytes against future-bytes and `ours`'s against it. --bound computes the lower
+its slow bytes against future-bytes and `ours`'s against it, and the same planner told
+the whole future (jobs not yet submitted too) against future-bytes. --bound computes the lower
 bound with copy time and prints the best any policy could do against LRU and
 scratch_manager, "out of reach" where the bound proves the issue's target is
 (`scratch_stage/simulate/targets.py`); without it no bound is computed.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.run import simulate
@@ -77,6 +79,11 @@ def main() -> None:
                 extra += (f" | oracle {oracle.slow_bytes / 1e12:8.1f} TB"
                           f" oracle/future-bytes {slow['queue-oracle'] / slow['future-bytes']:.3f}"
                           f" ({oracle.seconds:.0f}s)")  # fmt: skip
+                # The same planner told the whole future (jobs not yet submitted too):
+                # what is left against future-bytes is not information.
+                whole = simulate(trace, SimConfig(capacity=capacity), {"all": _whole_future},
+                                 bound=False).results["all"].slow_bytes  # fmt: skip
+                extra += f" | whole-future planner/future-bytes {whole / slow['future-bytes']:.3f}"
             if args.bound:
                 from scratch_stage.simulate.targets import attainability
 
@@ -105,6 +112,12 @@ def main() -> None:
                     f" | {time.perf_counter() - started:.0f}s (baselines {baselines_seconds:.0f}s)",
                     flush=True,
                 )
+
+
+def _whole_future() -> Any:
+    from scratch_stage.simulate.policies import QueueOracle
+
+    return QueueOracle(submitted_only=False)
 
 
 if __name__ == "__main__":

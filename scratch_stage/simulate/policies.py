@@ -603,9 +603,17 @@ class QueueOracle:
     own_inputs = True  # the replay asks it at every tick; `next_pass` says which to skip
     lookahead = 12 * 3600.0
 
-    def __init__(self, params: planner.PlanParams | None = None, *, prove: bool = True) -> None:
+    def __init__(
+        self, params: planner.PlanParams | None = None, *, prove: bool = True,
+        submitted_only: bool = True,
+    ) -> None:  # fmt: skip
         self.params = params
         self.prove = prove  # skip the ticks proven to repeat the last plan (same replay)
+        # False: every job is known from the start (the whole future within the
+        # look-ahead, as future-bytes knows it: `bench/hard_summary.py --oracle` splits
+        # the queue oracle's distance to future-bytes into the jobs it cannot know and
+        # the rest)
+        self.submitted_only = submitted_only
         self._by_submit: list[tuple[float, NodeJob]] | None = None
         self._next = 0  # the first job of _by_submit not seen yet
         self._seen: list[NodeJob] = []  # submitted, not ended (at the last call)
@@ -614,8 +622,8 @@ class QueueOracle:
         """The jobs of this node submitted by NOW that have not ended."""
         if self._by_submit is None:
             self._by_submit = sorted(
-                ((j.start if j.submit is None else min(j.submit, j.start), j)
-                 for j in node.work.jobs), key=lambda e: (e[0], e[1].start, e[1].id),
+                ((self._submitted(j), j) for j in node.work.jobs),
+                key=lambda e: (e[0], e[1].start, e[1].id),
             )  # fmt: skip
         order, i = self._by_submit, self._next
         while i < len(order) and order[i][0] <= now:
@@ -624,6 +632,11 @@ class QueueOracle:
         self._next = i
         self._seen = [j for j in self._seen if j.end > now]
         return self._seen
+
+    def _submitted(self, job: NodeJob) -> float:
+        if not self.submitted_only:
+            return -math.inf
+        return job.start if job.submit is None else min(job.submit, job.start)
 
     def next_submit(self) -> float:
         """When the next job not seen yet is submitted (inf: none)."""
