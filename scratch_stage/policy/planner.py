@@ -91,18 +91,20 @@ ValueFunction = Callable[[View, PlanParams], float]
 
 
 def default_value(view: View, params: PlanParams) -> float:
-    """Slow-storage bytes saved over the horizon by caching VIEW, minus the copy if needed.
+    """Slow-storage bytes saved by caching VIEW, minus the copy if needed.
 
-    Heat (bytes/s) is expected to go on for the horizon; demand is the bytes queued jobs
-    are expected to read (already weighted by their chance and soonness, and counted
-    after the copy would land). A copy costs its size in slow reads, and reads count only
-    after it lands: size / copy_rate seconds into the horizon.
+    Reads are weighed as the demand weighs a job's start, discounted by e^(-t / horizon)
+    t seconds from now: heat (bytes/s) going on is worth heat x horizon, and demand is
+    the bytes queued jobs are expected to read (already weighted by their chance and
+    soonness, and counted after the copy would land). A copy costs its size in slow
+    reads, and serves only the reads after it lands, size / copy_rate seconds from now:
+    its heat is worth heat x horizon x e^(-copy time / horizon) (docs/planner.md).
     """
     if view.cached:
         return view.heat * params.horizon + view.demand + params.hysteresis * view.size
     horizon = params.horizon
-    if params.copy_rate > 0:
-        horizon = max(0.0, horizon - view.size / params.copy_rate)
+    if params.copy_rate > 0 and horizon > 0:
+        horizon *= math.exp(-view.size / params.copy_rate / horizon)
     return view.heat * horizon + view.demand - view.size
 
 

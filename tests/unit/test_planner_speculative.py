@@ -3,6 +3,9 @@ a copy that has a value, a hold, a pin or a copy in flight (docs/planner.md)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,9 +125,12 @@ def test_many_idle_copies_are_kept_in_the_room_the_others_leave() -> None:
     assert sum(values[n] for n in kept) >= best * (1 - 1e-9)
 
 
-def test_a_copy_that_lands_after_the_horizon_is_not_worth_it() -> None:
-    """A 4 TB image read hard: at 1 GB/s its copy lands after the hour's horizon, so its
-    heat saves nothing; a 100 GB one read as hard is copied."""
+def test_a_copy_counts_the_heat_after_it_lands_discounted_from_now() -> None:
+    """A 4 TB image read at 2 GB/s: at 1 GB/s its copy lands 4000 s from now, after the
+    hour's horizon. Its heat counts from the landing, discounted as a job's start is,
+    e^(-t / horizon): 2 GB/s x 3600 s x e^(-4000/3600) = 2.4 TB, less than its copy; a
+    100 GB image read as hard is copied. Read at 4 GB/s (4.7 TB) the big one pays for its
+    copy; counted only within the horizon from now, its heat was worth nothing."""
     from scratch_stage.policy.planner import PlanParams
 
     node = PlanInput({"huge": 4000 * GB, "small": 100 * GB})
@@ -132,7 +138,29 @@ def test_a_copy_that_lands_after_the_horizon_is_not_worth_it() -> None:
     params = PlanParams(copy_rate=GB)
     result = plan(node, heat, {}, 10_000 * GB, params=params)
     assert result.stage == ("small",)
-    assert result.decisions["huge"].value == -4000 * GB
+    after = 3600 * math.exp(-4000 / 3600)
+    assert result.decisions["huge"].value == pytest.approx(2 * GB * after - 4000 * GB)
+    hotter = plan(node, {**heat, "huge": 4 * GB}, {}, 10_000 * GB, params=params)
+    assert hotter.stage == ("small", "huge")
+    assert hotter.decisions["huge"].value == pytest.approx(4 * GB * after - 4000 * GB)
     assert plan(node, heat, {}, 10_000 * GB).stage == ("small", "huge")  # instant copies
     cached = PlanInput(node.sizes, {"huge": 4000 * GB}, frozenset({"huge"}))
     assert plan(cached, heat, {}, 10_000 * GB, params=params).decisions["huge"].action == "keep"
+
+
+def test_a_copy_never_displaces_a_cached_one_read_as_hard() -> None:
+    """Fairness: both values weigh reads on one scale from now, so a copy's reads during
+    its copy count nothing, and the cached copy it would displace keeps all of its own.
+    A 4 TB image read at 3 GB/s does not displace a cached 4 TB copy read at 2 GB/s, nor
+    even one read at 1 GB/s (3.6 TB + its hysteresis against 3 GB/s x 3600 s x
+    e^(-4000/3600) - 4 TB = -0.44 TB); read at 8 GB/s (5.5 TB) it does."""
+    from scratch_stage.policy.planner import PlanParams
+
+    sizes = {"warm": 4000 * GB, "big": 4000 * GB}
+    node = PlanInput(sizes, {"warm": 4000 * GB}, frozenset({"warm"}))
+    params = PlanParams(copy_rate=GB)
+    for warm in (2 * GB, 1 * GB):
+        kept = plan(node, {"warm": warm, "big": 3 * GB}, {}, 4000 * GB, params=params)
+        assert kept.empty and kept.decisions["warm"].action == "keep"
+    swapped = plan(node, {"warm": 1 * GB, "big": 8 * GB}, {}, 4000 * GB, params=params)
+    assert swapped.evict == ("warm",) and swapped.stage == ("big",)
