@@ -6,6 +6,8 @@ than each baseline, at a reduced size so that two checkouts can be compared in o
     PYTHONPATH=/path/to/other/checkout .venv/bin/python bench/hard_summary.py 1500
     .venv/bin/python bench/hard_summary.py 1500 --many --unplaced-cap inf --unplaced-cap 2
     .venv/bin/python bench/hard_summary.py 1500 --many --tables --oracle --bound
+    .venv/bin/python bench/hard_summary.py 1500 --many --tables --backfill-window 86400 \
+        --estimate-noise 1800
 
 The workloads are those of `bench/simulate_policies.py hard` (Zipf 0.9; drift, bursty
 sweeps, partial reads) with JOBS jobs; --many adds the many-node one (`generate --preset
@@ -19,6 +21,9 @@ the whole future (jobs not yet submitted too) against future-bytes. --bound comp
 bound with copy time and prints the best any policy could do against LRU and
 scratch_manager, "out of reach" where the bound proves the issue's target is
 (`scratch_stage/simulate/targets.py`); without it no bound is computed.
+--backfill-window and --estimate-noise replay every policy with backfill's placements
+known that far ahead (default 1 h; Slurm's own default `bf_window` is one day) and their
+start estimates off by that much (`SimConfig`, `docs/simulate.md`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,18 @@ def main() -> None:
     parser.add_argument("--many", action="store_true", help="add the many-node workload")
     parser.add_argument("--tables", action="store_true", help="add the developers' workloads")
     parser.add_argument("--unplaced-cap", type=float, action="append", default=[])
+    parser.add_argument(
+        "--backfill-window",
+        type=float,
+        default=3600.0,
+        help="seconds ahead backfill's placements are known (SimConfig)",
+    )
+    parser.add_argument(
+        "--estimate-noise",
+        type=float,
+        default=0.0,
+        help="standard deviation (s) of the start estimates' error",
+    )
     parser.add_argument("--oracle", action="store_true", help="add the queue oracle")
     parser.add_argument("--bound", action="store_true", help="what the bound allows")
     args = parser.parse_args()
@@ -71,7 +88,8 @@ def main() -> None:
         for share in shares:
             capacity = int(trace.catalog_bytes() * share)
             started = time.perf_counter()
-            report = simulate(trace, SimConfig(capacity=capacity), baselines, bound=args.bound)
+            model = {"backfill_window": args.backfill_window, "estimate_noise": args.estimate_noise}
+            report = simulate(trace, SimConfig(capacity, **model), baselines, bound=args.bound)
             slow = {p: report.results[p].slow_bytes for p in baselines}
             extra = ""
             if args.oracle:
@@ -81,7 +99,7 @@ def main() -> None:
                           f" ({oracle.seconds:.0f}s)")  # fmt: skip
                 # The same planner told the whole future (jobs not yet submitted too):
                 # what is left against future-bytes is not information.
-                whole = simulate(trace, SimConfig(capacity=capacity), {"all": _whole_future},
+                whole = simulate(trace, SimConfig(capacity, **model), {"all": _whole_future},
                                  bound=False).results["all"].slow_bytes  # fmt: skip
                 extra += f" | whole-future planner/future-bytes {whole / slow['future-bytes']:.3f}"
             if args.bound:
@@ -94,9 +112,9 @@ def main() -> None:
             baselines_seconds = time.perf_counter() - started
             for cap in caps:
                 started = time.perf_counter()
-                config = SimConfig(capacity=capacity)
+                config = SimConfig(capacity, **model)
                 if cap is not None:
-                    config = SimConfig(capacity=capacity, unplaced_cap=cap)
+                    config = SimConfig(capacity, **model, unplaced_cap=cap)
                 ours = simulate(trace, config, ("ours",), bound=False).results["ours"].slow_bytes
                 label = "" if cap is None else f" cap {cap:g}"
                 if args.oracle:

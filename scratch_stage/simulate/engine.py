@@ -82,6 +82,9 @@ class _Replay:
             getattr(policy, "steady_until", None) if node.config.tolerance == 0.0 else None
         )
         self.resume = math.nan  # the tick a steady skip resumes at
+        # The first tick at which a steady policy's last answer may no longer hold, even
+        # with heat and demand unchanged (its answer moves with time: belady, future-bytes).
+        self.due = math.inf
         # The policy reads the running jobs' reads after a landing in the demand (`ours`,
         # as the rebalance does); the others do not, and are replayed as before.
         self.running: bool = getattr(policy, "running_demand", False)
@@ -146,13 +149,19 @@ class _Replay:
         heat = node.heat(now)
         inputs = Inputs(heat, *node.demand_parts(now, heat if self.running else None))
         decided = False
-        if self.memo is None or not _same(self.memo, (node.version, inputs), self.config):
+        if (
+            self.memo is None
+            or not _same(self.memo, (node.version, inputs), self.config)
+            or now >= self.due
+        ):
             before_version = node.version
             self._act(self.policy.decide(node, now, "tick", None, inputs), now)
             self.memo = (node.version, inputs)
             if node.version != before_version:
                 return now + self.step
             decided = True
+            if self.steady is not None:
+                self.due = self._due(now, self.steady(node, now))
         upcoming = min(node.unplaced.next_change(now), node.next_placement())
         if (
             now - node.last_boundary < self.config.period
@@ -160,9 +169,18 @@ class _Replay:
             or (self.running and node.running_moves(now))
         ):
             if decided and self.steady is not None:
-                return self._steady(now, self.steady(node, now))
+                return self._steady(now, self.due)
             return self._proven(now, node.next_placement())  # heat or demand still moving
-        return grid_ceil(upcoming, self.step) if upcoming < math.inf else math.inf
+        settled = grid_ceil(upcoming, self.step) if upcoming < math.inf else math.inf
+        return min(settled, self.due)  # a steady policy's answer may change before then
+
+    def _due(self, now: float, until: float) -> float:
+        """The first tick not surely before UNTIL (when the answer given at NOW may stop
+        holding), and after NOW."""
+        if until == math.inf:
+            return math.inf
+        margin = 1e-9 * abs(until) + 1e-3  # float rounding in the policy's arithmetic
+        return max(grid_ceil(until - margin, self.step), now + self.step)
 
     def _steady(self, now: float, until: float) -> float:
         """The next tick to visit when the answer just given holds before UNTIL: the first
@@ -170,10 +188,7 @@ class _Replay:
         there the replay jumps ahead, so it must be visited as it would have been)."""
         node, step = self.node, self.step
         settle = max(node.last_boundary + self.config.period, node.demand_settles())
-        target = grid_ceil(settle, step)
-        if until < math.inf:
-            margin = 1e-9 * abs(until) + 1e-3  # float rounding in the policy's arithmetic
-            target = min(target, grid_ceil(until - margin, step))
+        target = min(grid_ceil(settle, step), until)  # UNTIL: already a tick (`_due`)
         if target <= now + step:
             return now + step
         self.resume = target

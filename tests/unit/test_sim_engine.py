@@ -478,17 +478,29 @@ def test_ours_with_other_knobs_skips_passes_and_changes_nothing() -> None:
     assert _costs(proven) != _costs(report.results["default"])  # the knob took effect
 
 
-class EveryTickBelady(policies.Belady):
-    steady_until = None  # type: ignore[assignment]
+class _EveryTick:
+    """Asked at every tick, whatever heat and demand do (`own_inputs`), never skipping."""
+
+    steady_until = None
+    own_inputs = True
+
+    def next_pass(self, node: Any, now: float, step: float) -> float:
+        return now + step
 
 
-class EveryTickFutureBytes(policies.FutureBytes):
-    steady_until = None  # type: ignore[assignment]
+class EveryTickBelady(_EveryTick, policies.Belady):  # type: ignore[misc]
+    pass
+
+
+class EveryTickFutureBytes(_EveryTick, policies.FutureBytes):  # type: ignore[misc]
+    pass
 
 
 def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
     # Belady and future-bytes read neither heat nor demand: between events their answer
-    # moves only when running jobs' remaining reads cross a threshold or reorder.
+    # moves only when running jobs' remaining reads cross a threshold or reorder, or (for
+    # future-bytes) when its 12 h look-ahead reaches another job's start, which it must see
+    # even while heat and demand stay still (the replay once jumped to the next placement).
     sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
     fewer = {"belady": 0, "future-bytes": 0}
     cases = [
