@@ -436,13 +436,9 @@ def test_free_room_prefetches_for_a_job_backfill_has_not_placed(site: Site) -> N
     site.wait_idle()
 
 
-def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None:
-    """The attacker (the test user) queues many jobs wanting f that backfill cannot place
-    (they depend on a blocker: no start estimate, no SchedNodes), and a few held ones:
-    together they count as at most UNPLACED_CAP jobs sure to run here, at an unknown start
-    (x e^-1), so f does not take the room of a, which a job has just read. Without the cap,
-    the same queue would have outweighed a's value (node_demand on the published snapshot,
-    against the pass's own figures)."""
+def only_a_cached_and_just_read(site: Site, tag: str) -> str:
+    """Only a is cached, and a job (TAG) has just read it: a has heat, and no holder now.
+    The path of the plain job script."""
     script = str(site.script("plain.sh"))
     for name, data in site.status().items():
         if data["cached"] and name != "a":
@@ -451,12 +447,23 @@ def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None
     site.scratch_stage("rebalance", "--json")
     site.scratch_stage("unpin", "a")
     assert site.status()["a"]["cached"] is True
-    reader = site.submit(f"--output={site.work}/reader.out", "--comment=datasets:a", script,
-                         "reader", "a")  # fmt: skip
-    site.release("reader")
-    assert site.started("reader") == reader
+    reader = site.submit(f"--output={site.work}/{tag}.out", "--comment=datasets:a", script,
+                         tag, "a")  # fmt: skip
+    site.release(tag)
+    assert site.started(tag) == reader
     site.wait_completed(reader)
-    check_read(site, "reader", "a")  # a is being read: it has heat, and no holder now
+    check_read(site, tag, "a")
+    return script
+
+
+def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None:
+    """The attacker (the test user) queues many jobs wanting f that backfill cannot place
+    (they depend on a blocker: no start estimate, no SchedNodes), and a few held ones:
+    together they count as at most UNPLACED_CAP jobs sure to run here, at an unknown start
+    (x e^-1), so f does not take the room of a, which a job has just read. Without the cap,
+    the same queue would have outweighed a's value (node_demand on the published snapshot,
+    against the pass's own figures)."""
+    script = only_a_cached_and_just_read(site, "reader")
     blocker = site.submit("--output=/dev/null", "-n", "2", script, "blocker3", "")
     queued: list[str] = []
     count = 40
@@ -515,20 +522,7 @@ def test_placed_jobs_due_far_ahead_cannot_evict_a_dataset_being_read(site: Site)
     whose copy would take until their start, weighs them in full (the rule on Slurm's
     own output): that is what a big image gets, and what it gets only for jobs due within
     about its copy time plus a horizon."""
-    script = str(site.script("plain.sh"))
-    for name, data in site.status().items():
-        if data["cached"] and name != "a":
-            site.scratch_stage("purge", name)
-    site.scratch_stage("pin", "a")
-    site.scratch_stage("rebalance", "--json")
-    site.scratch_stage("unpin", "a")
-    assert site.status()["a"]["cached"] is True
-    reader = site.submit(f"--output={site.work}/reader4.out", "--comment=datasets:a", script,
-                         "reader4", "a")  # fmt: skip
-    site.release("reader4")
-    assert site.started("reader4") == reader
-    site.wait_completed(reader)
-    check_read(site, "reader4", "a")
+    script = only_a_cached_and_just_read(site, "reader4")
     site.submit("--output=/dev/null", "--time=30", "-n", "2", script, "blocker4", "")
     queued: list[str] = []
     try:
