@@ -456,6 +456,22 @@ def only_a_cached_and_just_read(site: Site, tag: str) -> str:
     return script
 
 
+def rebalance_keeps_a_out_of_f(site: Site, env: dict[str, str]) -> dict[str, Any]:
+    """A real pass with ENV: nothing evicted or staged, a still cached, f not. Its report."""
+    report: dict[str, Any] = json.loads(site.scratch_stage("rebalance", "--json", env=env))
+    assert report["evict"] == [] and report["stage"] == [], report
+    assert site.status()["a"]["cached"] is True
+    assert site.status()["f"]["cached"] is False
+    return report
+
+
+def cancel_behind(site: Site, queued: list[str], blocker: str) -> None:
+    """Cancel the QUEUED jobs, then let the BLOCKER job end."""
+    for job in queued:
+        site.admin("scancel", job)
+    site.release(blocker)
+
+
 def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None:
     """The attacker (the test user) queues many jobs wanting f that backfill cannot place
     (they depend on a blocker: no start estimate, no SchedNodes), and a few held ones:
@@ -501,15 +517,10 @@ def test_many_pending_jobs_cannot_evict_a_dataset_being_read(site: Site) -> None
             unplaced_cap=math.inf,
         )["f"]  # fmt: skip
         assert uncapped - sizes["f"] > kept["value"], (uncapped, kept)  # the attack, uncapped
-        report = json.loads(site.scratch_stage("rebalance", "--json", env=env))
-        assert report["evict"] == [] and report["stage"] == [], report
+        report = rebalance_keeps_a_out_of_f(site, env)
         assert report["decisions"]["f"]["action"] == "none", report["decisions"]["f"]
-        assert site.status()["a"]["cached"] is True
-        assert site.status()["f"]["cached"] is False
     finally:
-        for job in queued:
-            site.admin("scancel", job)
-        site.release("blocker3")
+        cancel_behind(site, queued, "blocker3")
 
 
 def test_placed_jobs_due_far_ahead_cannot_evict_a_dataset_being_read(site: Site) -> None:
@@ -558,14 +569,9 @@ def test_placed_jobs_due_far_ahead_cannot_evict_a_dataset_being_read(site: Site)
             copy_seconds=slow_copy,
         )["f"]  # fmt: skip
         assert big >= len(due) * sizes["f"] * 0.99, (big, placed)  # one pass each, weight 1
-        report = json.loads(site.scratch_stage("rebalance", "--json", env=env))
-        assert report["evict"] == [] and report["stage"] == [], report
-        assert site.status()["a"]["cached"] is True
-        assert site.status()["f"]["cached"] is False
+        rebalance_keeps_a_out_of_f(site, env)
     finally:
-        for job in queued:
-            site.admin("scancel", job)
-        site.release("blocker4")
+        cancel_behind(site, queued, "blocker4")
 
 
 def test_a_running_jobs_time_limit_counts_at_most_a_day_of_its_reads(site: Site) -> None:
