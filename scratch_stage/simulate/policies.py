@@ -653,20 +653,18 @@ class QueueOracle:
 
     def inputs(self, node: SimNode, now: float) -> tuple[dict[str, float], dict[str, float]]:
         """The true demand (bytes read after a landing) and prospect, at NOW."""
-        demand: dict[str, float] = {}
+        seen = self.seen(node, now)
+        return self._demand(node, now, now, seen), self._prospect(now, seen)
+
+    def _prospect(self, now: float, seen: list[NodeJob]) -> dict[str, float]:
+        """The bytes the SEEN jobs not started by NOW will read, those within the lookahead."""
         prospect: dict[str, float] = {}
         horizon = now + self.lookahead
-        for job in self.seen(node, now):
-            if job.start >= horizon:
-                continue
-            span = job.end - job.start
-            for name, size in job.reads:
-                after = job.end - max(job.start, self.landing(node, name, now))
-                if after > 0:
-                    demand[name] = demand.get(name, 0.0) + size * min(1.0, after / span)
-                if job.start > now:
+        for job in seen:
+            if now < job.start < horizon:
+                for name, size in job.reads:
                     prospect[name] = prospect.get(name, 0.0) + size
-        return demand, prospect
+        return prospect
 
     def params_of(self, node: SimNode) -> planner.PlanParams:
         return self.params or Ours.default_params(node)
@@ -715,14 +713,12 @@ class QueueOracle:
     def _holds(self, node: SimNode, start: float, end: float, seen: list[NodeJob]) -> bool:
         """The plan made at START is made at every time in START..END (no event between)."""
         points: dict[str, set[float]] = {}
-        prospect: dict[str, float] = {}
+        prospect = self._prospect(start, seen)
         horizon = start + self.lookahead
         for job in seen:
             if job.start >= horizon:
                 continue
-            for name, size in job.reads:
-                if job.start > start:
-                    prospect[name] = prospect.get(name, 0.0) + size
+            for name, _ in job.reads:
                 land = self.landing(node, name, start) - start
                 found = points.setdefault(name, {start, end})
                 if name in node.cached or node.inflight is None or node.inflight[0] != name:
@@ -746,7 +742,8 @@ class QueueOracle:
         return planner.plan_holds(node_input, bounds, node.capacity, prospect)
 
     def _demand(self, node: SimNode, now: float, t: float, seen: list[NodeJob]) -> dict[str, float]:
-        """The demand at time T, as `inputs` would compute it with the node as at NOW."""
+        """The demand at time T (each job's reads after a copy started at T would land, a
+        copy in flight when it lands), with the node as at NOW."""
         demand: dict[str, float] = {}
         horizon = now + self.lookahead  # no start enters the lookahead before T
         for job in seen:
@@ -754,7 +751,9 @@ class QueueOracle:
                 continue
             span = job.end - job.start
             for name, size in job.reads:
-                landing = self.landing(node, name, now) - now + t
+                landing = self.landing(node, name, now)
+                if t != now:
+                    landing = landing - now + t
                 if node.inflight is not None and node.inflight[0] == name:
                     landing = node.inflight[2]
                 after = job.end - max(job.start, landing)
