@@ -35,7 +35,7 @@ from typing import Any
 from scratch_stage.agent.node import Node
 from scratch_stage.agent.views import Prepared
 from scratch_stage.core.errors import StagingError
-from scratch_stage.host import interrupts, torrent
+from scratch_stage.host import faults, interrupts, torrent
 from scratch_stage.host.catalog import (
     Fingerprint,
     Image,
@@ -385,7 +385,8 @@ def _pipelined_copy(
             seconds=round(time.monotonic() - started, 3), peer_pieces=shared,
         )  # fmt: skip
         flushed = session.flush()
-        session.remove()
+        session.remove()  # until it serves its copy (`coop_copy`), its peers wait for it
+        faults.point("after-coop-read")
         if not flushed:
             raise StagingError(f"{image.name}: the peer engine did not confirm its writes")
         with open(partial, "rb+") as f:
@@ -545,8 +546,9 @@ def _fetch(
     """Fetch IMAGE from peers into PARTIAL, verify it, move it to FINAL; False on failure.
 
     Pieces come as soon as any peer has them: from a reader of datadir while it reads
-    (`_pipelined_copy`), or from other fetchers. No progress for `stall_seconds` while no
-    reader holds a live lease, or the digest refused by its reader, abandons the transfer.
+    (`_pipelined_copy`), or from other fetchers. No progress for `stall_seconds`, counted
+    from the last piece and from the last time a reader was seen holding a live lease, or
+    the digest refused by its reader, abandons the transfer.
     """
     from scratch_stage.agent.stager import _fsync_dir
 
@@ -564,6 +566,9 @@ def _fetch(
     try:
         session.add(body, str(partial), seeding=False)
         best, best_at, beat, looked = -1, time.monotonic(), 0.0, 0.0
+        # The stall clock runs from the last progress and the last time a reader was seen
+        # holding a live lease, looked at every `watch` while no piece comes.
+        held_at, held_look, watch = 0.0, 0.0, min(_HEARTBEAT, cfg.stall_seconds / 4)
         while True:
             interrupts.check()
             now = time.monotonic()
@@ -586,8 +591,15 @@ def _fetch(
                 if progress is not None and done > 0:
                     progress(done, image.size)
             # A reader of datadir holding a live lease is progress too: its next piece comes
-            # at the shared-storage rate, however slow (a dead reader's lease expires).
-            if now - best_at >= cfg.stall_seconds and entry.holders() == 0:
+            # at the shared-storage rate, however slow (a dead reader's lease expires). Its
+            # last pieces may come only when it serves its copy, after the lease: the stall
+            # is counted from when it was last seen held, not from the last piece.
+            quiet = now - max(best_at, held_at)
+            if quiet >= watch and now - held_look >= watch:
+                held_look = now
+                if entry.holders() > 0:
+                    held_at, quiet = now, 0.0
+            if quiet >= cfg.stall_seconds:
                 log.warning(
                     "%s: peer transfer stalled at %d of %d bytes; falling back to datadir",
                     image.name, max(best, 0), image.size,

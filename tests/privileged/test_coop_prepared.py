@@ -118,16 +118,21 @@ def wait_for_event(node: CoopNode, kind: str, proc: subprocess.Popen[str]) -> No
 
 
 def stage_behind_reader(
-    cluster: Cluster, image: Path, reader: CoopNode, others: list[CoopNode]
-) -> int:
-    """READER stages IMAGE first (its lease taken), then OTHERS; shared bytes read."""
+    cluster: Cluster, image: Path, reader: CoopNode, others: list[CoopNode], **environ: str
+) -> tuple[int, list[tuple[str, list[str], str]]]:
+    """READER stages IMAGE first (its lease taken; ENVIRON added to its environment), then
+    OTHERS; the shared bytes read, and what each node did and said (to see why)."""
     drop_pages(image)
     before = cluster.shared.bytes_read()
-    first = reader.spawn_prestage(image.stem)
+    first = reader.spawn_prestage(image.stem, **environ)
     wait_for_event(reader, "coop-lease", first)
     results = finish([first, *[node.spawn_prestage(image.stem) for node in others]])
     assert all(rc == 0 for rc, _ in results), results
-    return cluster.shared.bytes_read() - before
+    said = [
+        (node.name, [e["event"] for e in node.events()], err)
+        for node, (_, err) in zip([reader, *others], results)
+    ]
+    return cluster.shared.bytes_read() - before, said
 
 
 def test_peers_get_pieces_while_the_reader_still_reads_datadir(
@@ -140,8 +145,8 @@ def test_peers_get_pieces_while_the_reader_still_reads_datadir(
     # The reader's copy is throttled (the staging bandwidth cap: 32 MiB at 4 MiB/s is 8 s),
     # so a transfer that waited for its whole copy could not start before it ends.
     reader.configure(bandwidth="4MiB")
-    shared = stage_behind_reader(cluster, image, reader, others)
-    assert shared <= 1.25 * size, (shared, size)
+    shared, said = stage_behind_reader(cluster, image, reader, others)
+    assert shared <= 1.25 * size, (shared, size, said)
     [lease] = reader.events("coop-lease")
     assert lease["pipelined"] is True
     [read] = reader.events("coop-read")
@@ -151,6 +156,30 @@ def test_peers_get_pieces_while_the_reader_still_reads_datadir(
     # A fetcher's first progress came before the reader had read everything.
     early = [e for n in others for e in n.events("stage-progress") if e["ts"] < read["ts"]]
     assert early, [n.events("stage-progress") for n in others]
+    for node in cluster.nodes:
+        assert sha256_of(node.cached("img")) == want
+        assert node.mounted_backings(), f"{node.name} mounted nothing"
+
+
+def test_fetchers_wait_for_a_reader_that_pauses_before_it_serves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The reader's last pieces reach its peers only once it serves its checked copy. A
+    reader slow to get there (its disk, its load: here a pause longer than the fetchers'
+    `stall_seconds` after its last read, its lease still held) is waited for: the stall is
+    counted from when its lease was last seen held, so nobody falls back to datadir."""
+    image = build_image(cluster.datadir, "img", 32, tmp_path)
+    size, want = image.stat().st_size, sha256_of(image)
+    reader, *others = cluster.nodes
+    assert cli(reader, "coop", "prepare", "img").returncode == 0
+    reader.configure(bandwidth="4MiB")  # its peers are still behind when it ends its read
+    pause = {"SCRATCH_STAGE_FAULT_DELAY": "after-coop-read=8"}  # stall_seconds is 5
+    shared, said = stage_behind_reader(cluster, image, reader, others, **pause)
+    assert [e for n in others for e in n.events("coop-stalled")] == [], said
+    assert shared <= 1.25 * size, (shared, size, said)
+    [read] = reader.events("coop-read")
+    served = [e for n in others for e in n.events("coop-fetched") if e["ts"] > read["ts"] + 8]
+    assert served, said  # some fetcher did wait for the reader's pause to end
     for node in cluster.nodes:
         assert sha256_of(node.cached("img")) == want
         assert node.mounted_backings(), f"{node.name} mounted nothing"
