@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import random
@@ -149,11 +150,28 @@ _CLONE_NEWNS, _MS_REC, _MS_SLAVE, _MNT_DETACH = 0x20000, 0x4000, 0x80000, 2
 def _libc_call(name: str, *args: Any) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if getattr(libc, name)(*args) != 0:
-        errno = ctypes.get_errno()
+        code = ctypes.get_errno()
         hint = ""
-        if name in ("unshare", "setns") and threading.active_count() > 1:
-            hint = f" ({threading.active_count() - 1} other thread(s) of pytest still run)"
-        raise OSError(errno, f"{name}: {os.strerror(errno)}{hint}")
+        others = len(os.listdir("/proc/self/task")) - 1  # native threads too
+        if name in ("unshare", "setns") and others:
+            python = threading.active_count() - 1
+            hint = f" ({others} other thread(s) of pytest still run, {python} of them Python's)"
+        raise OSError(code, f"{name}: {os.strerror(code)}{hint}")
+
+
+def _rejoin(namespace: int) -> None:
+    """setns into the mount NAMESPACE, waiting up to 10 s while it is refused (EINVAL: a
+    thread that shares this one's filesystem context, seen rarely and briefly in CI runs;
+    a thread that stays makes the last refusal the error)."""
+    end = time.monotonic() + 10
+    while True:
+        try:
+            _libc_call("setns", namespace, _CLONE_NEWNS)
+            return
+        except OSError as e:
+            if e.errno != errno.EINVAL or time.monotonic() >= end:
+                raise
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -184,7 +202,7 @@ def own_mount_namespace() -> Iterator[None]:
                         _libc_call("umount2", os.fsencode(mount.target), _MNT_DETACH)
             yield
         finally:
-            _libc_call("setns", original, _CLONE_NEWNS)
+            _rejoin(original)
             os.fchdir(cwd)  # setns moved it to the namespace's root
     finally:
         os.close(cwd)
