@@ -17,7 +17,10 @@ of `simulate_policies.py tables sweeps`, each at its one cache size). --unplaced
 (`SimConfig.unplaced_cap`; `inf`: no cap), the baselines once. --oracle adds the queue
 oracle (`queue-oracle`: the planner told the truth about submitted jobs) as a baseline:
 its slow bytes against future-bytes and `ours`'s against it, and the same planner told
-the whole future (jobs not yet submitted too) against future-bytes. --bound computes the lower
+the whole future (jobs not yet submitted too) against future-bytes; and the blind queue
+oracle (`queue-oracle-blind`: true reads, but where and when a job runs only when `ours`
+learns it): `ours / blind` is what read estimates cost, `blind / oracle` what not
+knowing where unplaced jobs will run costs. --bound computes the lower
 bound with copy time and prints the best any policy could do against LRU and
 scratch_manager, "out of reach" where the bound proves the issue's target is
 (`scratch_stage/simulate/targets.py`); without it no bound is computed.
@@ -47,6 +50,7 @@ HARD = (
 MANY = {"nodes": 64, "wide_share": 0.5}
 BASELINES = ("lru", "scratch_manager", "future-bytes")
 SHARES = (0.05, 0.10, 0.20)
+BLIND = "queue-oracle-blind"
 
 
 def main() -> None:
@@ -70,7 +74,7 @@ def main() -> None:
     parser.add_argument("--oracle", action="store_true", help="add the queue oracle")
     parser.add_argument("--bound", action="store_true", help="what the bound allows")
     args = parser.parse_args()
-    baselines = BASELINES + (("queue-oracle",) if args.oracle else ())
+    baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())
     caps: list[float | None] = list(args.unplaced_cap) or [None]
     base = WorkloadSpec(jobs=args.jobs, nodes=16, datasets=100, max_duration=6 * 3600.0, seed=1)
     workloads = [(title, {"zipf": 0.9, **knobs}, SHARES) for title, knobs in HARD]
@@ -94,9 +98,14 @@ def main() -> None:
             extra = ""
             if args.oracle:
                 oracle = report.results["queue-oracle"]
+                blind = report.results[BLIND]
                 extra += (f" | oracle {oracle.slow_bytes / 1e12:8.1f} TB"
                           f" oracle/future-bytes {slow['queue-oracle'] / slow['future-bytes']:.3f}"
-                          f" ({oracle.seconds:.0f}s)")  # fmt: skip
+                          f" ({oracle.seconds:.0f}s)"
+                          f" | blind {blind.slow_bytes / 1e12:8.1f} TB"
+                          f" blind/oracle {slow[BLIND] / slow['queue-oracle']:.3f}"
+                          f" ({blind.seconds:.0f}s)"
+                          f" | future-bytes {slow['future-bytes'] / 1e12:8.1f} TB")  # fmt: skip
                 # The same planner told the whole future (jobs not yet submitted too):
                 # what is left against future-bytes is not information.
                 whole = simulate(trace, SimConfig(capacity, **model), {"all": _whole_future},
@@ -118,7 +127,8 @@ def main() -> None:
                 ours = simulate(trace, config, ("ours",), bound=False).results["ours"].slow_bytes
                 label = "" if cap is None else f" cap {cap:g}"
                 if args.oracle:
-                    extra_ours = f" | ours/oracle {ours / slow['queue-oracle']:.3f}"
+                    extra_ours = (f" | ours/oracle {ours / slow['queue-oracle']:.3f}"
+                                  f" | ours/blind {ours / slow[BLIND]:.3f}")  # fmt: skip
                 else:
                     extra_ours = ""
                 print(

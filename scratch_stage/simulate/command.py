@@ -9,7 +9,7 @@ import click
 from scratch_stage.core.cliparams import PathParam
 
 POLICY_NAMES = ("ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager", "aged-uses", "belady",
-                "future-bytes", "queue-oracle")  # fmt: skip
+                "future-bytes", "queue-oracle", "queue-oracle-blind")  # fmt: skip
 
 
 def _duration(text: str) -> float:

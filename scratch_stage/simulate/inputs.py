@@ -76,10 +76,21 @@ class UnplacedDemand:
 
     ticks: tuple[float, ...]
     values: tuple[Mapping[str, ByLimit], ...]
+    # With `unplaced_demand(..., reads=True)`, per tick and dataset by time limit: the
+    # weights times the bytes each job will truly read (scaled by the same cap); only the
+    # blind queue oracle reads them (`QueueOracle`, blind).
+    reads: tuple[Mapping[str, ByLimit], ...] = ()
 
     def at(self, now: float) -> Mapping[str, ByLimit]:
         i = bisect.bisect_right(self.ticks, now) - 1
         return self.values[i] if i >= 0 else {}
+
+    def reads_at(self, now: float) -> Mapping[str, ByLimit]:
+        """The true reads of the jobs not yet placed at NOW, weighted as `at` weighs them."""
+        i = bisect.bisect_right(self.ticks, now) - 1
+        if i >= 0 and not self.reads:
+            raise ValueError("the unplaced demand was built without reads (reads=True)")
+        return self.reads[i] if i >= 0 else {}
 
     def seen(self, start: float, end: float) -> list[Mapping[str, ByLimit]]:
         """Every value taken at some time in START..END."""
@@ -108,9 +119,11 @@ def grid_ceil(t: float, interval: float) -> float:
     return math.ceil(t / interval) * interval
 
 
-def visible_from(job: Job, config: SimConfig) -> float:
-    """When backfill first places JOB (its start is then within the window)."""
-    return max(job.submit, job.start - config.backfill_window)
+def visible_from(job: Job | NodeJob, config: SimConfig) -> float:
+    """When backfill first places JOB (its start is then within the window); a job whose
+    submit time is not known, at its start."""
+    submit = job.start if job.submit is None else job.submit
+    return max(submit, job.start - config.backfill_window)
 
 
 def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
@@ -135,45 +148,62 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
     return nodes
 
 
-def unplaced_demand(trace: Trace, config: SimConfig) -> UnplacedDemand:
+def unplaced_demand(trace: Trace, config: SimConfig, *, reads: bool = False) -> UnplacedDemand:
     """Queued jobs not yet placed count min(1, nodes/N) x e^-1 on every node; per dataset
-    at most `unplaced_cap` x e^-1 together."""
+    at most `unplaced_cap` x e^-1 together. READS: also each job's weight times the bytes
+    it will truly read, per dataset (`UnplacedDemand.reads`)."""
     total_nodes = max(1, len(trace.nodes))
-    events: list[tuple[float, float, tuple[str, ...], float]] = []
+    events: list[tuple[float, float, tuple[str, ...], float, Mapping[str, int]]] = []
     for job in trace.jobs:
         visible = visible_from(job, config)
         if job.submit < visible and job.reads:
             weight = min(1.0, len(job.nodes) / total_nodes) * UNKNOWN_START_FACTOR
             names = tuple(sorted(job.reads))
             limit = math.inf if job.limit is None else job.limit
-            events.append((job.submit, weight, names, limit))
-            events.append((visible, -weight, names, limit))
+            events.append((job.submit, weight, names, limit, job.reads))
+            events.append((visible, -weight, names, limit, job.reads))
     events.sort(key=lambda e: e[0])
     ticks: list[float] = []
     values: list[dict[str, dict[float, float]]] = []
     current: dict[str, dict[float, float]] = {}
-    for i, (t, weight, names, limit) in enumerate(events):
+    true_reads: list[dict[str, dict[float, float]]] = []
+    current_reads: dict[str, dict[float, float]] = {}
+    for i, (t, weight, names, limit, job_reads) in enumerate(events):
         for name in names:
             by_limit = current.setdefault(name, {})
             v = by_limit.get(limit, 0.0) + weight
+            if reads:
+                read = current_reads.setdefault(name, {})
+                read[limit] = read.get(limit, 0.0) + weight * job_reads[name]
             if v > 1e-9:
                 by_limit[limit] = v
             else:
                 by_limit.pop(limit, None)
+                if reads:
+                    current_reads[name].pop(limit)
                 if not by_limit:
                     del current[name]
+                    if reads:
+                        del current_reads[name]
         tick = grid_ceil(t, config.interval)
         if i + 1 < len(events) and grid_ceil(events[i + 1][0], config.interval) == tick:
             continue
         ticks.append(tick)
         values.append({n: _capped(b, config.unplaced_cap) for n, b in current.items()})
-    return UnplacedDemand(tuple(ticks), tuple(values))
+        if reads:
+            true_reads.append(
+                {n: _capped(b, config.unplaced_cap, current[n]) for n, b in current_reads.items()}
+            )
+    return UnplacedDemand(tuple(ticks), tuple(values), tuple(true_reads))
 
 
-def _capped(by_limit: Mapping[float, float], cap: float) -> dict[float, float]:
+def _capped(
+    by_limit: Mapping[float, float], cap: float, weights: Mapping[float, float] | None = None
+) -> dict[float, float]:
     """A dataset's unplaced weights, scaled down to sum to CAP x e^-1 if they sum to more
-    (`demand.unplaced_scale`: at most CAP jobs sure to run here, at an unknown start)."""
-    total = sum(by_limit.values())
+    (`demand.unplaced_scale`: at most CAP jobs sure to run here, at an unknown start);
+    with WEIGHTS, BY_LIMIT (their true reads) scaled as those weights are."""
+    total = sum((by_limit if weights is None else weights).values())
     limit = cap * UNKNOWN_START_FACTOR
     if total <= limit:
         return dict(by_limit)

@@ -161,14 +161,16 @@ class SimNode:
             return 0.0
         return self.sizes[name] / self.config.bandwidth
 
-    def _bytes(self, values: Mapping[str, ByLimit], landing: bool) -> dict[str, float]:
+    def _bytes(
+        self, values: Mapping[str, ByLimit], landing: bool, true_reads: bool
+    ) -> dict[str, float]:
         horizon = self.config.horizon
         out = {}
         for name, by_limit in values.items():
             land = self.land(name) if landing else 0.0
             total = 0.0
             for limit, w in by_limit.items():
-                amount = w * self.expected(name, limit)
+                amount = w if true_reads else w * self.expected(name, limit)
                 if land > 0:  # unknown start: one horizon away
                     amount *= after_landing(horizon, None if limit == math.inf else limit, land)
                 total += amount
@@ -176,11 +178,12 @@ class SimNode:
         return out
 
     def _unplaced_bytes(
-        self, values: Mapping[str, ByLimit], landing: bool = False
+        self, values: Mapping[str, ByLimit], landing: bool = False, true_reads: bool = False
     ) -> dict[str, float]:
         """VALUES (one of the unplaced demand's, kept for the whole replay) in bytes, with
         the current history (LANDING: only the reads after a copy would land); remembered
-        until the history or the cache changes."""
+        until the history or the cache changes. TRUE_READS: VALUES are already bytes (the
+        weighted true reads, `UnplacedDemand.reads`), not weights of jobs."""
         version = (self.history_version, self.cache_version)
         if self._unplaced_version != version:
             self._unplaced_memo.clear()
@@ -188,8 +191,17 @@ class SimNode:
         key = (id(values), landing)
         found = self._unplaced_memo.get(key)
         if found is None or found[0] is not values:
-            found = self._unplaced_memo[key] = (values, self._bytes(values, landing))
+            found = self._unplaced_memo[key] = (values, self._bytes(values, landing, true_reads))
         return found[1]
+
+    def unplaced_reads(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """What `demand_parts` counts for the jobs not yet placed, the demand and the
+        prospect, with each job's true reads in place of its expected reads (the blind
+        queue oracle's view; the replay must be built with `unplaced_demand(reads=True)`)."""
+        values = self.unplaced.reads_at(now)
+        demand = self._unplaced_bytes(values, landing=True, true_reads=True)
+        prospect = self._unplaced_bytes(values, true_reads=True)
+        return demand, {n: v / UNKNOWN_START_FACTOR for n, v in prospect.items()}
 
     def demand(self, now: float) -> dict[str, float]:
         """Expected bytes queued jobs will read here, weighted as node_demand weighs them."""

@@ -14,12 +14,14 @@ from typing import Callable
 
 from scratch_stage.policy import planner
 from scratch_stage.simulate.engine import TRIGGERS, Inputs, Policy
-from scratch_stage.simulate.inputs import NodeJob
+from scratch_stage.simulate.inputs import NodeJob, visible_from
 from scratch_stage.simulate.node import Action, SimNode
 
 MIB = 1 << 20
 TICK = frozenset({"tick"})
 ON_START = frozenset({"start"})
+# Demand and prospect, per dataset (bytes).
+DemandParts = tuple[Mapping[str, float], Mapping[str, float]]
 
 
 class Ours:
@@ -622,7 +624,7 @@ class QueueOracle:
         """The jobs of this node submitted by NOW that have not ended."""
         if self._by_submit is None:
             self._by_submit = sorted(
-                ((self._submitted(j), j) for j in node.work.jobs),
+                ((self._known(node, j), j) for j in node.work.jobs),
                 key=lambda e: (e[0], e[1].start, e[1].id),
             )  # fmt: skip
         order, i = self._by_submit, self._next
@@ -633,7 +635,8 @@ class QueueOracle:
         self._seen = [j for j in self._seen if j.end > now]
         return self._seen
 
-    def _submitted(self, job: NodeJob) -> float:
+    def _known(self, node: SimNode, job: NodeJob) -> float:
+        """When JOB becomes known to it (here: when it is submitted)."""
         if not self.submitted_only:
             return -math.inf
         return job.start if job.submit is None else min(job.submit, job.start)
@@ -654,17 +657,26 @@ class QueueOracle:
     def inputs(self, node: SimNode, now: float) -> tuple[dict[str, float], dict[str, float]]:
         """The true demand (bytes read after a landing) and prospect, at NOW."""
         seen = self.seen(node, now)
-        return self._demand(node, now, now, seen), self._prospect(now, seen)
+        return self._demand(node, now, now, seen), self._prospect(node, now, seen)
 
-    def _prospect(self, now: float, seen: list[NodeJob]) -> dict[str, float]:
-        """The bytes the SEEN jobs not started by NOW will read, those within the lookahead."""
-        prospect: dict[str, float] = {}
+    def _prospect(self, node: SimNode, now: float, seen: list[NodeJob]) -> dict[str, float]:
+        """The bytes the SEEN jobs not started by NOW will read, those within the lookahead
+        (and the unknown jobs' share, `_unknown`)."""
+        prospect = dict(self._unknown(node, now)[1])
         horizon = now + self.lookahead
         for job in seen:
             if now < job.start < horizon:
                 for name, size in job.reads:
                     prospect[name] = prospect.get(name, 0.0) + size
         return prospect
+
+    def _unknown(self, node: SimNode, now: float) -> DemandParts:
+        """The demand and prospect it gives jobs it does not know of (here: none)."""
+        return {}, {}
+
+    def _changes(self, node: SimNode, now: float) -> float:
+        """When the next job becomes known (or, the blind one, its unknown jobs change)."""
+        return self.next_submit()
 
     def params_of(self, node: SimNode) -> planner.PlanParams:
         return self.params or Ours.default_params(node)
@@ -693,7 +705,7 @@ class QueueOracle:
             return now + step
         seen = self.seen(node, now)
         horizon = now + self.lookahead
-        boundary = self.next_submit()
+        boundary = self._changes(node, now)
         for job in seen:
             if job.start >= horizon:
                 boundary = min(boundary, job.start - self.lookahead)
@@ -712,8 +724,9 @@ class QueueOracle:
 
     def _holds(self, node: SimNode, start: float, end: float, seen: list[NodeJob]) -> bool:
         """The plan made at START is made at every time in START..END (no event between)."""
-        points: dict[str, set[float]] = {}
-        prospect = self._prospect(start, seen)
+        # the unknown jobs' demand is constant until `_changes` (and no copy lands)
+        points = {name: {start, end} for name in self._unknown(node, start)[0]}
+        prospect = self._prospect(node, start, seen)
         horizon = start + self.lookahead
         for job in seen:
             if job.start >= horizon:
@@ -744,7 +757,7 @@ class QueueOracle:
     def _demand(self, node: SimNode, now: float, t: float, seen: list[NodeJob]) -> dict[str, float]:
         """The demand at time T (each job's reads after a copy started at T would land, a
         copy in flight when it lands), with the node as at NOW."""
-        demand: dict[str, float] = {}
+        demand = dict(self._unknown(node, now)[0])
         horizon = now + self.lookahead  # no start enters the lookahead before T
         for job in seen:
             if job.start >= horizon or job.end <= t:
@@ -772,6 +785,35 @@ class QueueOracle:
         v_high = planner.default_value(planner.View(name, size, 0.0, high, cached), params)
         slack = 1e-9 * (abs(v_low) + abs(v_high) + size) + 1e-6  # float rounding
         return v_low - slack, v_high + slack
+
+
+class BlindQueueOracle(QueueOracle):
+    """Reference, simulator only: the queue oracle blind to where a job will run until
+    backfill places it. Not optimal, not a bound.
+
+    It knows what `ours` is told and when (the jobs running here, and those the replay's
+    backfill has placed here, `backfill_window` ahead), but counts their true bytes at
+    their true starts as `QueueOracle` does. Every job submitted and not yet placed
+    anywhere counts on every node as it does for `ours` (its share of the nodes, times
+    e^-1 for its unknown start, the per-dataset cap, only the reads after a copy would
+    land: `SimNode.unplaced_reads`), but with the bytes it will truly read in place of
+    `ours`'s estimate. So `ours / blind` is what better read estimates alone could give,
+    `blind / queue-oracle` what knowing where and when unplaced jobs will run could.
+    The replay must be built with `unplaced_demand(..., reads=True)` (`run.simulate`
+    does that, for a policy with `true_unplaced`).
+    """
+
+    true_unplaced = True
+
+    def _known(self, node: SimNode, job: NodeJob) -> float:
+        """When the replay's backfill places JOB here (its start, if it never does)."""
+        return visible_from(job, node.config)
+
+    def _unknown(self, node: SimNode, now: float) -> DemandParts:
+        return node.unplaced_reads(now)
+
+    def _changes(self, node: SimNode, now: float) -> float:
+        return min(self.next_submit(), node.unplaced.next_change(now))
 
 
 def _running_slopes(node: SimNode) -> Mapping[str, tuple[float, float]]:
@@ -806,4 +848,5 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "belady": Belady,
     "future-bytes": FutureBytes,
     "queue-oracle": QueueOracle,
+    "queue-oracle-blind": BlindQueueOracle,
 }

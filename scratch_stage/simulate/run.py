@@ -48,8 +48,11 @@ def simulate(
         dict(policies) if isinstance(policies, Mapping) else {p: POLICIES[p] for p in policies}
     )
     work = list(split_by_node(trace, config).values())
-    _TASK.update(work=work, sizes=trace.datasets, config=config,
-                 unplaced=unplaced_demand(trace, config), iterations=bound_iterations)  # fmt: skip
+    # the unplaced jobs' true reads only for a policy that reads them (the blind oracle)
+    reads = any(getattr(factory(), "true_unplaced", False) for factory in factories.values())
+    unplaced = unplaced_demand(trace, config, reads=reads)
+    _TASK.update(work=work, sizes=trace.datasets, config=config, unplaced=unplaced,
+                 iterations=bound_iterations)  # fmt: skip
     results: dict[str, PolicyResult] = {}
     try:
         for name, factory in factories.items():

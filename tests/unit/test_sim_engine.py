@@ -68,6 +68,8 @@ RATE1 = 200 * GB / 3600  # job 1 reads 200 GB over an hour
         ("future-bytes", 0.0),
         # Both jobs are submitted at t=0: it knows they will read a 300 GB.
         ("queue-oracle", 0.0),
+        # Job 1 is placed here from t=0: the blind one knows it then.
+        ("queue-oracle-blind", 0.0),
     ],
 )
 def test_hand_computed_trace(policy: str, slow_read: float) -> None:
@@ -267,7 +269,8 @@ def test_demand_matches_node_demand_of_the_live_system(wide: float, cap: float) 
 
 def test_all_policies_are_registered() -> None:
     assert set(POLICIES) == {"ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager",
-                             "aged-uses", "belady", "future-bytes", "queue-oracle"}  # fmt: skip
+                             "aged-uses", "belady", "future-bytes", "queue-oracle",
+                             "queue-oracle-blind"}  # fmt: skip
 
 
 def _costs(result: PolicyResult) -> dict[str, Any]:

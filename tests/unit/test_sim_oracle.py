@@ -1,10 +1,11 @@
-"""The queue oracle (the planner told the truth about submitted jobs only) and what the
-bound proves about issue 12's targets."""
+"""The queue oracle (the planner told the truth about submitted jobs only), the blind one
+(told it only where and when `ours` is), and what the bound proves about issue 12's
+targets."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,16 @@ from click.testing import CliRunner
 from scratch_stage.agent.rebalance import load_value_function
 from scratch_stage.core.errors import ConfigError
 from scratch_stage.simulate.command import simulate as simulate_command
-from scratch_stage.simulate.inputs import NodeJob, SimConfig
+from scratch_stage.simulate.inputs import (
+    NodeJob,
+    SimConfig,
+    split_by_node,
+    unplaced_demand,
+    visible_from,
+)
 from scratch_stage.simulate.metrics import PolicyResult
 from scratch_stage.simulate.node import Costs, SimNode
-from scratch_stage.simulate.policies import POLICIES, QueueOracle
+from scratch_stage.simulate.policies import POLICIES, BlindQueueOracle, QueueOracle
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.targets import attainability, format_attainability
 from scratch_stage.simulate.trace import Job, Trace, write_trace
@@ -26,6 +33,7 @@ from tests.unit.sim_helpers import GB, random_trace
 
 SIZES = Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv"
 ORACLE = "queue-oracle"
+BLIND = "queue-oracle-blind"
 
 
 def _costs(result: PolicyResult) -> dict[str, Any]:
@@ -92,25 +100,73 @@ def whole_future() -> QueueOracle:
 def _history_changes_with_later_jobs(factory: Any) -> list[tuple[int, float]]:
     """Cases (seed, cut) where removing the jobs submitted after CUT changes what the
     policy did before CUT: it read something it could not have known."""
+
+    def known_by(trace: Trace, config: SimConfig, cut: float) -> Trace:
+        return Trace(trace.datasets, tuple(j for j in trace.jobs if j.submit <= cut))
+
+    return _changes_before(factory, known_by)
+
+
+def _changes_before(
+    factory: Any, alter: Any, window: float = 3600.0, delay: float = 120.0
+) -> list[tuple[int, float]]:
+    """Cases (seed, cut) where ALTER(trace, config, cut), a change to what no node can
+    know before CUT, changes what the policy did before CUT (backfill places jobs
+    WINDOW seconds ahead; jobs wait DELAY seconds on average to start)."""
     sizes = load_sizes(SIZES)
     found = []
     for seed in range(1, 5):
-        trace = generate(WorkloadSpec(jobs=120, nodes=3, datasets=25, seed=seed), sizes)
-        config = SimConfig(capacity=int(trace.catalog_bytes() * 0.1))
+        spec = WorkloadSpec(jobs=120, nodes=3, datasets=25, sched_delay=delay, seed=seed)
+        trace = generate(spec, sizes)
+        config = SimConfig(capacity=int(trace.catalog_bytes() * 0.1), backfill_window=window)
         span = max(j.end for j in trace.jobs)
         for cut in (span * 0.25, span * 0.5, span * 0.75):
-            known = Trace(trace.datasets, tuple(j for j in trace.jobs if j.submit <= cut))
             full = simulate(trace, config, {"o": factory}, bound=False).results["o"]
-            cut_short = simulate(known, config, {"o": factory}, bound=False).results["o"]
-            if _before(full, cut) != _before(cut_short, cut):
+            altered = alter(trace, config, cut)
+            other = simulate(altered, config, {"o": factory}, bound=False).results["o"]
+            if _before(full, cut) != _before(other, cut):
                 found.append((seed, cut))
             assert _before(full, cut)[0]  # something was copied before the cut
     return found
 
 
-def test_the_oracle_never_sees_a_job_before_its_submit_time() -> None:
+@pytest.mark.parametrize("oracle", [QueueOracle, BlindQueueOracle])
+def test_the_oracle_never_sees_a_job_before_its_submit_time(oracle: Any) -> None:
     # Whatever is submitted after a moment cannot change what it did before that moment.
-    assert _history_changes_with_later_jobs(QueueOracle) == []
+    assert _history_changes_with_later_jobs(oracle) == []
+
+
+def _moved_before_placement(trace: Trace, config: SimConfig, cut: float) -> Trace:
+    """TRACE with every job that backfill has not placed by CUT sent to other nodes (each
+    of its nodes the next one, as many as before: its share of the nodes is the same)."""
+    names = sorted(trace.nodes)
+    after = {n: names[(i + 1) % len(names)] for i, n in enumerate(names)}
+    jobs = tuple(
+        j if visible_from(j, config) <= cut else replace(j, nodes=tuple(after[n] for n in j.nodes))
+        for j in trace.jobs
+    )
+    return Trace(trace.datasets, jobs)
+
+
+# Jobs wait an hour on average, placed by backfill only when they start (0) or an hour
+# ahead: many are submitted and not placed at each cut.
+@pytest.mark.parametrize("window", [0.0, 3600.0])
+def test_the_blind_oracle_never_sees_where_a_job_runs_before_it_is_placed(window: float) -> None:
+    # Where a job not placed yet will run cannot change what it did before then.
+    assert _changes_before(BlindQueueOracle, _moved_before_placement, window, 3600.0) == []
+
+
+class BlindButPeeking(BlindQueueOracle):
+    """The blind oracle told where a job will run when it is submitted."""
+
+    def _known(self, node: SimNode, job: NodeJob) -> float:
+        return QueueOracle._known(self, node, job)
+
+
+@pytest.mark.parametrize("peeking", [QueueOracle, BlindButPeeking])
+def test_the_no_placement_peeking_check_catches_an_oracle_that_peeks(peeking: Any) -> None:
+    # The queue oracle knows where a submitted job will run: the check sees that.
+    assert _changes_before(peeking, _moved_before_placement, 0.0, 3600.0) != []
 
 
 @pytest.mark.parametrize("peeking", [PeekingOracle, whole_future])
@@ -118,17 +174,19 @@ def test_the_no_peeking_check_catches_an_oracle_that_peeks(peeking: Any) -> None
     assert _history_changes_with_later_jobs(peeking) != []
 
 
-def test_the_oracle_is_deterministic_and_the_same_with_workers() -> None:
+@pytest.mark.parametrize("name", [ORACLE, BLIND])
+def test_the_oracle_is_deterministic_and_the_same_with_workers(name: str) -> None:
     trace = random_trace(7, datasets=5, jobs=40, nodes=3)
     config = SimConfig(capacity=45 * GB, interval=60.0, bandwidth=2e8)
-    runs = [simulate(trace, config, [ORACLE], bound=False, workers=w).results[ORACLE]
+    runs = [simulate(trace, config, [name], bound=False, workers=w).results[name]
             for w in (1, 1, 2)]  # fmt: skip
     assert runs[0].copies > 0
     for other in runs[1:]:
         assert _costs(other) == _costs(runs[0]) and other.decisions == runs[0].decisions
 
 
-def test_the_oracle_skips_ticks_proven_to_repeat_and_changes_nothing() -> None:
+@pytest.mark.parametrize("oracle", [QueueOracle, BlindQueueOracle])
+def test_the_oracle_skips_ticks_proven_to_repeat_and_changes_nothing(oracle: Any) -> None:
     sizes = load_sizes(SIZES)
     fewer = 0
     cases = [
@@ -141,9 +199,7 @@ def test_the_oracle_skips_ticks_proven_to_repeat_and_changes_nothing() -> None:
     cases.append((random_trace(5, datasets=5, jobs=40, nodes=2), 0.4))
     for trace, share in cases:
         config = SimConfig(capacity=int(trace.catalog_bytes() * share))
-        replayed: dict[str, Any] = {
-            "proven": QueueOracle, "every": lambda: QueueOracle(prove=False),
-        }  # fmt: skip
+        replayed: dict[str, Any] = {"proven": oracle, "every": lambda: oracle(prove=False)}
         report = simulate(trace, config, replayed, bound=False)
         proven, every = report.results["proven"], report.results["every"]
         assert _costs(proven) == _costs(every)
@@ -152,7 +208,10 @@ def test_the_oracle_skips_ticks_proven_to_repeat_and_changes_nothing() -> None:
     assert fewer > 0
 
 
-def test_the_oracle_calls_the_production_planner(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", [ORACLE, BLIND])
+def test_the_oracle_calls_the_production_planner(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     from scratch_stage.policy import planner
 
     calls: list[int] = []
@@ -164,17 +223,54 @@ def test_the_oracle_calls_the_production_planner(monkeypatch: pytest.MonkeyPatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(planner, "plan", spy)
-    simulate(_visibility_trace(800.0), SimConfig(capacity=150 * GB, interval=100.0), [ORACLE])
+    simulate(_visibility_trace(800.0), SimConfig(capacity=150 * GB, interval=100.0), [name])
     assert calls
 
 
 def test_the_oracle_is_registered_for_replays_only() -> None:
     assert POLICIES[ORACLE] is QueueOracle
+    assert POLICIES[BLIND] is BlindQueueOracle
+
+
+def _unplaced_trace() -> Trace:
+    """Jobs u1 (a once) and u2 (a 3 times) on n1, submitted at 0, starting at 20 000 s:
+    not placed before 16 400 s (backfill one hour ahead); v keeps n2 busy."""
+    return Trace(
+        {"a": 100 * GB, "b": 10 * GB},
+        (
+            Job("u1", 0.0, 20_000.0, 23_600.0, ("n1",), {"a": 100 * GB}),
+            Job("u2", 0.0, 20_000.0, 23_600.0, ("n1",), {"a": 300 * GB}),
+            Job("v", 0.0, 0.0, 30_000.0, ("n2",), {"b": 10 * GB}),
+        ),
+    )
+
+
+@pytest.mark.parametrize("cap", [float("inf"), 0.25])
+def test_the_blind_oracle_weighs_unplaced_jobs_as_ours_with_their_true_reads(cap: float) -> None:
+    trace = _unplaced_trace()
+    config = SimConfig(capacity=150 * GB, interval=100.0, unplaced_cap=cap)
+    unplaced = unplaced_demand(trace, config, reads=True)
+    for name in ("n1", "n2"):  # the same on both nodes: where they will run is not known
+        node = SimNode(split_by_node(trace, config)[name], trace.datasets, config, unplaced)
+        ours_demand, ours_prospect = node.demand_parts(100.0)
+        true_demand, true_prospect = node.unplaced_reads(100.0)
+        # Without history `ours` expects a pass each (200 GB); they read 400 GB: twice that.
+        assert true_demand["a"] == pytest.approx(2 * ours_demand["a"], rel=1e-12)
+        assert true_prospect["a"] == pytest.approx(2 * ours_prospect["a"], rel=1e-12)
+        # each half of the nodes; capped at 0.25 jobs, a quarter of their weight (1 job)
+        scale = 1.0 if cap == float("inf") else 0.25
+        assert true_prospect["a"] == pytest.approx(scale * 0.5 * 400 * GB, rel=1e-12)
+        assert "b" not in true_demand  # v is running, not queued
+        # placed at 16 400 s: from then on, nothing is unplaced
+        assert node.unplaced_reads(16_400.0) == ({}, {})
+    with pytest.raises(ValueError, match="reads=True"):
+        unplaced_demand(trace, config).reads_at(100.0)
 
 
 @pytest.mark.parametrize(
     "spec",
     ["scratch_stage.simulate.policies:QueueOracle", "scratch_stage.simulate.policies:Ours",
+     "scratch_stage.simulate.policies:BlindQueueOracle",
      " scratch_stage.simulate:x"],
 )  # fmt: skip
 def test_no_simulator_policy_can_be_a_nodes_valuation(tmp_path: Path, spec: str) -> None:
