@@ -263,9 +263,9 @@ def test_a_fetch_that_follows_a_slow_reader_does_not_stall(
     reader.configure(bandwidth="512KiB")
     for node in others:
         node.configure(coop={"stall_seconds": 4})
-    shared = stage_behind_reader(cluster, image, reader, others)
-    assert not [e for n in others for e in n.events("coop-stalled")]
-    assert all(n.events("coop-fetched") for n in others)
-    assert shared <= 1.25 * size, (shared, size)
+    shared, said = stage_behind_reader(cluster, image, reader, others)
+    assert not [e for n in others for e in n.events("coop-stalled")], said
+    assert all(n.events("coop-fetched") for n in others), said
+    assert shared <= 1.25 * size, (shared, size, said)
     for node in (reader, *others):
         assert sha256_of(node.cached("img")) == want and node.mounted_backings()
