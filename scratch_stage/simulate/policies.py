@@ -850,3 +850,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "queue-oracle": QueueOracle,
     "queue-oracle-blind": BlindQueueOracle,
 }
+# What a replay runs unless told otherwise: all but the blind queue oracle, asked for by
+# name (it adds about 14 % to a replay of all the others: docs/benchmarks.md).
+ON_REQUEST = ("queue-oracle-blind",)
+DEFAULT_POLICIES = tuple(name for name in POLICIES if name not in ON_REQUEST)

@@ -25,7 +25,7 @@ from scratch_stage.simulate.inputs import (
 )
 from scratch_stage.simulate.metrics import PolicyResult, Report
 from scratch_stage.simulate.node import Costs, SimNode
-from scratch_stage.simulate.policies import POLICIES
+from scratch_stage.simulate.policies import DEFAULT_POLICIES, POLICIES
 from scratch_stage.simulate.trace import Trace
 
 PolicyFactory = Callable[[], Policy]
@@ -37,7 +37,7 @@ _TASK: dict[str, Any] = {}
 def simulate(
     trace: Trace,
     config: SimConfig,
-    policies: Sequence[str] | Mapping[str, PolicyFactory] = tuple(POLICIES),
+    policies: Sequence[str] | Mapping[str, PolicyFactory] = DEFAULT_POLICIES,
     *,
     bound: bool = True,
     bound_iterations: int = 80,

@@ -232,6 +232,16 @@ def test_the_oracle_is_registered_for_replays_only() -> None:
     assert POLICIES[BLIND] is BlindQueueOracle
 
 
+def test_the_blind_oracle_is_replayed_when_asked_for_only() -> None:
+    from scratch_stage.simulate.command import DEFAULT_NAMES, POLICY_NAMES
+    from scratch_stage.simulate.policies import DEFAULT_POLICIES
+
+    assert tuple(POLICIES) == POLICY_NAMES and DEFAULT_NAMES == DEFAULT_POLICIES
+    report = simulate(_visibility_trace(800.0), SimConfig(capacity=150 * GB), bound=False)
+    assert BLIND not in report.results and ORACLE in report.results
+    assert set(report.results) == set(POLICIES) - {BLIND}
+
+
 def _unplaced_trace() -> Trace:
     """Jobs u1 (a once) and u2 (a 3 times) on n1, submitted at 0, starting at 20 000 s:
     not placed before 16 400 s (backfill one hour ahead); v keeps n2 busy."""
