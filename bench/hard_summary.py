@@ -27,12 +27,16 @@ scratch_manager, "out of reach" where the bound proves the issue's target is
 --backfill-window and --estimate-noise replay every policy with backfill's placements
 known that far ahead (default 1 h; Slurm's own default `bf_window` is one day) and their
 start estimates off by that much (`SimConfig`, `docs/simulate.md`).
+--fleet-history replays `ours` a second time with every node estimating a job's reads
+from the whole fleet's finished jobs (`SimConfig.fleet_history`, an experiment) and
+prints the change in slow bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,11 @@ def main() -> None:
     )
     parser.add_argument("--oracle", action="store_true", help="add the queue oracle")
     parser.add_argument("--bound", action="store_true", help="what the bound allows")
+    parser.add_argument(
+        "--fleet-history",
+        action="store_true",
+        help="replay ours again with the fleet's read history (SimConfig.fleet_history)",
+    )
     args = parser.parse_args()
     baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())
     caps: list[float | None] = list(args.unplaced_cap) or [None]
@@ -131,6 +140,14 @@ def main() -> None:
                                   f" | ours/blind {ours / slow[BLIND]:.3f}")  # fmt: skip
                 else:
                     extra_ours = ""
+                if args.fleet_history:
+                    fleet_started = time.perf_counter()
+                    fleet = simulate(trace, replace(config, fleet_history=True), ("ours",),
+                                     bound=False).results["ours"].slow_bytes  # fmt: skip
+                    extra_ours += (f" | fleet-history {fleet / 1e12:8.1f} TB"
+                                   f" {fleet / ours - 1:+.1%} vs ours"
+                                   f" ({time.perf_counter() - fleet_started:.0f}s)")  # fmt: skip
+                    started += time.perf_counter() - fleet_started
                 print(
                     f"{title:9s} {share:4.0%}{label} ours {ours / 1e12:8.1f} TB"
                     f" | fewer than lru {1 - ours / slow['lru']:+.1%}"

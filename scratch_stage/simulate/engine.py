@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Mapping
@@ -96,11 +97,24 @@ class _Replay:
         next_start, next_tick = 0, math.inf
         if self.ticks and jobs:
             next_tick = grid_ceil(replay_start(node.work, node.unplaced), self.step)
+        first_tick = next_tick
+        # A fleet history changes when any node's job ends: an event here too, first at
+        # its instant (the estimates of the passes at and after it count that job).
+        history = node.fleet.times if node.fleet is not None else ()
+        h = 0
         while next_start < len(jobs) or ends:
             t_start = jobs[next_start].start if next_start < len(jobs) else math.inf
             t_end = ends[0][0] if ends else math.inf
             t_copy = node.inflight[2] if node.inflight else math.inf
-            t = min(t_start, t_end, t_copy, next_tick)
+            t_history = history[h] if h < len(history) else math.inf
+            t = min(t_start, t_end, t_copy, next_tick, t_history)
+            if t_history == t:
+                h = bisect.bisect_right(history, t, h)
+                node.see_history(t)
+                self.resume = math.nan
+                if self.ticks:
+                    next_tick = min(next_tick, max(grid_ceil(t, self.step), first_tick))
+                continue
             if t_end == t:
                 job = jobs[heapq.heappop(ends)[1]]
                 node.end_job(job, t)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from scratch_stage.core.expected import UNPLACED_CAP
@@ -31,6 +32,9 @@ class SimConfig:
     seed: int = 0
     read_rate: float = 1e9  # prior read rate of a job: expected reads <= time limit x this
     unplaced_cap: float = UNPLACED_CAP  # unplaced jobs of a dataset: at most this many jobs
+    # An experiment (docs/benchmarks.md, "A fleet-wide read history"): a node's read
+    # history is the whole fleet's (`FleetHistory`), not its own. The real node keeps its own.
+    fleet_history: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,41 @@ class UnplacedDemand:
     def next_change(self, now: float) -> float:
         i = bisect.bisect_right(self.ticks, now)
         return self.ticks[i] if i < len(self.ticks) else math.inf
+
+
+@dataclass(frozen=True)
+class FleetHistory:
+    """What every node's finished jobs read, as a fleet publishing its nodes' counters
+    would know it: per dataset, the end times of the node jobs that read it (sorted) and
+    the running sum of their bytes. Facts of the trace, whatever policy serves the reads."""
+
+    ends: Mapping[str, tuple[float, ...]]
+    sums: Mapping[str, tuple[float, ...]]  # sums[name][k]: bytes of the first k jobs
+    times: tuple[float, ...]  # every distinct end time, sorted
+
+    @classmethod
+    def of(cls, work: Iterable[NodeWorkload]) -> FleetHistory:
+        reads: dict[str, list[tuple[float, int]]] = {}
+        for node in work:
+            for job in node.jobs:
+                for name, size in job.reads:
+                    reads.setdefault(name, []).append((job.end, size))
+        ends, sums = {}, {}
+        for name, items in reads.items():
+            items.sort()
+            ends[name] = tuple(end for end, _ in items)
+            sums[name] = tuple(itertools.accumulate((float(b) for _, b in items), initial=0.0))
+        times = tuple(sorted({end for e in ends.values() for end in e}))
+        return cls(ends, sums, times)
+
+    def per_job(self, name: str, now: float) -> float | None:
+        """Bytes a node job that read NAME and ended at or before NOW read from it, on
+        average over the fleet; None before the first."""
+        ends = self.ends.get(name)
+        if not ends:
+            return None
+        k = bisect.bisect_right(ends, now)
+        return self.sums[name][k] / k if k else None
 
 
 def replay_start(work: NodeWorkload, unplaced: UnplacedDemand) -> float:

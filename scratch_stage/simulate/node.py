@@ -12,6 +12,7 @@ from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
     UNKNOWN_START_FACTOR,
     ByLimit,
+    FleetHistory,
     NodeJob,
     NodeWorkload,
     Pending,
@@ -81,7 +82,7 @@ class SimNode:
 
     def __init__(
         self, work: NodeWorkload, sizes: Mapping[str, int], config: SimConfig,
-        unplaced: UnplacedDemand,
+        unplaced: UnplacedDemand, fleet: FleetHistory | None = None,
     ) -> None:  # fmt: skip
         self.work = work
         self.sizes = sizes
@@ -110,6 +111,10 @@ class SimNode:
         self.read_done: dict[str, float] = {}
         self.jobs_done: dict[str, int] = {}
         self.history_version = 0
+        # With a fleet history (`SimConfig.fleet_history`), the estimates use it as it
+        # stood at `history_now`, which the replay advances at each fleet job's end.
+        self.fleet = fleet
+        self.history_now = -math.inf
         self._unplaced_memo: dict[
             tuple[int, bool], tuple[Mapping[str, ByLimit], dict[str, float]]
         ] = {}
@@ -147,13 +152,23 @@ class SimNode:
         return heat
 
     def per_job(self, name: str) -> float | None:
-        """Bytes a finished job read from NAME here, on average; None without history."""
+        """Bytes a finished job read from NAME here (with a fleet history: on any node, by
+        `history_now`), on average; None without history."""
+        if self.fleet is not None:
+            return self.fleet.per_job(name, self.history_now)
         jobs = self.jobs_done.get(name)
         return self.read_done[name] / jobs if jobs else None
 
     def expected(self, name: str, limit: float) -> float:
         """Bytes a queued job with time limit LIMIT is expected to read from NAME here."""
         return expected_read(self.sizes[name], limit, self.per_job(name), self.config.read_rate)
+
+    def see_history(self, now: float) -> None:
+        """Fleet jobs ended at NOW: the estimates from now on count them (a change of state,
+        as a job ending here is)."""
+        self.history_now = now
+        self.history_version += 1
+        self.version += 1
 
     def land(self, name: str) -> float:
         """Seconds until a copy of NAME would land if started now (0: cached or in flight)."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from scratch_stage.simulate.bound import Bound, Relaxation, copy_time_bound
 from scratch_stage.simulate.engine import Policy, replay_node
 from scratch_stage.simulate.inputs import (
+    FleetHistory,
     NodeWorkload,
     SimConfig,
     replay_start,
@@ -51,8 +52,9 @@ def simulate(
     # the unplaced jobs' true reads only for a policy that reads them (the blind oracle)
     reads = any(getattr(factory(), "true_unplaced", False) for factory in factories.values())
     unplaced = unplaced_demand(trace, config, reads=reads)
+    fleet = FleetHistory.of(work) if config.fleet_history else None
     _TASK.update(work=work, sizes=trace.datasets, config=config, unplaced=unplaced,
-                 iterations=bound_iterations)  # fmt: skip
+                 iterations=bound_iterations, fleet=fleet)  # fmt: skip
     results: dict[str, PolicyResult] = {}
     try:
         for name, factory in factories.items():
@@ -79,7 +81,7 @@ def simulate(
 
 def _replay_one(index: int) -> Costs:
     work: NodeWorkload = _TASK["work"][index]
-    node = SimNode(work, _TASK["sizes"], _TASK["config"], _TASK["unplaced"])
+    node = SimNode(work, _TASK["sizes"], _TASK["config"], _TASK["unplaced"], _TASK["fleet"])
     return replay_node(node, _TASK["factory"]())
 
 
