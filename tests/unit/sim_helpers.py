@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from scratch_stage.simulate.trace import Job, Trace
 
 GB = 10**9
+# A real HPC cluster's catalog: the dataset sizes the generated workloads draw from.
+SIZES = Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv"
 
 
 def tiny_trace() -> Trace:

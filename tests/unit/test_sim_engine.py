@@ -44,7 +44,7 @@ from scratch_stage.slurm.demand import (
     node_demand,
     unplaced_scale,
 )
-from tests.unit.sim_helpers import GB, random_trace, tiny_trace
+from tests.unit.sim_helpers import GB, SIZES, random_trace, tiny_trace
 
 CONFIG = SimConfig(capacity=150 * GB, interval=100.0, bandwidth=1e9)
 RATE1 = 200 * GB / 3600  # job 1 reads 200 GB over an hour
@@ -280,7 +280,7 @@ def _costs(result: PolicyResult) -> dict[str, Any]:
 def test_passes_proven_to_repeat_are_skipped_and_change_nothing() -> None:
     # Ours with the built-in value skips ticks whose plan it proves would repeat the last
     # one; the same value under another name plans at every tick: same replay, fewer plans.
-    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    sizes = load_sizes(SIZES)
     every_tick = {
         "every": lambda: Ours(value=lambda v, p: planner.default_value(v, p)),
         "manager every": EveryTickManager,
@@ -414,7 +414,7 @@ def test_scratch_manager_replays_as_with_its_old_knapsack_at_every_tick(
     # Over-full knapsacks (small cached copies piling up) are where its passes are proven
     # to repeat by unique_optimum and where its knapsack answers by the unique optimum:
     # the replay must be the one the old knapsack, asked at every tick, gives.
-    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    sizes = load_sizes(SIZES)
     trace = generate(
         WorkloadSpec(jobs=240, nodes=2, datasets=60, seed=1, max_duration=21600), sizes
     )
@@ -465,7 +465,7 @@ def test_knapsack_answers_as_before_and_unique_optimum_is_exact(
 def test_ours_with_other_knobs_skips_passes_and_changes_nothing() -> None:
     # The knob sweep (bench/knob_sweep.py) replays ours with other horizons and
     # hysteresis: its proofs hold for any knobs of the built-in value.
-    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    sizes = load_sizes(SIZES)
     trace = generate(WorkloadSpec(jobs=150, nodes=3, datasets=25, seed=3), sizes)
     config = SimConfig(capacity=int(trace.catalog_bytes() * 0.05), horizon=7200.0)
     params = planner.PlanParams(horizon=7200.0, hysteresis=0.4)
@@ -504,7 +504,7 @@ def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
     # moves only when running jobs' remaining reads cross a threshold or reorder, or (for
     # future-bytes) when its 12 h look-ahead reaches another job's start, which it must see
     # even while heat and demand stay still (the replay once jumped to the next placement).
-    sizes = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+    sizes = load_sizes(SIZES)
     fewer = {"belady": 0, "future-bytes": 0}
     cases = [
         (generate(WorkloadSpec(jobs=150, nodes=3, datasets=25, seed=seed), sizes), share)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields, replace
-from pathlib import Path
 from typing import Any
 
 from scratch_stage.policy import planner
@@ -17,8 +16,9 @@ from scratch_stage.simulate.policies import Ours
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
+from tests.unit.sim_helpers import SIZES as CATALOG
 
-SIZES = load_sizes(Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv")
+SIZES = load_sizes(CATALOG)
 
 
 def _trace(seed: int = 2) -> Trace:

@@ -29,9 +29,8 @@ from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.targets import attainability, format_attainability
 from scratch_stage.simulate.trace import Job, Trace, write_trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
-from tests.unit.sim_helpers import GB, random_trace
+from tests.unit.sim_helpers import GB, SIZES, random_trace
 
-SIZES = Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv"
 ORACLE = "queue-oracle"
 BLIND = "queue-oracle-blind"
 

@@ -22,9 +22,8 @@ from scratch_stage.simulate.workload import (
     generate,
     load_sizes,
 )
-from tests.unit.sim_helpers import GB, tiny_trace
+from tests.unit.sim_helpers import GB, SIZES, tiny_trace
 
-SIZES = Path(__file__).resolve().parents[2] / "tests/data/dataset-sizes.csv"
 HEADER = '{"format": "scratch-stage-trace", "version": 1, "datasets": {"a": 100}}'
 
 
