@@ -253,27 +253,85 @@ def search_then_dp(
     return chosen
 
 
-def _best_by_weight(items: Sequence[tuple[str, int, float]], capacity: int) -> list[list[float]]:
-    """best[j][c]: the most that ITEMS[:j] (name, weight, value) are worth within weight c."""
-    best = [[0.0] * (capacity + 1)]
+# The best values by weight of a list of items, as a step function of the weight: the
+# weights at which it rises (ascending, from 0) and its value from each on. It holds the
+# dense table's values exactly (the same float sums), in tens of points where the table
+# has capacity + 1.
+Frontier = tuple[list[int], list[float]]
+
+
+def _best_by_weight(items: Sequence[tuple[str, int, float]], capacity: int) -> list[Frontier]:
+    """best[j]: the most that ITEMS[:j] (name, weight, value) are worth within each weight
+    up to CAPACITY (`_at(best[j], c)`), as the dynamic programme's row j would hold it:
+    row j at c is row j-1 at c or row j-1 at c - w plus v, whichever is more. Only the
+    weights at which a row rises are kept (merging the last row with itself shifted)."""
+    weights, values = [0], [0.0]
+    best = [(weights, values)]
     for _, w, v in items:
-        row = best[-1]
         if w > capacity:
-            best.append(row)
+            best.append((weights, values))
             continue
-        # row[c] or row[c - w] + v, whichever is more (zip stops at capacity)
-        best.append(row[:w] + [a if a >= b else b for a, b in zip(row[w:], map(v.__add__, row))])
+        k = bisect.bisect_right(weights, capacity - w)
+        s_weights = [x + w for x in weights[:k]]
+        s_values = list(map(v.__add__, values[:k]))
+        new_w: list[int] = []
+        new_v: list[float] = []
+        i = j = 0
+        n = len(weights)
+        while i < n or j < k:
+            if j >= k or (i < n and weights[i] < s_weights[j]):
+                x, y = weights[i], values[i]
+                i += 1
+            elif i >= n or s_weights[j] < weights[i]:
+                x, y = s_weights[j], s_values[j]
+                j += 1
+            else:  # the same weight: the row's rule, row j-1 if not less
+                x, a, b = weights[i], values[i], s_values[j]
+                i += 1
+                j += 1
+                y = a if a >= b else b
+            if not new_v or y > new_v[-1]:  # a step up (the step function is nondecreasing)
+                new_w.append(x)
+                new_v.append(y)
+        weights, values = new_w, new_v
+        best.append((weights, values))
+    return best
+
+
+def _at(best: Frontier, weight: int) -> float:
+    """The most its items are worth within WEIGHT (>= 0)."""
+    weights, values = best
+    return values[bisect.bisect_right(weights, weight) - 1]
+
+
+def _combined(before: Frontier, after: Frontier, room: int) -> float:
+    """The most a subset of BEFORE's items and one of AFTER's are worth within ROOM:
+    max over c of before(c) + after(room - c), the same float as over every c (it is
+    reached where BEFORE rises: between two of those before(c) stays and after(room - c)
+    can only fall)."""
+    b_weights, b_values = before
+    a_weights, a_values = after
+    best = -math.inf
+    k = len(a_weights) - 1
+    for x, y in zip(b_weights, b_values):
+        if x > room:
+            break
+        while a_weights[k] > room - x:
+            k -= 1
+        total = y + a_values[k]
+        if total > best:
+            best = total
     return best
 
 
 def _optimum(
-    items: Sequence[tuple[str, int, float]], best: Sequence[Sequence[float]], capacity: int
+    items: Sequence[tuple[str, int, float]], best: Sequence[Frontier], capacity: int
 ) -> set[str]:
-    """An optimal subset, read back from _best_by_weight's table."""
+    """An optimal subset, read back from _best_by_weight's rows."""
     chosen: set[str] = set()
     c = capacity
     for j in range(len(items), 0, -1):
-        if best[j][c] != best[j - 1][c]:
+        if _at(best[j], c) != _at(best[j - 1], c):
             name, w, _ = items[j - 1]
             chosen.add(name)
             c -= w
@@ -282,7 +340,7 @@ def _optimum(
 
 def unique_optimum(
     items: Sequence[tuple[str, int, float]], chosen: set[str], capacity: int,
-    forward: Sequence[Sequence[float]] | None = None,
+    forward: Sequence[Frontier] | None = None,
 ) -> bool:  # fmt: skip
     """CHOSEN (names of ITEMS: name, integer weight, value) fits and is worth more, by
     more than rounding, than every other subset that fits.
@@ -308,12 +366,11 @@ def unique_optimum(
     for j, (name, w, v) in enumerate(items):
         before, after = forward[j], backward[count - 1 - j]
         if name in chosen:  # the best subset without it
-            other = max(map(operator.add, before, reversed(after)))
+            other = _combined(before, after, capacity)
         elif w > capacity:
             continue
         else:  # the best subset with it
-            room = capacity - w
-            other = v + max(map(operator.add, before[: room + 1], reversed(after[: room + 1])))
+            other = v + _combined(before, after, capacity - w)
         if other > worth - margin:
             return False
     return True

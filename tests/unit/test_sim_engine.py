@@ -462,6 +462,56 @@ def test_knapsack_answers_as_before_and_unique_optimum_is_exact(
         assert policies.unique_optimum(items, set(chosen), capacity) == expected
 
 
+def dense_best_by_weight(
+    items: Sequence[tuple[str, int, float]], capacity: int
+) -> list[list[float]]:
+    """The dynamic programme's full table (what `_best_by_weight` kept before its rows
+    became step functions): best[j][c], ITEMS[:j] within weight c."""
+    best = [[0.0] * (capacity + 1)]
+    for _, w, v in items:
+        row = best[-1]
+        if w > capacity:
+            best.append(row)
+            continue
+        best.append(row[:w] + [a if a >= b else b for a, b in zip(row[w:], map(v.__add__, row))])
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 70), st.one_of(
+            st.sampled_from([1.0, 2.0, 0.5, 7.25, 1e-7]), st.floats(1e-3, 1e6),
+        )),
+        min_size=0, max_size=12,
+    ),
+    st.integers(0, 150),
+)  # fmt: skip
+def test_knapsack_rows_as_steps_hold_the_dense_tables_values(
+    raw: list[tuple[int, float]], capacity: int
+) -> None:
+    # Every value of every row, to the bit, and the best with and without each item as
+    # unique_optimum combined the dense rows (max over c of before[c] + after[room - c]).
+    items = [(f"d{i}", w, v) for i, (w, v) in enumerate(raw)]
+    rows = policies._best_by_weight(items, capacity)
+    dense = dense_best_by_weight(items, capacity)
+    assert len(rows) == len(dense) == len(items) + 1
+    for steps, row in zip(rows, dense):
+        assert [policies._at(steps, c) for c in range(capacity + 1)] == row
+        assert len(steps[0]) == len(set(row))  # only where it rises
+    back_rows = policies._best_by_weight(items[::-1], capacity)
+    back = dense_best_by_weight(items[::-1], capacity)
+    for j in range(len(items)):
+        before, after = dense[j], back[len(items) - 1 - j]
+        for room in {0, capacity // 2, capacity}:
+            expected = max(map(float.__add__, before[: room + 1], reversed(after[: room + 1])))
+            found = policies._combined(rows[j], back_rows[len(items) - 1 - j], room)
+            assert found == expected
+    chosen = policies._optimum(items, rows, capacity)
+    assert sum(w for n, w, _ in items if n in chosen) <= capacity
+    assert sum(v for n, _, v in items if n in chosen) == pytest.approx(dense[-1][capacity])
+
+
 def test_ours_with_other_knobs_skips_passes_and_changes_nothing() -> None:
     # The knob sweep (bench/knob_sweep.py) replays ours with other horizons and
     # hysteresis: its proofs hold for any knobs of the built-in value.
