@@ -82,10 +82,12 @@ class _Replay:
         self.steady: Callable[[SimNode, float], float] | None = (
             getattr(policy, "steady_until", None) if node.config.tolerance == 0.0 else None
         )
-        self.resume = math.nan  # the tick a steady skip resumes at
         # The first tick at which a steady policy's last answer may no longer hold, even
         # with heat and demand unchanged (its answer moves with time: belady, future-bytes).
         self.due = math.inf
+        # The node's version when a steady policy's tick pass changed nothing: while it
+        # stays, that answer holds until `due` whatever heat and demand do.
+        self.calm = -1
         # The policy reads the running jobs' reads after a landing in the demand (`ours`,
         # as the rebalance does); the others do not, and are replayed as before.
         self.running: bool = getattr(policy, "running_demand", False)
@@ -111,7 +113,6 @@ class _Replay:
             if t_history == t:
                 h = bisect.bisect_right(history, t, h)
                 node.see_history(t)
-                self.resume = math.nan
                 if self.ticks:
                     next_tick = min(next_tick, max(grid_ceil(t, self.step), first_tick))
                 continue
@@ -147,22 +148,18 @@ class _Replay:
     def _tick(self, now: float) -> float:
         """Run a pass at NOW unless its inputs equal the last pass's; the next useful tick."""
         node = self.node
+        if self.steady is not None and self.calm == node.version and now < self.due:
+            # Nothing happened since a pass that changed nothing, and its answer holds
+            # until `due`: a pass at any tick before would give it again (with no effect).
+            return self.due
         if self.own:
             version = node.version
             self._act(self.policy.decide(node, now, "tick", None, None), now)
             if node.version != version:
                 return now + self.step
             return float(self.policy.next_pass(node, now, self.step))  # type: ignore[attr-defined]
-        if now == self.resume and self.memo is not None and self.memo[0] == node.version:
-            # Every skipped tick would have answered the same and left the last one's
-            # inputs as the memo: so does this one (tolerance 0, nothing happened since).
-            before = now - self.step
-            heat = node.heat(before)
-            running = heat if self.running else None
-            self.memo = (node.version, Inputs(heat, *node.demand_parts(before, running)))
         heat = node.heat(now)
         inputs = Inputs(heat, *node.demand_parts(now, heat if self.running else None))
-        decided = False
         if (
             self.memo is None
             or not _same(self.memo, (node.version, inputs), self.config)
@@ -173,17 +170,16 @@ class _Replay:
             self.memo = (node.version, inputs)
             if node.version != before_version:
                 return now + self.step
-            decided = True
             if self.steady is not None:
                 self.due = self._due(now, self.steady(node, now))
+                self.calm = node.version
+                return self.due
         upcoming = min(node.unplaced.next_change(now), node.next_placement())
         if (
             now - node.last_boundary < self.config.period
             or not node.demand_settled(now)
             or (self.running and node.running_moves(now))
         ):
-            if decided and self.steady is not None:
-                return self._steady(now, self.due)
             return self._proven(now, node.next_placement())  # heat or demand still moving
         settled = grid_ceil(upcoming, self.step) if upcoming < math.inf else math.inf
         return min(settled, self.due)  # a steady policy's answer may change before then
@@ -195,18 +191,6 @@ class _Replay:
             return math.inf
         margin = 1e-9 * abs(until) + 1e-3  # float rounding in the policy's arithmetic
         return max(grid_ceil(until - margin, self.step), now + self.step)
-
-    def _steady(self, now: float, until: float) -> float:
-        """The next tick to visit when the answer just given holds before UNTIL: the first
-        tick not surely before it, or the first at which heat and demand stop moving (from
-        there the replay jumps ahead, so it must be visited as it would have been)."""
-        node, step = self.node, self.step
-        settle = max(node.last_boundary + self.config.period, node.demand_settles())
-        target = min(grid_ceil(settle, step), until)  # UNTIL: already a tick (`_due`)
-        if target <= now + step:
-            return now + step
-        self.resume = target
-        return target
 
     def _proven(self, now: float, placement: float) -> float:
         """The next tick whose pass could differ from this one's, if no job starts or ends

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Callable
 
 from scratch_stage.policy import planner
@@ -531,6 +531,9 @@ class Belady:
 
     def __init__(self) -> None:
         self.future: dict[str, tuple[list[float], list[str], list[int]]] | None = None
+        # Every job's start (those reading something, by start) and the datasets it reads.
+        self.starts: list[float] = []
+        self.read_by: list[tuple[str, ...]] = []
 
     @staticmethod
     def _index(jobs: Sequence[NodeJob]) -> dict[str, tuple[list[float], list[str], list[int]]]:
@@ -547,14 +550,24 @@ class Belady:
             index[name] = ([r[0] for r in rows], [r[1] for r in rows], suffix)
         return index
 
-    def _upcoming(
-        self, node: SimNode, now: float
-    ) -> Iterator[tuple[str, list[float], int, list[int]]]:
-        """Per dataset: its jobs' start times, the index of the first not started yet (those
-        started at this instant are in the running remainder) and the suffix sums of reads."""
+    def _future(self, node: SimNode) -> dict[str, tuple[list[float], list[str], list[int]]]:
+        """The node's jobs indexed (once): per dataset (`_index`), and every start."""
         if self.future is None:
             self.future = self._index(node.work.jobs)
-        for name, (times, ids, suffix) in self.future.items():
+            reading = sorted((j for j in node.work.jobs if j.reads), key=lambda j: j.start)
+            self.starts = [j.start for j in reading]
+            self.read_by = [tuple(n for n, _ in j.reads) for j in reading]
+        return self.future
+
+    def _upcoming(
+        self, node: SimNode, now: float, names: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, list[float], int, list[int]]]:
+        """Per dataset (of NAMES, by name; all if None): its jobs' start times, the index of
+        the first not started yet (those started at this instant are in the running
+        remainder) and the suffix sums of reads."""
+        future = self._future(node)
+        for name in future if names is None else sorted(n for n in names if n in future):
+            times, ids, suffix = future[name]
             i = bisect.bisect_left(times, now)
             while i < len(times) and times[i] == now and ids[i] in node.running:
                 i += 1
@@ -580,8 +593,8 @@ class Belady:
         wanted dataset's remaining reads fall to its threshold."""
         slopes = _running_slopes(node)
         until = math.inf
-        for name, _, i, suffix in self._upcoming(node, now):
-            a, b = slopes.get(name, (0.0, 0.0))
+        for name, _, i, suffix in self._upcoming(node, now, slopes):  # the others: b = 0
+            a, b = slopes[name]
             threshold = 0 if name in node.cached else node.sizes[name]
             if b > 0 and suffix[i] + a - b * now > threshold:
                 until = min(until, (suffix[i] + a - threshold) / b)
@@ -599,12 +612,24 @@ class FutureBytes(Belady):
 
     lookahead = 12 * 3600.0
 
+    def _gaining(self, node: SimNode, now: float) -> set[str]:
+        """The datasets that can have a positive gain at NOW: read by a running job or by
+        one starting within the lookahead. Any other's gain is 0 less a copy (at most 0)."""
+        self._future(node)
+        starts = self.starts
+        first = bisect.bisect_left(starts, now)
+        last = bisect.bisect_left(starts, now + self.lookahead, first)
+        names = {n for reads in self.read_by[first:last] for n in reads}
+        for job in node.running.values():
+            names.update(n for n, _ in job.reads)
+        return names
+
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None:
         remaining = _running_remainder(node, now)
         density: dict[str, float] = {}
-        for name, times, i, suffix in self._upcoming(node, now):
+        for name, times, i, suffix in self._upcoming(node, now, self._gaining(node, now)):
             j = bisect.bisect_left(times, now + self.lookahead)
             size = node.sizes[name]
             gain = suffix[i] - suffix[max(i, j)] + remaining.get(name, 0.0)
@@ -621,12 +646,13 @@ class FutureBytes(Belady):
         datasets next to each other in the order swap (the first swap among lines is
         between neighbours)."""
         slopes = _running_slopes(node)
-        until = math.inf
+        gaining = self._gaining(node, now)
+        # the lookahead reaches another start (of any dataset: the first after it)
+        k = bisect.bisect_left(self.starts, now + self.lookahead)
+        until = self.starts[k] - self.lookahead if k < len(self.starts) else math.inf
         lines = []  # (-density now, name, density at time 0, its fall per second)
-        for name, times, i, suffix in self._upcoming(node, now):
+        for name, times, i, suffix in self._upcoming(node, now, gaining):
             j = bisect.bisect_left(times, now + self.lookahead)
-            if j < len(times):
-                until = min(until, times[j] - self.lookahead)
             size = node.sizes[name]
             a, b = slopes.get(name, (0.0, 0.0))
             base = suffix[i] - suffix[max(i, j)] - (0 if name in node.cached else size) + a

@@ -546,7 +546,11 @@ class EveryTickBelady(_EveryTick, policies.Belady):  # type: ignore[misc]
 
 
 class EveryTickFutureBytes(_EveryTick, policies.FutureBytes):  # type: ignore[misc]
-    pass
+    """Also weighs every dataset at every pass, not only those read by a running job or
+    one starting within the lookahead."""
+
+    def _gaining(self, node: SimNode, now: float) -> set[str]:
+        return set(self._future(node))
 
 
 def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
@@ -554,6 +558,9 @@ def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
     # moves only when running jobs' remaining reads cross a threshold or reorder, or (for
     # future-bytes) when its 12 h look-ahead reaches another job's start, which it must see
     # even while heat and demand stay still (the replay once jumped to the next placement).
+    # After a pass that changed nothing the replay skips every tick before that, whatever
+    # heat and demand do; future-bytes weighs only the datasets that can gain (the
+    # every-tick one weighs them all).
     sizes = load_sizes(SIZES)
     fewer = {"belady": 0, "future-bytes": 0}
     cases = [
