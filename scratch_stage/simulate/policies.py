@@ -487,19 +487,35 @@ class AgedUses:
     def __init__(self, stickiness: float = 1.0, age_scale: float = 3600.0) -> None:
         self.stickiness = stickiness
         self.age_scale = age_scale
+        self._used: list[tuple[str, int, int, float]] = []  # name, size, uses, last use
+        self._used_version = -1
 
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None:
         assert inputs is not None
-        scores = {}
-        for name in node.sizes:
-            age = now - node.last_use.get(name, now)
-            uses = node.uses.get(name, 0) + self.stickiness * inputs.demand.get(name, 0.0)
-            if uses > 0:
-                scores[name] = uses / (1.0 + age / self.age_scale)
-        ranked = sorted(scores, key=lambda n: (-scores[n], node.sizes[n], n))
-        return reconcile(node, fill(node, ranked))
+        return reconcile(node, fill(node, self.ranked(node, now, inputs.demand)))
+
+    def ranked(self, node: SimNode, now: float, demand: Mapping[str, float]) -> list[str]:
+        """Every dataset with uses or queued jobs, by score (highest first), then size."""
+        if self._used_version != node.version:  # uses and last uses change with the node
+            self._used_version = node.version
+            self._used = [
+                (name, size, node.uses[name], node.last_use[name])
+                for name, size in node.sizes.items() if node.uses.get(name, 0) > 0
+            ]  # fmt: skip
+        k, scale, get = self.stickiness, self.age_scale, demand.get
+        # score = (uses + k x queued) / (1 + age / scale)
+        keyed = [
+            (-((count + k * get(name, 0.0)) / (1.0 + (now - last) / scale)), size, name)
+            for name, size, count, last in self._used
+        ]
+        sizes, counts = node.sizes, node.uses
+        for name, queued in demand.items():  # never used: age 0
+            if counts.get(name, 0) == 0 and name in sizes and k * queued > 0:
+                keyed.append((-(k * queued / 1.0), sizes[name], name))
+        keyed.sort()
+        return [name for _, _, name in keyed]
 
 
 def fill(node: SimNode, ranked: Sequence[str]) -> list[str]:
@@ -507,12 +523,16 @@ def fill(node: SimNode, ranked: Sequence[str]) -> list[str]:
     forced = [n for n in node.cached if not node.evictable(n)]
     if node.inflight is not None:
         forced.append(node.inflight[0])
-    free = node.capacity - sum(node.sizes[n] for n in forced)
+    sizes = node.sizes
+    free = node.capacity - sum(sizes[n] for n in forced)
     chosen = list(forced)
+    taken = set(forced)
     for name in ranked:
-        if name not in chosen and node.sizes[name] <= free:
+        size = sizes[name]
+        if size <= free and name not in taken:
             chosen.append(name)
-            free -= node.sizes[name]
+            taken.add(name)
+            free -= size
     return chosen
 
 

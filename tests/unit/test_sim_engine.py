@@ -582,6 +582,34 @@ def test_offline_policies_skip_steady_ticks_and_change_nothing() -> None:
     assert fewer["belady"] > 0 and fewer["future-bytes"] > 0
 
 
+class OldAgedUses(policies.AgedUses):
+    """aged-uses scoring every dataset at every pass, as it did before its scores were
+    kept per node version (the reference)."""
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: Any, inputs: Any
+    ) -> Action | None:
+        scores = {}
+        for name in node.sizes:
+            age = now - node.last_use.get(name, now)
+            uses = node.uses.get(name, 0) + self.stickiness * inputs.demand.get(name, 0.0)
+            if uses > 0:
+                scores[name] = uses / (1.0 + age / self.age_scale)
+        ranked = sorted(scores, key=lambda n: (-scores[n], node.sizes[n], n))
+        return policies.reconcile(node, policies.fill(node, ranked))
+
+
+def test_aged_uses_replays_as_with_its_old_scores() -> None:
+    sizes = load_sizes(SIZES)
+    for seed, share in ((1, 0.05), (2, 0.1), (3, 0.2)):
+        trace = generate(WorkloadSpec(jobs=200, nodes=3, datasets=25, seed=seed), sizes)
+        config = SimConfig(capacity=int(trace.catalog_bytes() * share))
+        replayed = {"new": policies.AgedUses, "old": OldAgedUses}
+        report = simulate(trace, config, replayed, bound=False)  # type: ignore[arg-type]
+        new, old = report.results["new"], report.results["old"]
+        assert _costs(new) == _costs(old) and new.copies > 0 and new.evictions > 0
+
+
 def test_a_long_running_job_on_an_image_slower_to_copy_than_the_horizon_gets_a_copy() -> None:
     """A job reading a 4 TB image for 6 h (limit 8 h), never queued where a node could see
     it: its copy takes longer than the horizon, so its heat alone is worth nothing; what
