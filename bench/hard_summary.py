@@ -29,7 +29,12 @@ known that far ahead (default 1 h; Slurm's own default `bf_window` is one day) a
 start estimates off by that much (`SimConfig`, `docs/simulate.md`).
 --fleet-history replays `ours` a second time with every node estimating a job's reads
 from the whole fleet's finished jobs (`SimConfig.fleet_history`, an experiment) and
-prints the change in slow bytes.
+prints the change in slow bytes. --true-queued and --true-running (experiments,
+docs/benchmarks.md "Which read estimate costs what") each replay `ours` again told the
+truth about one input, everything else unchanged: each queued job's true bytes in place
+of its estimate (`SimConfig.true_queued`), each running job's true reads after a copy
+would land in place of the heat-based estimate (`SimConfig.true_running`); with both,
+also a replay told both.
 """
 
 from __future__ import annotations
@@ -82,7 +87,26 @@ def main() -> None:
         action="store_true",
         help="replay ours again with the fleet's read history (SimConfig.fleet_history)",
     )
+    parser.add_argument(
+        "--true-queued",
+        action="store_true",
+        help="replay ours again with queued jobs' true bytes (SimConfig.true_queued)",
+    )
+    parser.add_argument(
+        "--true-running",
+        action="store_true",
+        help="replay ours again with running jobs' true remainder (SimConfig.true_running)",
+    )
     args = parser.parse_args()
+    variants: list[tuple[str, dict[str, bool]]] = []
+    if args.fleet_history:
+        variants.append(("fleet-history", {"fleet_history": True}))
+    if args.true_queued:
+        variants.append(("true-queued", {"true_queued": True}))
+    if args.true_running:
+        variants.append(("true-running", {"true_running": True}))
+    if args.true_queued and args.true_running:
+        variants.append(("true-both", {"true_queued": True, "true_running": True}))
     baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())
     caps: list[float | None] = list(args.unplaced_cap) or [None]
     base = WorkloadSpec(jobs=args.jobs, nodes=16, datasets=100, max_duration=6 * 3600.0, seed=1)
@@ -140,14 +164,14 @@ def main() -> None:
                                   f" | ours/blind {ours / slow[BLIND]:.3f}")  # fmt: skip
                 else:
                     extra_ours = ""
-                if args.fleet_history:
-                    fleet_started = time.perf_counter()
-                    fleet = simulate(trace, replace(config, fleet_history=True), ("ours",),
+                for variant, knobs in variants:
+                    variant_started = time.perf_counter()
+                    other = simulate(trace, replace(config, **knobs), ("ours",),
                                      bound=False).results["ours"].slow_bytes  # fmt: skip
-                    extra_ours += (f" | fleet-history {fleet / 1e12:8.1f} TB"
-                                   f" {fleet / ours - 1:+.1%} vs ours"
-                                   f" ({time.perf_counter() - fleet_started:.0f}s)")  # fmt: skip
-                    started += time.perf_counter() - fleet_started
+                    extra_ours += (f" | {variant} {other / 1e12:8.1f} TB"
+                                   f" {other / ours - 1:+.1%} vs ours"
+                                   f" ({time.perf_counter() - variant_started:.0f}s)")  # fmt: skip
+                    started += time.perf_counter() - variant_started
                 print(
                     f"{title:9s} {share:4.0%}{label} ours {ours / 1e12:8.1f} TB"
                     f" | fewer than lru {1 - ours / slow['lru']:+.1%}"

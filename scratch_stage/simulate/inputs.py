@@ -35,6 +35,13 @@ class SimConfig:
     # An experiment (docs/benchmarks.md, "A fleet-wide read history"): a node's read
     # history is the whole fleet's (`FleetHistory`), not its own. The real node keeps its own.
     fleet_history: bool = False
+    # Experiments (docs/benchmarks.md, "Which read estimate costs what"): the demand the
+    # node computes (`ours`'s; aged-uses reads it too) told the truth about one input,
+    # everything else unchanged. TRUE_QUEUED: each queued job's (placed or not) true bytes
+    # in place of `expected_read`'s estimate; TRUE_RUNNING: each running job's true reads
+    # after a copy would land in place of `running_read`'s (heat and a uniform end).
+    true_queued: bool = False
+    true_running: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class Pending:
     estimate: float
     datasets: tuple[str, ...]
     limit: float = math.inf  # the job's time limit (inf: none)
+    # the bytes the job will truly read from each of DATASETS (read only by the
+    # `SimConfig.true_queued` experiment: a node does not know them)
+    reads: tuple[float, ...] = ()
 
 
 @dataclass
@@ -96,11 +106,16 @@ class UnplacedDemand:
             raise ValueError("the unplaced demand was built without reads (reads=True)")
         return self.reads[i] if i >= 0 else {}
 
-    def seen(self, start: float, end: float) -> list[Mapping[str, ByLimit]]:
-        """Every value taken at some time in START..END."""
+    def seen(self, start: float, end: float, reads: bool = False) -> list[Mapping[str, ByLimit]]:
+        """Every value taken at some time in START..END (READS: of `reads`)."""
         first = bisect.bisect_right(self.ticks, start) - 1
         last = bisect.bisect_right(self.ticks, end) - 1
-        seen = [self.values[k] for k in range(max(first, 0), last + 1)]
+        source = self.values
+        if reads:
+            if self.ticks and not self.reads:
+                raise ValueError("the unplaced demand was built without reads (reads=True)")
+            source = self.reads
+        seen = [source[k] for k in range(max(first, 0), last + 1)]
         if first < 0:
             seen.append({})  # before the first tick: no demand
         return seen
@@ -180,7 +195,9 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
             work.jobs.append(NodeJob(job.id, job.start, end, reads, limit, job.submit))
             if visible < job.start and job.reads:
                 datasets = tuple(sorted(job.reads))
-                work.pending.append(Pending(visible, job.start, job.start + noise, datasets, limit))
+                amounts = tuple(float(job.reads[n]) for n in datasets)
+                estimate = job.start + noise
+                work.pending.append(Pending(visible, job.start, estimate, datasets, limit, amounts))
     for work in nodes.values():
         work.jobs.sort(key=lambda j: (j.start, j.id))
         work.pending.sort(key=lambda p: p.visible)

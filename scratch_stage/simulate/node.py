@@ -163,6 +163,26 @@ class SimNode:
         """Bytes a queued job with time limit LIMIT is expected to read from NAME here."""
         return expected_read(self.sizes[name], limit, self.per_job(name), self.config.read_rate)
 
+    def queued(self, name: str, p: Pending, k: int) -> float:
+        """Bytes placed job P is taken to read from NAME (its K-th dataset): the estimate
+        (`expected`), or with `SimConfig.true_queued` what it will truly read."""
+        if self.config.true_queued:
+            return p.reads[k]
+        return self.expected(name, p.limit)
+
+    def _unplaced_values(self, now: float) -> tuple[Mapping[str, ByLimit], bool]:
+        """The unplaced jobs' weights at NOW, or with `SimConfig.true_queued` their weighted
+        true reads (then already bytes: the second item)."""
+        if self.config.true_queued:
+            return self.unplaced.reads_at(now), True
+        return self.unplaced.at(now), False
+
+    def true_running(self, job: NodeJob, size: float, now: float, land: float) -> float:
+        """Of SIZE bytes JOB reads at a steady rate over its run, those after a copy
+        started at NOW would land LAND seconds later (`SimConfig.true_running`)."""
+        after = job.end - max(job.start, now + land)
+        return size * min(1.0, after / (job.end - job.start)) if after > 0 else 0.0
+
     def see_history(self, now: float) -> None:
         """Fleet jobs ended at NOW: the estimates from now on count them (a change of state,
         as a job ending here is)."""
@@ -229,6 +249,16 @@ class SimNode:
         out: dict[str, float] = {}
         cached, held = self.cached, self.held
         inflight = self.inflight[0] if self.inflight is not None else None
+        if self.config.true_running:  # each job's true reads after the landing
+            for job in self.running.values():
+                for name, size in job.reads:
+                    if name in cached or name == inflight:
+                        continue
+                    land = self.sizes[name] / self.config.bandwidth
+                    amount = self.true_running(job, size, now, land)
+                    if amount > 0:
+                        out[name] = out.get(name, 0.0) + amount
+            return out
         for job in self.running.values():
             limit = job.limit
             if limit == math.inf:
@@ -245,7 +275,12 @@ class SimNode:
 
     def running_moves(self, now: float) -> bool:
         """Some running job's expected reads after a copy would land still change with time."""
+        true_running = self.config.true_running
         for job in self.running.values():
+            if true_running:  # its true reads after a landing fall until that passes its end
+                if any(job.end > now + self.land(name) > now for name, _ in job.reads):
+                    return True
+                continue
             if job.limit == math.inf:
                 continue
             for name, _ in job.reads:
@@ -259,13 +294,14 @@ class SimNode:
     ) -> tuple[dict[str, float], dict[str, float]]:
         """The demand, and the prospect (the same without the wait's discount); with HEAT,
         the demand includes the running jobs' reads after a copy lands (`running_demand`)."""
-        values = self.unplaced.at(now)
-        demand = dict(self._unplaced_bytes(values, landing=True))
+        values, true_reads = self._unplaced_values(now)
+        demand = dict(self._unplaced_bytes(values, landing=True, true_reads=true_reads))
         if heat is not None:
             for name, amount in self.running_demand(now, heat).items():
                 demand[name] = demand.get(name, 0.0) + amount
         # every unplaced job weighs its share x e^-1 (unknown start): undiscounted, x e
-        prospect = {n: v / UNKNOWN_START_FACTOR for n, v in self._unplaced_bytes(values).items()}
+        unplaced = self._unplaced_bytes(values, true_reads=true_reads)
+        prospect = {n: v / UNKNOWN_START_FACTOR for n, v in unplaced.items()}
         pending = self.work.pending
         while self._pending_next < len(pending) and pending[self._pending_next].visible <= now:
             self._pending_active.append(self._pending_next)
@@ -275,10 +311,10 @@ class SimNode:
         for i in self._pending_active:
             p = pending[i]
             wait = max(0.0, p.estimate - now)
-            for name in p.datasets:
+            for k, name in enumerate(p.datasets):
                 # the wait counts from when a copy must start to land in time
                 weight = SCHEDULED_HERE * wait_discount(wait, self.land(name), horizon)
-                amount = self.expected(name, p.limit)
+                amount = self.queued(name, p, k)
                 prospect[name] = prospect.get(name, 0.0) + SCHEDULED_HERE * amount
                 amount *= self._after(p, name, now)
                 demand[name] = demand.get(name, 0.0) + weight * amount
@@ -296,15 +332,16 @@ class SimNode:
         """Each dataset's highest prospect at any time in START..END (no job starting or
         ending, no placement in between)."""
         high: dict[str, float] = {}
-        for values in self.unplaced.seen(start, end):
-            for name, v in self._unplaced_bytes(values).items():
+        true_reads = self.config.true_queued
+        for values in self.unplaced.seen(start, end, reads=true_reads):
+            for name, v in self._unplaced_bytes(values, true_reads=true_reads).items():
                 high[name] = max(high.get(name, 0.0), v / UNKNOWN_START_FACTOR)
         placed: dict[str, float] = {}
         pending = self.work.pending
         for i in self._pending_active:
             p = pending[i]
-            for name in p.datasets:
-                placed[name] = placed.get(name, 0.0) + SCHEDULED_HERE * self.expected(name, p.limit)
+            for k, name in enumerate(p.datasets):
+                placed[name] = placed.get(name, 0.0) + SCHEDULED_HERE * self.queued(name, p, k)
         for name, v in placed.items():
             high[name] = high.get(name, 0.0) + v
         return high
@@ -338,7 +375,11 @@ class SimNode:
                 for x in points
             ]
             heat[name] = (min(levels), max(levels))
-        seen = [self._unplaced_bytes(v, landing=True) for v in self.unplaced.seen(start, end)]
+        true_reads = self.config.true_queued
+        seen = [
+            self._unplaced_bytes(v, landing=True, true_reads=true_reads)
+            for v in self.unplaced.seen(start, end, reads=true_reads)
+        ]
         high: dict[str, float] = {}
         for values in seen:
             for name, v in values.items():
@@ -348,11 +389,11 @@ class SimNode:
         pending, horizon = self.work.pending, self.config.horizon
         for i in self._pending_active:
             p = pending[i]
-            for name in p.datasets:
+            for k, name in enumerate(p.datasets):
                 land = self.land(name)  # constant until the next event (a copy landing)
                 w_low = SCHEDULED_HERE * wait_discount(max(0.0, p.estimate - start), land, horizon)
                 w_high = SCHEDULED_HERE * wait_discount(max(0.0, p.estimate - end), land, horizon)
-                amount = self.expected(name, p.limit)
+                amount = self.queued(name, p, k)
                 # the share after a copy lands only shrinks as time goes on
                 a_low, a_high = self._after(p, name, end), self._after(p, name, start)
                 low[name] = low.get(name, 0.0) + w_low * amount * a_low
@@ -362,7 +403,19 @@ class SimNode:
         # heat at START.
         cached, held, bandwidth = self.cached, self.held, self.config.bandwidth
         inflight = self.inflight[0] if self.inflight is not None else None
+        true_running = self.config.true_running
         for job in self.running.values():
+            if true_running:  # exact, falling with time: highest at START, lowest at END
+                for name, size in job.reads:
+                    if name in cached or name == inflight:
+                        continue
+                    land = self.sizes[name] / bandwidth
+                    amount = self.true_running(job, size, start, land)
+                    if amount > 0:
+                        high[name] = high.get(name, 0.0) + amount
+                        amount = self.true_running(job, size, end, land)
+                        low[name] = low.get(name, 0.0) + amount
+                continue
             if job.limit == math.inf:
                 continue
             for name, _ in job.reads:

@@ -50,7 +50,10 @@ def simulate(
     )
     work = list(split_by_node(trace, config).values())
     # the unplaced jobs' true reads only for a policy that reads them (the blind oracle)
-    reads = any(getattr(factory(), "true_unplaced", False) for factory in factories.values())
+    # or the true-queued experiment
+    reads = config.true_queued or any(
+        getattr(factory(), "true_unplaced", False) for factory in factories.values()
+    )
     unplaced = unplaced_demand(trace, config, reads=reads)
     fleet = FleetHistory.of(work) if config.fleet_history else None
     _TASK.update(work=work, sizes=trace.datasets, config=config, unplaced=unplaced,
