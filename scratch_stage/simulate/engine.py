@@ -33,7 +33,8 @@ class Policy(Protocol):
     A policy planning at ticks may also have `repeats(node, heat, demand, prospect) ->
     bool`: True if its answer is the same at every tick whose heat and demand lie within
     the given (low, high) ranges per dataset and whose prospect stays at most the given
-    highest, the node unchanged; the replay then skips those ticks.
+    highest, the node unchanged; the replay then skips those ticks. With `heat_only =
+    True` it is given the heat ranges only (empty demand and prospect).
 
     A policy with `running_demand = True` gets in its demand what running jobs will read
     after a copy lands (`SimNode.running_demand`), as the rebalance computes it.
@@ -92,6 +93,8 @@ class _Replay:
         # as the rebalance does); the others do not, and are replayed as before.
         self.running: bool = getattr(policy, "running_demand", False)
         self.own: bool = getattr(policy, "own_inputs", False)
+        # Its `repeats` reads the heat ranges only (scratch_manager): no demand measured.
+        self.heat_only: bool = getattr(policy, "heat_only", False)
 
     def run(self) -> Costs:
         node, jobs = self.node, self.node.work.jobs
@@ -206,7 +209,13 @@ class _Replay:
             if last <= proven:
                 continue
             node = self.node
-            if self.repeats(node, *node.input_bounds(now, last), node.prospect_high(now, last)):
+            if self.heat_only:  # it reads neither demand nor prospect
+                holds = self.repeats(node, node.heat_bounds(now, last), {}, {})
+            else:
+                holds = self.repeats(
+                    node, *node.input_bounds(now, last), node.prospect_high(now, last)
+                )
+            if holds:
                 proven = last
             elif proven == now:
                 break  # not even the shortest

@@ -346,19 +346,9 @@ class SimNode:
             high[name] = high.get(name, 0.0) + v
         return high
 
-    def input_bounds(
-        self, start: float, end: float
-    ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-        """Lowest and highest heat, and demand, of each dataset at any time in START..END,
-        assuming no job starts or ends and no placement in between (the replay evaluates
-        a tick after each of those anyway); unplaced demand is taken at its extremes.
-
-        Heat is piecewise linear in time (each read's overlap with the window changes
-        slope only at its start, its end, and those plus `period`): its extremes are at
-        the ends or at such a point. A placed job's demand weight only grows until its
-        estimated start, so demand is lowest at START and highest at END (the history,
-        hence each job's expected bytes, changes only when a job ends).
-        """
+    def heat_bounds(self, start: float, end: float) -> dict[str, tuple[float, float]]:
+        """Lowest and highest heat of each dataset at any time in START..END, if no job
+        starts or ends in between (`input_bounds`)."""
         period = self.config.period
         by_name: dict[str, list[tuple[float, float, float]]] = {}
         for name, s, e, rate in self.streams:
@@ -375,6 +365,22 @@ class SimNode:
                 for x in points
             ]
             heat[name] = (min(levels), max(levels))
+        return heat
+
+    def input_bounds(
+        self, start: float, end: float
+    ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+        """Lowest and highest heat, and demand, of each dataset at any time in START..END,
+        assuming no job starts or ends and no placement in between (the replay evaluates
+        a tick after each of those anyway); unplaced demand is taken at its extremes.
+
+        Heat is piecewise linear in time (each read's overlap with the window changes
+        slope only at its start, its end, and those plus `period`): its extremes are at
+        the ends or at such a point. A placed job's demand weight only grows until its
+        estimated start, so demand is lowest at START and highest at END (the history,
+        hence each job's expected bytes, changes only when a job ends).
+        """
+        heat = self.heat_bounds(start, end)
         true_reads = self.config.true_queued
         seen = [
             self._unplaced_bytes(v, landing=True, true_reads=true_reads)
