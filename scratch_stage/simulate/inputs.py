@@ -6,7 +6,7 @@ import bisect
 import itertools
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scratch_stage.core.expected import UNPLACED_CAP
@@ -83,6 +83,18 @@ class NodeWorkload:
 ByLimit = Mapping[float, float]
 
 
+def _changes_of(snapshots: Sequence[Mapping[str, ByLimit]]) -> tuple[tuple[str, ...], ...]:
+    """Per snapshot, the datasets whose entry is not the previous snapshot's object."""
+    changes = []
+    previous: Mapping[str, ByLimit] = {}
+    for values in snapshots:
+        changed = [name for name, entry in values.items() if previous.get(name) is not entry]
+        changed.extend(name for name in previous if name not in values)
+        changes.append(tuple(changed))
+        previous = values
+    return tuple(changes)
+
+
 @dataclass(frozen=True)
 class UnplacedDemand:
     """Queued jobs not yet placed, identical on every node, sampled at ticks: per dataset
@@ -94,6 +106,15 @@ class UnplacedDemand:
     # weights times the bytes each job will truly read (scaled by the same cap); only the
     # blind queue oracle reads them (`QueueOracle`, blind).
     reads: tuple[Mapping[str, ByLimit], ...] = ()
+    # Per tick, the datasets whose entry is not the object it was at the tick before
+    # (`unplaced_demand` keeps an entry that did not change as the same object); at the
+    # first tick, every dataset with one. `changes` for `values`, `read_changes` for `reads`.
+    changes: tuple[tuple[str, ...], ...] = field(default=(), compare=False, repr=False)
+    read_changes: tuple[tuple[str, ...], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "changes", _changes_of(self.values))
+        object.__setattr__(self, "read_changes", _changes_of(self.reads))
 
     def at(self, now: float) -> Mapping[str, ByLimit]:
         i = bisect.bisect_right(self.ticks, now) - 1
@@ -119,6 +140,10 @@ class UnplacedDemand:
         if first < 0:
             seen.append({})  # before the first tick: no demand
         return seen
+
+    def index(self, now: float) -> int:
+        """The index of the value taken at NOW (-1: before the first tick, no demand)."""
+        return bisect.bisect_right(self.ticks, now) - 1
 
     def next_change(self, now: float) -> float:
         i = bisect.bisect_right(self.ticks, now)
@@ -224,7 +249,13 @@ def unplaced_demand(trace: Trace, config: SimConfig, *, reads: bool = False) -> 
     current: dict[str, dict[float, float]] = {}
     true_reads: list[dict[str, dict[float, float]]] = []
     current_reads: dict[str, dict[float, float]] = {}
+    # An entry not touched since the last tick is the last tick's object (equal anyway):
+    # `UnplacedDemand.changes` then lists where the entries change.
+    touched: set[str] = set()
+    last: dict[str, dict[float, float]] = {}
+    last_reads: dict[str, dict[float, float]] = {}
     for i, (t, weight, names, limit, job_reads) in enumerate(events):
+        touched.update(names)
         for name in names:
             by_limit = current.setdefault(name, {})
             v = by_limit.get(limit, 0.0) + weight
@@ -245,11 +276,18 @@ def unplaced_demand(trace: Trace, config: SimConfig, *, reads: bool = False) -> 
         if i + 1 < len(events) and grid_ceil(events[i + 1][0], config.interval) == tick:
             continue
         ticks.append(tick)
-        values.append({n: _capped(b, config.unplaced_cap) for n, b in current.items()})
+        cap = config.unplaced_cap
+        last = {
+            n: _capped(b, cap) if n in touched else last[n] for n, b in current.items()
+        }  # fmt: skip
+        values.append(last)
         if reads:
-            true_reads.append(
-                {n: _capped(b, config.unplaced_cap, current[n]) for n, b in current_reads.items()}
-            )
+            last_reads = {
+                n: _capped(b, cap, current[n]) if n in touched else last_reads[n]
+                for n, b in current_reads.items()
+            }
+            true_reads.append(last_reads)
+        touched.clear()
     return UnplacedDemand(tuple(ticks), tuple(values), tuple(true_reads))
 
 

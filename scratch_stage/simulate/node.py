@@ -119,6 +119,11 @@ class SimNode:
             tuple[int, bool], tuple[Mapping[str, ByLimit], dict[str, float]]
         ] = {}
         self._unplaced_version = (0, 0)
+        # Each entry of the unplaced demand in bytes (`_entry_bytes`), with the stamp of
+        # its dataset's history and cache state it was computed at (`_stamps`, `_epoch`).
+        self._entries: dict[tuple[int, bool, bool], tuple[ByLimit, tuple[int, int], float]] = {}
+        self._stamps: dict[str, int] = {}  # per dataset: bumped when its history or copy changes
+        self._epoch = 0  # bumped when every dataset's history changes (a fleet history)
         self.cache_version = 0  # changes when the set of cached or in-flight copies does
 
     # --- what policies see -------------------------------------------------------------
@@ -188,6 +193,7 @@ class SimNode:
         as a job ending here is)."""
         self.history_now = now
         self.history_version += 1
+        self._epoch += 1
         self.version += 1
 
     def land(self, name: str) -> float:
@@ -196,21 +202,36 @@ class SimNode:
             return 0.0
         return self.sizes[name] / self.config.bandwidth
 
+    def _touch(self, name: str) -> None:
+        """NAME's history or copy changed: its entries' bytes are computed again."""
+        self._stamps[name] = self._stamps.get(name, 0) + 1
+
+    def _entry_bytes(self, name: str, by_limit: ByLimit, landing: bool, true_reads: bool) -> float:
+        """One entry of the unplaced demand (NAME's weights by time limit) in bytes (see
+        `_unplaced_bytes`); remembered until NAME's history or copy changes."""
+        key = (id(by_limit), landing, true_reads)
+        stamp = (self._epoch, self._stamps.get(name, 0))
+        found = self._entries.get(key)
+        if found is not None and found[0] is by_limit and found[1] == stamp:
+            return found[2]
+        horizon = self.config.horizon
+        land = self.land(name) if landing else 0.0
+        total = 0.0
+        for limit, w in by_limit.items():
+            amount = w if true_reads else w * self.expected(name, limit)
+            if land > 0:  # unknown start: one horizon away
+                amount *= after_landing(horizon, None if limit == math.inf else limit, land)
+            total += amount
+        if len(self._entries) >= 100_000:
+            self._entries.clear()  # entries of ticks long past: time only moves on
+        self._entries[key] = (by_limit, stamp, total)
+        return total
+
     def _bytes(
         self, values: Mapping[str, ByLimit], landing: bool, true_reads: bool
     ) -> dict[str, float]:
-        horizon = self.config.horizon
-        out = {}
-        for name, by_limit in values.items():
-            land = self.land(name) if landing else 0.0
-            total = 0.0
-            for limit, w in by_limit.items():
-                amount = w if true_reads else w * self.expected(name, limit)
-                if land > 0:  # unknown start: one horizon away
-                    amount *= after_landing(horizon, None if limit == math.inf else limit, land)
-                total += amount
-            out[name] = total
-        return out
+        entry = self._entry_bytes
+        return {name: entry(name, b, landing, true_reads) for name, b in values.items()}
 
     def _unplaced_bytes(
         self, values: Mapping[str, ByLimit], landing: bool = False, true_reads: bool = False
@@ -328,14 +349,64 @@ class SimNode:
         limit = None if p.limit == math.inf else p.limit
         return after_landing(max(now, p.estimate), limit, now + land)
 
+    def _unplaced_levels(
+        self, start: float, end: float, landing: bool
+    ) -> tuple[dict[str, list[float]], set[str]]:
+        """The unplaced demand's values taken at some time in START..END in bytes (as
+        `_unplaced_bytes` gives them; with `SimConfig.true_queued` the true reads): per
+        dataset with some, its levels, and the datasets without one at some time. From the
+        value at START and the entries that change after it (`UnplacedDemand.changes`)."""
+        unplaced, true_reads = self.unplaced, self.config.true_queued
+        first, last = unplaced.index(start), unplaced.index(end)
+        if last < 0:
+            return {}, set()
+        if true_reads and not unplaced.reads:
+            raise ValueError("the unplaced demand was built without reads (reads=True)")
+        values = unplaced.reads if true_reads else unplaced.values
+        changes = unplaced.read_changes if true_reads else unplaced.changes
+        levels: dict[str, list[float]] = {}
+        absent: set[str] = set()
+        if first >= 0:
+            base = self._unplaced_bytes(values[first], landing, true_reads)
+            levels = {name: [v] for name, v in base.items()}
+        entry = self._entry_bytes
+        for k in range(first + 1, last + 1):
+            at_k = values[k]
+            for name in changes[k]:
+                found = at_k.get(name)
+                if found is None:
+                    absent.add(name)
+                    continue
+                level = entry(name, found, landing, true_reads)
+                if name in levels:
+                    levels[name].append(level)
+                else:
+                    levels[name] = [level]
+                    absent.add(name)  # none before
+        return levels, absent
+
+    def unplaced_bounds(
+        self, start: float, end: float
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Each dataset's lowest and highest unplaced demand (after a copy would land) at
+        any time in START..END, of those with some above 0 (`input_bounds`)."""
+        levels, absent = self._unplaced_levels(start, end, landing=True)
+        high = {name: max(v) for name, v in levels.items() if max(v) > 0.0}
+        low = {name: min(levels[name]) for name in high}
+        for name in absent.intersection(high):
+            low[name] = min(low[name], 0.0)  # none at some time
+        return low, high
+
+    def unplaced_prospect(self, start: float, end: float) -> dict[str, float]:
+        """Each dataset's highest unplaced prospect at any time in START..END, of those
+        with some unplaced demand then (`prospect_high`)."""
+        levels, _ = self._unplaced_levels(start, end, landing=False)
+        return {name: max(0.0, max(v) / UNKNOWN_START_FACTOR) for name, v in levels.items()}
+
     def prospect_high(self, start: float, end: float) -> dict[str, float]:
         """Each dataset's highest prospect at any time in START..END (no job starting or
         ending, no placement in between)."""
-        high: dict[str, float] = {}
-        true_reads = self.config.true_queued
-        for values in self.unplaced.seen(start, end, reads=true_reads):
-            for name, v in self._unplaced_bytes(values, true_reads=true_reads).items():
-                high[name] = max(high.get(name, 0.0), v / UNKNOWN_START_FACTOR)
+        high = self.unplaced_prospect(start, end)
         placed: dict[str, float] = {}
         pending = self.work.pending
         for i in self._pending_active:
@@ -381,17 +452,7 @@ class SimNode:
         hence each job's expected bytes, changes only when a job ends).
         """
         heat = self.heat_bounds(start, end)
-        true_reads = self.config.true_queued
-        seen = [
-            self._unplaced_bytes(v, landing=True, true_reads=true_reads)
-            for v in self.unplaced.seen(start, end, reads=true_reads)
-        ]
-        high: dict[str, float] = {}
-        for values in seen:
-            for name, v in values.items():
-                if v > high.get(name, 0.0):
-                    high[name] = v
-        low = {n: min(values.get(n, 0.0) for values in seen) for n in high}
+        low, high = self.unplaced_bounds(start, end)
         pending, horizon = self.work.pending, self.config.horizon
         for i in self._pending_active:
             p = pending[i]
@@ -473,6 +534,7 @@ class SimNode:
             if not self.evictable(name):
                 raise PolicyError(f"{self.work.name}: cannot evict {name} (held or not cached)")
             del self.cached[name]
+            self._touch(name)
             self.used -= self.sizes[name]
             self._span.pop(name).left = now
             self.costs.evictions += 1
@@ -498,6 +560,7 @@ class SimNode:
             self.used += size
             self.costs.peak_used = max(self.costs.peak_used, self.used)
             self.inflight = (name, now, now + size / self.config.bandwidth)
+            self._touch(name)
             self._span[name] = CopySpan(self.work.name, name, now, self.inflight[2])
             self.costs.spans.append(self._span[name])
             self.costs.copies += 1
@@ -512,6 +575,7 @@ class SimNode:
         name = self.inflight[0]
         self.inflight = None
         self.cached[name] = now
+        self._touch(name)
         self.version += 1
         self.cache_version += 1
         for read in self.slow.pop(name, {}).values():
@@ -539,6 +603,7 @@ class SimNode:
             self.read_done[name] = self.read_done.get(name, 0.0) + size
             self.jobs_done[name] = self.jobs_done.get(name, 0) + 1
             self.history_version += 1
+            self._touch(name)
             self.held[name] -= 1
             if not self.held[name]:
                 del self.held[name]

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratch_stage.core.expected import UNPLACED_CAP
+from scratch_stage.core.expected import UNPLACED_CAP, after_landing
 from scratch_stage.host import interrupts
 from scratch_stage.host.catalog import Fingerprint
 from scratch_stage.host.state import CachedCopy, Copy, Hold, NodeState
@@ -26,6 +26,7 @@ from scratch_stage.policy.plan_input import plan_input
 from scratch_stage.simulate import policies
 from scratch_stage.simulate import run as run_module
 from scratch_stage.simulate.inputs import (
+    UNKNOWN_START_FACTOR,
     NodeJob,
     SimConfig,
     UnplacedDemand,
@@ -346,6 +347,79 @@ def test_unplaced_demand_seen_lists_every_value_over_a_stretch() -> None:
     assert demand.seen(0.0, 60.0) == [a1, {}]
     assert demand.seen(60.0, 150.0) == [a1, a2]
     assert demand.seen(120.0, 130.0) == [a2]
+
+
+def reference_bytes(
+    node: SimNode, values: Any, landing: bool, true_reads: bool
+) -> dict[str, float]:
+    """VALUES (an unplaced demand's value) in bytes, computed afresh as the node did."""
+    out = {}
+    for name, by_limit in values.items():
+        land = node.land(name) if landing else 0.0
+        total = 0.0
+        for limit, w in by_limit.items():
+            amount = w if true_reads else w * node.expected(name, limit)
+            if land > 0:
+                amount *= after_landing(node.config.horizon, None if limit == math.inf else limit,
+                                        land)  # fmt: skip
+            total += amount
+        out[name] = total
+    return out
+
+
+def reference_unplaced(
+    node: SimNode, start: float, end: float
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """The unplaced demand's lowest and highest after a landing, and highest prospect,
+    over START..END as the node computed them before (every value taken, in bytes)."""
+    reads = node.config.true_queued
+    seen = node.unplaced.seen(start, end, reads=reads)
+    landed = [reference_bytes(node, v, True, reads) for v in seen]
+    high: dict[str, float] = {}
+    for values in landed:
+        for name, v in values.items():
+            if v > high.get(name, 0.0):
+                high[name] = v
+    low = {n: min(values.get(n, 0.0) for values in landed) for n in high}
+    prospect: dict[str, float] = {}
+    for values in seen:
+        for name, v in reference_bytes(node, values, False, reads).items():
+            prospect[name] = max(prospect.get(name, 0.0), v / UNKNOWN_START_FACTOR)
+    return low, high, prospect
+
+
+@pytest.mark.parametrize("true_queued", [False, True])
+def test_unplaced_bounds_are_every_value_taken(
+    monkeypatch: pytest.MonkeyPatch, true_queued: bool
+) -> None:
+    # The proofs take each dataset's unplaced demand from the value at a stretch's start
+    # and the entries that change in it (entries kept as one object while unchanged);
+    # at every proof of a replay, and over stretches of every length up to two days from
+    # it, they are those of every value taken, to the bit.
+    sizes = load_sizes(SIZES)
+    trace = generate(WorkloadSpec(jobs=300, nodes=4, datasets=25, seed=4, wide_share=0.5), sizes)
+    config = SimConfig(capacity=int(trace.catalog_bytes() * 0.1), backfill_window=600.0,
+                       true_queued=true_queued)  # fmt: skip
+    checked = []
+    real = SimNode.input_bounds
+
+    def checking(node: SimNode, start: float, end: float) -> Any:
+        for last in (end, start + 60.0, start + 3600.0, start + 172_800.0, start):
+            low, high, prospect = reference_unplaced(node, start, last)
+            assert node.unplaced_bounds(start, last) == (low, high)
+            assert node.unplaced_prospect(start, last) == prospect
+            for landing in (False, True):
+                values = node.unplaced.reads_at(last) if true_queued else node.unplaced.at(last)
+                fresh = reference_bytes(node, values, landing, true_queued)
+                assert node._unplaced_bytes(values, landing, true_queued) == fresh
+            checked.append((len(high), sum(1 for n in high if low[n] < high[n])))
+        return real(node, start, end)
+
+    monkeypatch.setattr(SimNode, "input_bounds", checking)
+    report = simulate(trace, config, ["ours"], bound=False)
+    assert report.results["ours"].copies > 0
+    assert len(checked) > 100 and sum(h for h, _ in checked) > 100
+    assert sum(moved for _, moved in checked) > 10  # stretches over which values change
 
 
 def _worker_dies_on_sigterm(index: int) -> bool:
