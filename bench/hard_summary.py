@@ -97,6 +97,21 @@ def main() -> None:
         action="store_true",
         help="replay ours again with running jobs' true remainder (SimConfig.true_running)",
     )
+    parser.add_argument(
+        "--true-placed",
+        action="store_true",
+        help="as --true-queued for the jobs placed here only (SimConfig.true_placed)",
+    )
+    parser.add_argument(
+        "--true-unplaced",
+        action="store_true",
+        help="as --true-queued for the jobs not placed yet only (SimConfig.true_unplaced)",
+    )
+    parser.add_argument(
+        "--limit-history",
+        action="store_true",
+        help="replay ours again estimating reads per second of time limit",
+    )
     args = parser.parse_args()
     variants: list[tuple[str, dict[str, bool]]] = []
     if args.fleet_history:
@@ -105,6 +120,12 @@ def main() -> None:
         variants.append(("true-queued", {"true_queued": True}))
     if args.true_running:
         variants.append(("true-running", {"true_running": True}))
+    if args.true_placed:
+        variants.append(("true-placed", {"true_placed": True}))
+    if args.true_unplaced:
+        variants.append(("true-unplaced", {"true_unplaced": True}))
+    if args.limit_history:
+        variants.append(("limit-history", {"limit_history": True}))
     if args.true_queued and args.true_running:
         variants.append(("true-both", {"true_queued": True, "true_running": True}))
     baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())

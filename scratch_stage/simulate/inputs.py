@@ -42,6 +42,25 @@ class SimConfig:
     # after a copy would land in place of `running_read`'s (heat and a uniform end).
     true_queued: bool = False
     true_running: bool = False
+    # TRUE_QUEUED split in two: only the jobs backfill has placed here, or only the jobs
+    # not placed yet (true_queued is both).
+    true_placed: bool = False
+    true_unplaced: bool = False
+
+    @property
+    def true_placed_reads(self) -> bool:
+        """Placed jobs count their true bytes (`true_queued` or `true_placed`)."""
+        return self.true_queued or self.true_placed
+
+    @property
+    def true_unplaced_reads(self) -> bool:
+        """Unplaced jobs count their true bytes (`true_queued` or `true_unplaced`)."""
+        return self.true_queued or self.true_unplaced
+
+    # An experiment (docs/benchmarks.md, "Which read estimate costs what"): a queued job
+    # with a time limit is expected to read, of a dataset with history here, this node's
+    # bytes per second of time limit of that dataset's finished jobs times its own limit.
+    limit_history: bool = False
 
 
 @dataclass(frozen=True)

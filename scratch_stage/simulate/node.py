@@ -110,6 +110,10 @@ class SimNode:
         # per dataset; their ratio is the expected reads of a job (docs/simulate.md).
         self.read_done: dict[str, float] = {}
         self.jobs_done: dict[str, int] = {}
+        # With `SimConfig.limit_history`: bytes read and time limits (s) of the finished
+        # jobs with a time limit, per dataset.
+        self.read_limited: dict[str, float] = {}
+        self.limit_done: dict[str, float] = {}
         self.history_version = 0
         # With a fleet history (`SimConfig.fleet_history`), the estimates use it as it
         # stood at `history_now`, which the replay advances at each fleet job's end.
@@ -166,19 +170,22 @@ class SimNode:
 
     def expected(self, name: str, limit: float) -> float:
         """Bytes a queued job with time limit LIMIT is expected to read from NAME here."""
-        return expected_read(self.sizes[name], limit, self.per_job(name), self.config.read_rate)
+        per_job = self.per_job(name)
+        if self.config.limit_history and limit != math.inf and self.limit_done.get(name):
+            per_job = self.read_limited[name] / self.limit_done[name] * limit
+        return expected_read(self.sizes[name], limit, per_job, self.config.read_rate)
 
     def queued(self, name: str, p: Pending, k: int) -> float:
         """Bytes placed job P is taken to read from NAME (its K-th dataset): the estimate
         (`expected`), or with `SimConfig.true_queued` what it will truly read."""
-        if self.config.true_queued:
+        if self.config.true_placed_reads:
             return p.reads[k]
         return self.expected(name, p.limit)
 
     def _unplaced_values(self, now: float) -> tuple[Mapping[str, ByLimit], bool]:
         """The unplaced jobs' weights at NOW, or with `SimConfig.true_queued` their weighted
         true reads (then already bytes: the second item)."""
-        if self.config.true_queued:
+        if self.config.true_unplaced_reads:
             return self.unplaced.reads_at(now), True
         return self.unplaced.at(now), False
 
@@ -356,7 +363,7 @@ class SimNode:
         `_unplaced_bytes` gives them; with `SimConfig.true_queued` the true reads): per
         dataset with some, its levels, and the datasets without one at some time. From the
         value at START and the entries that change after it (`UnplacedDemand.changes`)."""
-        unplaced, true_reads = self.unplaced, self.config.true_queued
+        unplaced, true_reads = self.unplaced, self.config.true_unplaced_reads
         first, last = unplaced.index(start), unplaced.index(end)
         if last < 0:
             return {}, set()
@@ -602,6 +609,9 @@ class SimNode:
         for name, size in job.reads:
             self.read_done[name] = self.read_done.get(name, 0.0) + size
             self.jobs_done[name] = self.jobs_done.get(name, 0) + 1
+            if job.limit != math.inf:
+                self.read_limited[name] = self.read_limited.get(name, 0.0) + size
+                self.limit_done[name] = self.limit_done.get(name, 0.0) + job.limit
             self.history_version += 1
             self._touch(name)
             self.held[name] -= 1

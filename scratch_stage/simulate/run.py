@@ -51,7 +51,7 @@ def simulate(
     work = list(split_by_node(trace, config).values())
     # the unplaced jobs' true reads only for a policy that reads them (the blind oracle)
     # or the true-queued experiment
-    reads = config.true_queued or any(
+    reads = config.true_unplaced_reads or any(
         getattr(factory(), "true_unplaced", False) for factory in factories.values()
     )
     unplaced = unplaced_demand(trace, config, reads=reads)
