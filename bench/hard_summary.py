@@ -34,7 +34,10 @@ docs/benchmarks.md "Which read estimate costs what") each replay `ours` again to
 truth about one input, everything else unchanged: each queued job's true bytes in place
 of its estimate (`SimConfig.true_queued`), each running job's true reads after a copy
 would land in place of the heat-based estimate (`SimConfig.true_running`); with both,
-also a replay told both.
+also a replay told both. --true-placed and --true-unplaced split --true-queued into the
+jobs placed here and those not placed yet; --limit-history replays `ours` estimating a
+queued job's reads from this node's bytes per second of time limit
+(`SimConfig.limit_history`).
 """
 
 from __future__ import annotations

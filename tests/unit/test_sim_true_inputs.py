@@ -25,6 +25,9 @@ from tests.unit.sim_helpers import GB, SIZES
 TRUE_QUEUED = {"true_queued": True}
 TRUE_RUNNING = {"true_running": True}
 BOTH = {"true_queued": True, "true_running": True}
+TRUE_PLACED = {"true_placed": True}
+TRUE_UNPLACED = {"true_unplaced": True}
+LIMIT_HISTORY = {"limit_history": True}
 
 
 def _costs(result: PolicyResult) -> dict[str, Any]:
@@ -32,7 +35,7 @@ def _costs(result: PolicyResult) -> dict[str, Any]:
 
 
 def _node(trace: Trace, config: SimConfig, name: str = "n1") -> SimNode:
-    unplaced = unplaced_demand(trace, config, reads=config.true_queued)
+    unplaced = unplaced_demand(trace, config, reads=config.true_unplaced_reads)
     return SimNode(split_by_node(trace, config)[name], trace.datasets, config, unplaced)
 
 
@@ -72,6 +75,43 @@ def test_true_queued_counts_each_queued_jobs_true_bytes_in_place_of_the_estimate
     assert "b" not in true_demand  # v runs on n2
 
 
+def test_true_placed_and_true_unplaced_split_true_queued_in_two() -> None:
+    trace = _queued_trace()
+    config = SimConfig(capacity=150 * GB, interval=100.0)
+    parts = {}
+    for label, switch in (("off", {}), ("placed", TRUE_PLACED), ("unplaced", TRUE_UNPLACED),
+                          ("both", TRUE_QUEUED)):  # fmt: skip
+        parts[label] = _node(trace, replace(config, **switch)).demand_parts(1000.0)
+    true_unplaced = _node(trace, replace(config, **TRUE_QUEUED)).unplaced_reads(1000.0)
+    for k in (0, 1):  # demand, prospect
+        unplaced = true_unplaced[k]["a"]
+        placed_est = parts["off"][k]["a"] - unplaced / 2  # one pass each of 2 passes' worth
+        assert placed_est > 0
+        assert parts["placed"][k]["a"] == pytest.approx(3 * placed_est + unplaced / 2, rel=1e-9)
+        assert parts["unplaced"][k]["a"] == pytest.approx(placed_est + unplaced, rel=1e-9)
+        assert parts["both"][k]["a"] == pytest.approx(3 * placed_est + unplaced, rel=1e-9)
+
+
+def test_limit_history_expects_this_nodes_bytes_per_second_of_time_limit() -> None:
+    trace = _queued_trace()
+    config = SimConfig(capacity=150 * GB, interval=100.0)
+    ours, scaled = _node(trace, config), _node(trace, replace(config, **LIMIT_HISTORY))
+    for node in (ours, scaled):
+        assert node.expected("a", 3600.0) == 100 * GB  # no history: one pass
+        job = node.work.jobs[0]  # p: 300 GB of a within a limit of 7200 s
+        node.start_job(job, job.start)
+        node.end_job(job, job.end)
+    assert scaled.expected("a", 3600.0) == pytest.approx(150 * GB)  # half the limit
+    assert scaled.expected("a", 14_400.0) == pytest.approx(600 * GB)
+    assert scaled.expected("a", math.inf) == ours.expected("a", 3600.0) == 300 * GB  # the mean
+    # still capped by the prior read rate over the limit
+    slow = _node(trace, replace(config, read_rate=1e6, **LIMIT_HISTORY))
+    job = slow.work.jobs[0]
+    slow.start_job(job, job.start)
+    slow.end_job(job, job.end)
+    assert slow.expected("a", 3600.0) == pytest.approx(3.6 * GB)
+
+
 def _running_node(config: SimConfig, limit: float | None) -> tuple[SimNode, Job]:
     """n1 runs x: 4 passes of a (400 GB) from 0 to 4000 s, seen at 1000 s."""
     x = Job("x", 0.0, 0.0, 4000.0, ("n1",), {"a": 400 * GB}, limit)
@@ -107,6 +147,7 @@ def test_true_running_counts_a_running_jobs_true_reads_after_the_landing(
 def test_the_switches_are_off_by_default() -> None:
     config = SimConfig(capacity=1)
     assert not config.true_queued and not config.true_running
+    assert not config.true_placed and not config.true_unplaced and not config.limit_history
 
 
 def _one_pass_trace(seed: int) -> Trace:
@@ -168,11 +209,13 @@ def _cases() -> list[tuple[Trace, float]]:
     ]
 
 
-@pytest.mark.parametrize("switch", [{}, TRUE_QUEUED, TRUE_RUNNING, BOTH])
+@pytest.mark.parametrize(
+    "switch", [{}, TRUE_QUEUED, TRUE_RUNNING, BOTH, TRUE_PLACED, TRUE_UNPLACED, LIMIT_HISTORY]
+)
 def test_skipped_passes_change_nothing_with_each_switch_and_workers_agree(
     switch: dict[str, bool],
 ) -> None:
-    fewer = 0
+    fewer = changed = 0
     for trace, share in _cases():
         config = SimConfig(capacity=int(trace.catalog_bytes() * share), **switch)
         policies = {
@@ -183,11 +226,11 @@ def test_skipped_passes_change_nothing_with_each_switch_and_workers_agree(
         proven, every = report.results["ours"], report.results["every"]
         assert _costs(proven) == _costs(every) and proven.copies > 0
         fewer += every.decisions - proven.decisions
-        # the switch takes effect
-        off = simulate(trace, replace(config, true_queued=False, true_running=False),
-                       ("ours",), bound=False).results["ours"]  # fmt: skip
-        assert (_costs(off) != _costs(proven)) == bool(switch)
+        # the switch takes effect (somewhere)
+        off = simulate(trace, SimConfig(config.capacity), ("ours",), bound=False).results["ours"]
+        changed += _costs(off) != _costs(proven)
     assert fewer > 0
+    assert bool(changed) == bool(switch)
     trace, share = _cases()[2]
     config = SimConfig(capacity=int(trace.catalog_bytes() * share), **switch)
     one = simulate(trace, config, ("ours",), bound=False).results["ours"]
