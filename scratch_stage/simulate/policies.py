@@ -491,12 +491,19 @@ class AgedUses:
         self.age_scale = age_scale
         self._used: list[tuple[str, int, int, float]] = []  # name, size, uses, last use
         self._used_version = -1
+        self._last: tuple[int, list[str]] = (-1, [])  # the node's version, the ranking
 
     def decide(
         self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
     ) -> Action | None:
         assert inputs is not None
-        return reconcile(node, fill(node, self.ranked(node, now, inputs.demand)))
+        ranked = self.ranked(node, now, inputs.demand)
+        if node.version == self._last[0] and ranked == self._last[1]:
+            # Nothing happened here since the last pass, its answer changed nothing, and
+            # the ranking is the same: so is the answer, and applying it changes nothing.
+            return None
+        self._last = (node.version, ranked)
+        return reconcile(node, fill(node, ranked))
 
     def ranked(self, node: SimNode, now: float, demand: Mapping[str, float]) -> list[str]:
         """Every dataset with uses or queued jobs, by score (highest first), then size."""
