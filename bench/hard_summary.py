@@ -37,7 +37,13 @@ would land in place of the heat-based estimate (`SimConfig.true_running`); with 
 also a replay told both. --true-placed and --true-unplaced split --true-queued into the
 jobs placed here and those not placed yet; --limit-history replays `ours` estimating a
 queued job's reads from this node's bytes per second of time limit
-(`SimConfig.limit_history`).
+(`SimConfig.limit_history`). --array-history replays `ours` twice more, a job placed
+here estimated from the finished elements of its job array (`SimConfig.array_history`):
+those that finished on this node ("array-node"), or on any node ("array-fleet").
+--array-stats replays nothing: per workload, how many of the jobs placed on a node
+(node jobs: a job on 4 nodes counts 4 times) are array elements, and how many have a
+sibling that ended before they start, on their node or on any (their share of the placed
+jobs' bytes in brackets): the most the array history can ever change.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scratch_stage.simulate.inputs import SimConfig
+from scratch_stage.simulate.inputs import SimConfig, split_by_node
 from scratch_stage.simulate.run import simulate
+from scratch_stage.simulate.trace import Trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
 
 SIZES = Path(__file__).resolve().parent.parent / "tests/data/dataset-sizes.csv"
@@ -115,8 +122,18 @@ def main() -> None:
         action="store_true",
         help="replay ours again estimating reads per second of time limit",
     )
+    parser.add_argument(
+        "--array-history",
+        action="store_true",
+        help="replay ours again estimating placed jobs' reads from their arrays' elements",
+    )
+    parser.add_argument(
+        "--array-stats",
+        action="store_true",
+        help="replay nothing: how many placed jobs have a job array with an ended element",
+    )
     args = parser.parse_args()
-    variants: list[tuple[str, dict[str, bool]]] = []
+    variants: list[tuple[str, dict[str, Any]]] = []
     if args.fleet_history:
         variants.append(("fleet-history", {"fleet_history": True}))
     if args.true_queued:
@@ -129,6 +146,9 @@ def main() -> None:
         variants.append(("true-unplaced", {"true_unplaced": True}))
     if args.limit_history:
         variants.append(("limit-history", {"limit_history": True}))
+    if args.array_history:
+        variants.append(("array-node", {"array_history": "node"}))
+        variants.append(("array-fleet", {"array_history": "fleet"}))
     if args.true_queued and args.true_running:
         variants.append(("true-both", {"true_queued": True, "true_running": True}))
     baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())
@@ -146,6 +166,9 @@ def main() -> None:
     for title, knobs, shares in workloads:
         spec = WorkloadSpec(**{**base.__dict__, **knobs})
         trace = generate(spec, load_sizes(SIZES))
+        if args.array_stats:
+            print(f"{title:9s} {array_stats(trace)}", flush=True)
+            continue
         for share in shares:
             capacity = int(trace.catalog_bytes() * share)
             started = time.perf_counter()
@@ -205,6 +228,37 @@ def main() -> None:
                     f" | {time.perf_counter() - started:.0f}s (baselines {baselines_seconds:.0f}s)",
                     flush=True,
                 )
+
+
+def array_stats(trace: Trace) -> str:
+    """How many of the jobs placed on a node (backfill's default hour ahead) are elements
+    of a job array, and have a sibling that ended before they start, on their node or on
+    any node: count (share of the placed jobs' bytes)."""
+    work = split_by_node(trace, SimConfig(capacity=1))
+    ends: dict[str, list[float]] = {}  # array -> its node jobs' ends, on any node
+    here: dict[tuple[str, str], list[float]] = {}  # (node, array) -> ends there
+    for node in work.values():
+        for job in node.jobs:
+            if job.array is not None:
+                ends.setdefault(job.array, []).append(job.end)
+                here.setdefault((node.name, job.array), []).append(job.end)
+    counts = [0, 0, 0, 0]  # placed, elements, sibling ended here, on any node
+    amounts = [0.0, 0.0, 0.0, 0.0]
+    for node in work.values():
+        for p in node.pending:
+            found = (
+                True,
+                p.array is not None,
+                p.array is not None and any(e < p.start for e in here[(node.name, p.array)]),
+                p.array is not None and any(e < p.start for e in ends[p.array]),
+            )
+            for k, hit in enumerate(found):
+                counts[k] += hit
+                amounts[k] += sum(p.reads) if hit else 0.0
+    labels = ("placed", "array elements", "a sibling ended here", "on any node")
+    return " | ".join(
+        f"{label} {c} ({a / amounts[0]:.1%})" for label, c, a in zip(labels, counts, amounts)
+    )
 
 
 def _whole_future() -> Any:

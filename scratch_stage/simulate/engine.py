@@ -103,9 +103,10 @@ class _Replay:
         if self.ticks and jobs:
             next_tick = grid_ceil(replay_start(node.work, node.unplaced), self.step)
         first_tick = next_tick
-        # A fleet history changes when any node's job ends: an event here too, first at
-        # its instant (the estimates of the passes at and after it count that job).
-        history = node.fleet.times if node.fleet is not None else ()
+        # A fleet history changes when any node's job ends (the fleet's array history, when
+        # an element of an array placed here does): an event here too, first at its
+        # instant (the estimates of the passes at and after it count that job).
+        history = node.history_times()
         h = 0
         while next_start < len(jobs) or ends:
             t_start = jobs[next_start].start if next_start < len(jobs) else math.inf

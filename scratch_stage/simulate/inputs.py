@@ -61,6 +61,19 @@ class SimConfig:
     # with a time limit is expected to read, of a dataset with history here, this node's
     # bytes per second of time limit of that dataset's finished jobs times its own limit.
     limit_history: bool = False
+    # An experiment (docs/benchmarks.md, "Job arrays"): a job backfill has placed here that
+    # is an element of a Slurm job array some of whose elements have finished is expected
+    # to read their mean bytes per job of each dataset (capped as before), else the usual
+    # estimate. "node": the elements that finished on this node; "fleet": on any node (by
+    # now: `ArrayHistory`; a real fleet would have to share it). "": off.
+    array_history: str = ""
+
+    def __post_init__(self) -> None:
+        if self.array_history not in ARRAY_HISTORIES:
+            raise ValueError(f"array_history {self.array_history!r}: one of {ARRAY_HISTORIES}")
+
+
+ARRAY_HISTORIES = ("", "node", "fleet")
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class NodeJob:
     reads: tuple[tuple[str, int], ...]
     limit: float = math.inf  # the job's time limit (inf: none)
     submit: float | None = None  # when it was submitted (None: not known, taken as its start)
+    array: str | None = None  # the job array it is an element of (its array job id)
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class Pending:
     # the bytes the job will truly read from each of DATASETS (read only by the
     # `SimConfig.true_queued` experiment: a node does not know them)
     reads: tuple[float, ...] = ()
+    array: str | None = None  # the job array it is an element of (its array job id)
 
 
 @dataclass
@@ -204,6 +219,52 @@ class FleetHistory:
         return self.sums[name][k] / k if k else None
 
 
+@dataclass(frozen=True)
+class ArrayHistory:
+    """What the finished elements of each job array read, on every node (the
+    `array_history="fleet"` experiment): per array and dataset, the end times of its
+    elements' node jobs that read it (sorted) and the running sum of their bytes."""
+
+    ends: Mapping[tuple[str, str], tuple[float, ...]]
+    sums: Mapping[tuple[str, str], tuple[float, ...]]  # sums[key][k]: bytes of the first k
+
+    @classmethod
+    def of(cls, work: Iterable[NodeWorkload]) -> ArrayHistory:
+        reads: dict[tuple[str, str], list[tuple[float, int]]] = {}
+        for node in work:
+            for job in node.jobs:
+                if job.array is not None:
+                    for name, size in job.reads:
+                        reads.setdefault((job.array, name), []).append((job.end, size))
+        ends, sums = {}, {}
+        for key, items in reads.items():
+            items.sort()
+            ends[key] = tuple(end for end, _ in items)
+            sums[key] = tuple(itertools.accumulate((float(b) for _, b in items), initial=0.0))
+        return cls(ends, sums)
+
+    def per_job(self, array: str, name: str, now: float) -> float | None:
+        """Bytes a node job of ARRAY ended at or before NOW read from NAME, on average over
+        the fleet; None before the first."""
+        ends = self.ends.get((array, name))
+        if not ends:
+            return None
+        k = bisect.bisect_right(ends, now)
+        return self.sums[(array, name)][k] / k if k else None
+
+    def times(self, work: NodeWorkload) -> tuple[float, ...]:
+        """The instants at which an estimate of WORK's node can change: the ends of the
+        elements of the arrays with a job placed there, before the last such job starts
+        (sorted)."""
+        last: dict[str, float] = {}
+        for p in work.pending:
+            if p.array is not None:
+                last[p.array] = max(last.get(p.array, -math.inf), p.start)
+        return tuple(
+            sorted({t for (a, _), e in self.ends.items() if a in last for t in e if t < last[a]})
+        )
+
+
 def replay_start(work: NodeWorkload, unplaced: UnplacedDemand) -> float:
     """The node's first event: its first job start, placement, or change of unplaced
     demand. No policy acts, so no copy starts, before it (the bound relies on this)."""
@@ -236,12 +297,14 @@ def split_by_node(trace: Trace, config: SimConfig) -> dict[str, NodeWorkload]:
         limit = math.inf if job.limit is None else job.limit
         for name in job.nodes:
             work = nodes.setdefault(name, NodeWorkload(name))
-            work.jobs.append(NodeJob(job.id, job.start, end, reads, limit, job.submit))
+            work.jobs.append(NodeJob(job.id, job.start, end, reads, limit, job.submit, job.array))
             if visible < job.start and job.reads:
                 datasets = tuple(sorted(job.reads))
                 amounts = tuple(float(job.reads[n]) for n in datasets)
                 estimate = job.start + noise
-                work.pending.append(Pending(visible, job.start, estimate, datasets, limit, amounts))
+                work.pending.append(
+                    Pending(visible, job.start, estimate, datasets, limit, amounts, job.array)
+                )
     for work in nodes.values():
         work.jobs.sort(key=lambda j: (j.start, j.id))
         work.pending.sort(key=lambda p: p.visible)

@@ -11,6 +11,7 @@ from scratch_stage.policy.planner import PlanInput
 from scratch_stage.simulate.inputs import (
     SCHEDULED_HERE,
     UNKNOWN_START_FACTOR,
+    ArrayHistory,
     ByLimit,
     FleetHistory,
     NodeJob,
@@ -83,6 +84,7 @@ class SimNode:
     def __init__(
         self, work: NodeWorkload, sizes: Mapping[str, int], config: SimConfig,
         unplaced: UnplacedDemand, fleet: FleetHistory | None = None,
+        arrays: ArrayHistory | None = None,
     ) -> None:  # fmt: skip
         self.work = work
         self.sizes = sizes
@@ -119,6 +121,14 @@ class SimNode:
         # stood at `history_now`, which the replay advances at each fleet job's end.
         self.fleet = fleet
         self.history_now = -math.inf
+        # With `SimConfig.array_history`: bytes read and jobs per (array, dataset) of the
+        # array elements finished here ("node"), or every node's (`arrays`, "fleet", as it
+        # stood at `history_now`).
+        self.array_read: dict[tuple[str, str], float] = {}
+        self.array_jobs: dict[tuple[str, str], int] = {}
+        self.arrays = arrays if config.array_history == "fleet" else None
+        if config.array_history == "fleet" and arrays is None:
+            raise ValueError("array_history 'fleet' needs the trace's ArrayHistory")
         self._unplaced_memo: dict[
             tuple[int, bool], tuple[Mapping[str, ByLimit], dict[str, float]]
         ] = {}
@@ -175,11 +185,35 @@ class SimNode:
             per_job = self.read_limited[name] / self.limit_done[name] * limit
         return expected_read(self.sizes[name], limit, per_job, self.config.read_rate)
 
+    def history_times(self) -> tuple[float, ...]:
+        """The instants (sorted) at which another node's job ending changes this node's
+        estimates: with a fleet history, any job's end; with the fleet's array history,
+        the ends of the elements of the arrays with a job placed here."""
+        times: set[float] = set()
+        if self.fleet is not None:
+            times.update(self.fleet.times)
+        if self.arrays is not None:
+            times.update(self.arrays.times(self.work))
+        return tuple(sorted(times))
+
+    def array_per_job(self, array: str, name: str) -> float | None:
+        """Bytes a finished element of ARRAY read from NAME (here, or with the fleet's array
+        history on any node by `history_now`), on average; None if none has finished."""
+        if self.arrays is not None:
+            return self.arrays.per_job(array, name, self.history_now)
+        jobs = self.array_jobs.get((array, name))
+        return self.array_read[(array, name)] / jobs if jobs else None
+
     def queued(self, name: str, p: Pending, k: int) -> float:
         """Bytes placed job P is taken to read from NAME (its K-th dataset): the estimate
-        (`expected`), or with `SimConfig.true_queued` what it will truly read."""
+        (`expected`; with `SimConfig.array_history` its array's finished elements' mean if
+        there is one), or with `SimConfig.true_queued` what it will truly read."""
         if self.config.true_placed_reads:
             return p.reads[k]
+        if p.array is not None and self.config.array_history:
+            per_job = self.array_per_job(p.array, name)
+            if per_job is not None:
+                return expected_read(self.sizes[name], p.limit, per_job, self.config.read_rate)
         return self.expected(name, p.limit)
 
     def _unplaced_values(self, now: float) -> tuple[Mapping[str, ByLimit], bool]:
@@ -197,10 +231,12 @@ class SimNode:
 
     def see_history(self, now: float) -> None:
         """Fleet jobs ended at NOW: the estimates from now on count them (a change of state,
-        as a job ending here is)."""
+        as a job ending here is). The array history changes placed jobs' estimates only,
+        which are computed at each pass: the unplaced entries stay."""
         self.history_now = now
-        self.history_version += 1
-        self._epoch += 1
+        if self.fleet is not None:
+            self.history_version += 1
+            self._epoch += 1
         self.version += 1
 
     def land(self, name: str) -> float:
@@ -612,6 +648,10 @@ class SimNode:
             if job.limit != math.inf:
                 self.read_limited[name] = self.read_limited.get(name, 0.0) + size
                 self.limit_done[name] = self.limit_done.get(name, 0.0) + job.limit
+            if job.array is not None:
+                key = (job.array, name)
+                self.array_read[key] = self.array_read.get(key, 0.0) + size
+                self.array_jobs[key] = self.array_jobs.get(key, 0) + 1
             self.history_version += 1
             self._touch(name)
             self.held[name] -= 1

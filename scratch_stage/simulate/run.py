@@ -17,6 +17,7 @@ from typing import Any, Callable
 from scratch_stage.simulate.bound import Bound, Relaxation, copy_time_bound
 from scratch_stage.simulate.engine import Policy, replay_node
 from scratch_stage.simulate.inputs import (
+    ArrayHistory,
     FleetHistory,
     NodeWorkload,
     SimConfig,
@@ -56,8 +57,9 @@ def simulate(
     )
     unplaced = unplaced_demand(trace, config, reads=reads)
     fleet = FleetHistory.of(work) if config.fleet_history else None
+    arrays = ArrayHistory.of(work) if config.array_history == "fleet" else None
     _TASK.update(work=work, sizes=trace.datasets, config=config, unplaced=unplaced,
-                 iterations=bound_iterations, fleet=fleet)  # fmt: skip
+                 iterations=bound_iterations, fleet=fleet, arrays=arrays)  # fmt: skip
     results: dict[str, PolicyResult] = {}
     try:
         for name, factory in factories.items():
@@ -84,7 +86,8 @@ def simulate(
 
 def _replay_one(index: int) -> Costs:
     work: NodeWorkload = _TASK["work"][index]
-    node = SimNode(work, _TASK["sizes"], _TASK["config"], _TASK["unplaced"], _TASK["fleet"])
+    node = SimNode(work, _TASK["sizes"], _TASK["config"], _TASK["unplaced"], _TASK["fleet"],
+                   _TASK["arrays"])  # fmt: skip
     return replay_node(node, _TASK["factory"]())
 
 

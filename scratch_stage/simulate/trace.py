@@ -7,7 +7,8 @@ and per dataset what EACH of its nodes read: `passes` over the image or `bytes`.
     {"format": "scratch-stage-trace", "version": 1, "datasets": {"imagenet": 150000000000}}
     {"id": "17", "submit": 0, "start": 60, "end": 3660, "nodes": ["n1"], "passes": {"imagenet": 2}}
 
-An optional `limit` is the job's time limit in seconds (>= end - start; absent: none).
+An optional `limit` is the job's time limit in seconds (>= end - start; absent: none), an
+optional `array` the Slurm array job id of the array the job is an element of (absent: none).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Job:
     nodes: tuple[str, ...]
     reads: Mapping[str, int]
     limit: float | None = None  # the time limit asked for (seconds); None: none given
+    # the Slurm array job id (`%F` in squeue, SLURM_ARRAY_JOB_ID) of the array the job is
+    # an element of; None: not an array element
+    array: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -50,6 +54,8 @@ class Job:
         }  # fmt: skip
         if self.limit is not None:
             data["limit"] = self.limit
+        if self.array is not None:
+            data["array"] = self.array
         return data
 
 
@@ -103,7 +109,11 @@ def parse_job(data: Any, sizes: Mapping[str, int]) -> Job:
         limit = float(limit)
         if not 0 < limit < math.inf or limit < end - start:
             raise ValueError("'limit' must be a finite number of seconds >= end - start")
-    return Job(str(data["id"]), submit, start, end, tuple(nodes), _reads(data, sizes), limit)
+    array = data.get("array")
+    if array is not None and (not isinstance(array, str) or not array.strip()):
+        raise ValueError("'array' must be a non-empty string (the array job id)")
+    reads = _reads(data, sizes)
+    return Job(str(data["id"]), submit, start, end, tuple(nodes), reads, limit, array)
 
 
 def _reads(data: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str, int]:

@@ -9,6 +9,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from scratch_stage.simulate.trace import Job, Trace, TraceError
 
@@ -95,21 +96,33 @@ def generate(spec: WorkloadSpec, sizes: Mapping[str, int]) -> Trace:
     batches = list(_batches(spec, catalog, order, weights, rng))
     work = [d * w for batch in batches for _, d, _, w in batch]  # slot-seconds per job
     gap = sum(work) / max(1, len(work)) / (spec.nodes * spec.slots * spec.utilization)
-    jobs: list[tuple[float, str, float, int, int]] = []
+    jobs: list[_Submitted] = []
     submit = 0.0
     held: list[list[_Batched]] = []  # sweeps waiting for their burst
     for batch in batches:
+        group = [batch]
         if spec.burst > 1 and len(batch) > 1:
             held.append(batch)
             if len(held) < spec.burst:
                 continue
-            batch = [job for sweep in held for job in sweep]
-            held = []
-        jobs.extend((submit, *job) for job in batch)
-        submit += rng.expovariate(1.0 / (gap * len(batch)))
+            group, held = held, []
+        for sweep in group:
+            _submit(jobs, submit, sweep)
+        submit += rng.expovariate(1.0 / (gap * sum(len(sweep) for sweep in group)))
     for sweep in held:
-        jobs.extend((submit, *job) for job in sweep)
+        _submit(jobs, submit, sweep)
     return Trace(catalog, tuple(_schedule(spec, jobs, rng)))
+
+
+# A job as submitted: submit time, dataset, duration, bytes per node, nodes, array id.
+_Submitted = tuple[float, str, float, int, int, Optional[str]]
+
+
+def _submit(jobs: list[_Submitted], submit: float, batch: list[_Batched]) -> None:
+    """Submit BATCH at SUBMIT: a sweep (more than one job) as a Slurm job array, whose
+    array job id is its first element's job id (jobs are numbered in submission order)."""
+    array = str(len(jobs) + 1) if len(batch) > 1 else None
+    jobs.extend((submit, *job, array) for job in batch)
 
 
 def _batch_size(spec: WorkloadSpec, rng: random.Random) -> int:
@@ -153,14 +166,12 @@ def _batches(
         produced += size
 
 
-def _schedule(
-    spec: WorkloadSpec, jobs: list[tuple[float, str, float, int, int]], rng: random.Random
-) -> Iterable[Job]:
+def _schedule(spec: WorkloadSpec, jobs: list[_Submitted], rng: random.Random) -> Iterable[Job]:
     """First come, first served onto the earliest free slot; a job of W nodes onto the
     earliest free slot of each of W distinct nodes, all starting when the last is free."""
     slots = [(0.0, n, s) for n in range(spec.nodes) for s in range(spec.slots)]
     heapq.heapify(slots)
-    for i, (submit, name, duration, amount, width) in enumerate(jobs):
+    for i, (submit, name, duration, amount, width, array) in enumerate(jobs):
         chosen: dict[int, tuple[float, int, int]] = {}
         others = []  # further slots of nodes already chosen: back into the heap
         while len(chosen) < width:
@@ -179,7 +190,7 @@ def _schedule(
             heapq.heappush(slots, (end, node, slot))
         nodes = tuple(f"n{node:04d}" for node in sorted(chosen))
         yield Job(str(i + 1), round(submit, 3), round(start, 3), round(end, 3),
-                  nodes, {name: amount}, time_limit(duration))  # fmt: skip
+                  nodes, {name: amount}, time_limit(duration), array)  # fmt: skip
 
 
 def time_limit(duration: float) -> float:
