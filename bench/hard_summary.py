@@ -40,10 +40,12 @@ queued job's reads from this node's bytes per second of time limit
 (`SimConfig.limit_history`). --array-history replays `ours` twice more, a job placed
 here estimated from the finished elements of its job array (`SimConfig.array_history`):
 those that finished on this node ("array-node"), or on any node ("array-fleet").
---array-stats replays nothing: per workload, how many of the jobs placed on a node
-(node jobs: a job on 4 nodes counts 4 times) are array elements, and how many have a
-sibling that ended before they start, on their node or on any (their share of the placed
-jobs' bytes in brackets): the most the array history can ever change.
+--array-oracle replays `ours` with every placed array element counting its true bytes
+(`array_history="oracle"`: the most its array could tell). --array-stats replays
+nothing: per workload, how many of the jobs placed on a node (node jobs: a job on 4
+nodes counts 4 times) are array elements, and how many have a sibling that ended before
+they start, on their node or on any (their share of the placed jobs' bytes in
+brackets): the most the array history can ever change.
 """
 
 from __future__ import annotations
@@ -128,6 +130,11 @@ def main() -> None:
         help="replay ours again estimating placed jobs' reads from their arrays' elements",
     )
     parser.add_argument(
+        "--array-oracle",
+        action="store_true",
+        help="replay ours again with placed array elements' true bytes",
+    )
+    parser.add_argument(
         "--array-stats",
         action="store_true",
         help="replay nothing: how many placed jobs have a job array with an ended element",
@@ -149,6 +156,8 @@ def main() -> None:
     if args.array_history:
         variants.append(("array-node", {"array_history": "node"}))
         variants.append(("array-fleet", {"array_history": "fleet"}))
+    if args.array_oracle:
+        variants.append(("array-oracle", {"array_history": "oracle"}))
     if args.true_queued and args.true_running:
         variants.append(("true-both", {"true_queued": True, "true_running": True}))
     baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())

@@ -65,7 +65,9 @@ class SimConfig:
     # is an element of a Slurm job array some of whose elements have finished is expected
     # to read their mean bytes per job of each dataset (capped as before), else the usual
     # estimate. "node": the elements that finished on this node; "fleet": on any node (by
-    # now: `ArrayHistory`; a real fleet would have to share it). "": off.
+    # now: `ArrayHistory`; a real fleet would have to share it). "oracle": every placed
+    # element counts its true bytes, finished sibling or not (the most any estimate from
+    # its array could tell here, where a sweep's elements read alike). "": off.
     array_history: str = ""
 
     def __post_init__(self) -> None:
@@ -73,7 +75,7 @@ class SimConfig:
             raise ValueError(f"array_history {self.array_history!r}: one of {ARRAY_HISTORIES}")
 
 
-ARRAY_HISTORIES = ("", "node", "fleet")
+ARRAY_HISTORIES = ("", "node", "fleet", "oracle")
 
 
 @dataclass(frozen=True)

@@ -207,8 +207,11 @@ class SimNode:
     def queued(self, name: str, p: Pending, k: int) -> float:
         """Bytes placed job P is taken to read from NAME (its K-th dataset): the estimate
         (`expected`; with `SimConfig.array_history` its array's finished elements' mean if
-        there is one), or with `SimConfig.true_queued` what it will truly read."""
+        there is one), or with `SimConfig.true_queued` (or an array element's with
+        `array_history="oracle"`) what it will truly read."""
         if self.config.true_placed_reads:
+            return p.reads[k]
+        if p.array is not None and self.config.array_history == "oracle":
             return p.reads[k]
         if p.array is not None and self.config.array_history:
             per_job = self.array_per_job(p.array, name)

@@ -31,6 +31,7 @@ from tests.unit.test_sim_true_inputs import EveryTick, _cases, _costs
 HEADER = '{"format": "scratch-stage-trace", "version": 1, "datasets": {"a": 100}}'
 NODE = {"array_history": "node"}
 FLEET = {"array_history": "fleet"}
+ORACLE = {"array_history": "oracle"}
 
 
 # --- the trace field -------------------------------------------------------------------
@@ -274,7 +275,7 @@ def test_an_arrays_history_spares_a_copy_the_datasets_mean_asks_for(
     assert off.slow_bytes - on.slow_bytes == pytest.approx(85 * GB)
 
 
-@pytest.mark.parametrize("switch", [NODE, FLEET])
+@pytest.mark.parametrize("switch", [NODE, FLEET, ORACLE])
 def test_skipped_passes_change_nothing_with_array_history_and_workers_agree(
     switch: dict[str, Any],
 ) -> None:
@@ -296,6 +297,15 @@ def test_skipped_passes_change_nothing_with_array_history_and_workers_agree(
     one = simulate(trace, config, ("ours",), bound=False).results["ours"]
     two = simulate(trace, config, ("ours",), bound=False, workers=2).results["ours"]
     assert _costs(two) == _costs(one)
+
+
+def test_the_array_oracle_counts_each_placed_elements_true_bytes() -> None:
+    node = _node(_array_trace(), SimConfig(capacity=150 * GB, **ORACLE))
+    # p (array "1") reads 400 GB: told from the start, with no sibling ended; q (no array)
+    # keeps the estimate (one pass, no history)
+    assert _estimates(node) == {"1": 400 * GB, None: 100 * GB}
+    _run_until(node, 2000.0)
+    assert _estimates(node) == {"1": 400 * GB, None: 250 * GB}
 
 
 def test_array_history_is_off_by_default() -> None:
