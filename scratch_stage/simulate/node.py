@@ -548,11 +548,6 @@ class SimNode:
         pending = self.work.pending
         return all(pending[i].estimate <= now for i in self._pending_active)
 
-    def demand_settles(self) -> float:
-        """From when demand_settled holds, if no job is placed here or starts before."""
-        pending = self.work.pending
-        return max((pending[i].estimate for i in self._pending_active), default=-math.inf)
-
     def next_placement(self) -> float:
         pending = self.work.pending
         return (
