@@ -72,6 +72,42 @@ MANY = {"nodes": 64, "wide_share": 0.5}
 BASELINES = ("lru", "scratch_manager", "future-bytes")
 SHARES = (0.05, 0.10, 0.20)
 BLIND = "queue-oracle-blind"
+# The simulator's experiments (`SimConfig` switches, off by default; docs/benchmarks.md):
+# flag -> (its help, the variants of ours it replays again: title, SimConfig fields).
+EXPERIMENTS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
+    "fleet-history": (
+        "replay ours again with the fleet's read history (SimConfig.fleet_history)",
+        [("fleet-history", {"fleet_history": True})],
+    ),
+    "true-queued": (
+        "replay ours again with queued jobs' true bytes (SimConfig.true_queued)",
+        [("true-queued", {"true_queued": True})],
+    ),
+    "true-running": (
+        "replay ours again with running jobs' true remainder (SimConfig.true_running)",
+        [("true-running", {"true_running": True})],
+    ),
+    "true-placed": (
+        "as --true-queued for the jobs placed here only (SimConfig.true_placed)",
+        [("true-placed", {"true_placed": True})],
+    ),
+    "true-unplaced": (
+        "as --true-queued for the jobs not placed yet only (SimConfig.true_unplaced)",
+        [("true-unplaced", {"true_unplaced": True})],
+    ),
+    "limit-history": (
+        "replay ours again estimating reads per second of time limit",
+        [("limit-history", {"limit_history": True})],
+    ),
+    "array-history": (
+        "replay ours again estimating placed jobs' reads from their arrays' elements",
+        [("array-node", {"array_history": "node"}), ("array-fleet", {"array_history": "fleet"})],
+    ),
+    "array-oracle": (
+        "replay ours again with placed array elements' true bytes",
+        [("array-oracle", {"array_history": "oracle"})],
+    ),
+}
 
 
 def main() -> None:
@@ -94,70 +130,20 @@ def main() -> None:
     )
     parser.add_argument("--oracle", action="store_true", help="add the queue oracle")
     parser.add_argument("--bound", action="store_true", help="what the bound allows")
-    parser.add_argument(
-        "--fleet-history",
-        action="store_true",
-        help="replay ours again with the fleet's read history (SimConfig.fleet_history)",
-    )
-    parser.add_argument(
-        "--true-queued",
-        action="store_true",
-        help="replay ours again with queued jobs' true bytes (SimConfig.true_queued)",
-    )
-    parser.add_argument(
-        "--true-running",
-        action="store_true",
-        help="replay ours again with running jobs' true remainder (SimConfig.true_running)",
-    )
-    parser.add_argument(
-        "--true-placed",
-        action="store_true",
-        help="as --true-queued for the jobs placed here only (SimConfig.true_placed)",
-    )
-    parser.add_argument(
-        "--true-unplaced",
-        action="store_true",
-        help="as --true-queued for the jobs not placed yet only (SimConfig.true_unplaced)",
-    )
-    parser.add_argument(
-        "--limit-history",
-        action="store_true",
-        help="replay ours again estimating reads per second of time limit",
-    )
-    parser.add_argument(
-        "--array-history",
-        action="store_true",
-        help="replay ours again estimating placed jobs' reads from their arrays' elements",
-    )
-    parser.add_argument(
-        "--array-oracle",
-        action="store_true",
-        help="replay ours again with placed array elements' true bytes",
-    )
+    for flag, (help_text, _) in EXPERIMENTS.items():
+        parser.add_argument(f"--{flag}", action="store_true", help=help_text)
     parser.add_argument(
         "--array-stats",
         action="store_true",
         help="replay nothing: how many placed jobs have a job array with an ended element",
     )
     args = parser.parse_args()
-    variants: list[tuple[str, dict[str, Any]]] = []
-    if args.fleet_history:
-        variants.append(("fleet-history", {"fleet_history": True}))
-    if args.true_queued:
-        variants.append(("true-queued", {"true_queued": True}))
-    if args.true_running:
-        variants.append(("true-running", {"true_running": True}))
-    if args.true_placed:
-        variants.append(("true-placed", {"true_placed": True}))
-    if args.true_unplaced:
-        variants.append(("true-unplaced", {"true_unplaced": True}))
-    if args.limit_history:
-        variants.append(("limit-history", {"limit_history": True}))
-    if args.array_history:
-        variants.append(("array-node", {"array_history": "node"}))
-        variants.append(("array-fleet", {"array_history": "fleet"}))
-    if args.array_oracle:
-        variants.append(("array-oracle", {"array_history": "oracle"}))
+    variants = [
+        variant
+        for flag, (_, flag_variants) in EXPERIMENTS.items()
+        if getattr(args, flag.replace("-", "_"))
+        for variant in flag_variants
+    ]
     if args.true_queued and args.true_running:
         variants.append(("true-both", {"true_queued": True, "true_running": True}))
     baselines = BASELINES + (("queue-oracle", BLIND) if args.oracle else ())
