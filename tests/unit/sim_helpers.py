@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable, TypeVar
 
+from scratch_stage.simulate.engine import Policy
+from scratch_stage.simulate.inputs import SimConfig
+from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace
+
+P = TypeVar("P", bound=Policy)
 
 GB = 10**9
 # A real HPC cluster's catalog: the dataset sizes the generated workloads draw from.
@@ -37,3 +43,16 @@ def random_trace(seed: int, *, datasets: int = 3, jobs: int = 4, nodes: int = 1)
         out.append(Job(str(i), submit, start, start + rng.uniform(600, 9000), (node,), reads))
     out.sort(key=lambda j: (j.start, j.id))
     return Trace(sizes, tuple(out))
+
+
+def replay_recorded(trace: Trace, config: SimConfig, make: Callable[[], P]) -> list[P]:
+    """Replay TRACE under the name `ours` with a policy MAKE builds for each node (one
+    that records what it sees); the policies, to read their records."""
+    made: list[P] = []
+
+    def factory() -> P:
+        made.append(make())
+        return made[-1]
+
+    simulate(trace, config, {"ours": factory}, bound=False)
+    return made

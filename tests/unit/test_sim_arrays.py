@@ -25,7 +25,7 @@ from scratch_stage.simulate.policies import Ours
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace, TraceError, parse_trace, write_trace
 from scratch_stage.simulate.workload import WorkloadSpec, convert_swf, generate, load_sizes
-from tests.unit.sim_helpers import GB, SIZES
+from tests.unit.sim_helpers import GB, SIZES, replay_recorded
 from tests.unit.test_sim_true_inputs import EveryTick, _cases, _costs
 
 HEADER = '{"format": "scratch-stage-trace", "version": 1, "datasets": {"a": 100}}'
@@ -233,14 +233,7 @@ def _arrays_trace(seed: int) -> Trace:
 def test_every_pass_sees_the_fleet_array_history_of_its_instant() -> None:
     trace = _arrays_trace(3)
     config = SimConfig(capacity=int(trace.catalog_bytes() * 0.1), **FLEET)
-    made: list[Recording] = []
-
-    def factory() -> Recording:
-        made.append(Recording())
-        return made[-1]
-
-    simulate(trace, config, {"ours": factory}, bound=False)
-    passes = [entry for policy in made for entry in policy.seen]
+    passes = [e for policy in replay_recorded(trace, config, Recording) for e in policy.seen]
     assert len(passes) > 100
     for now, array, name, got, _ in passes:
         want = _truth(trace, array, name, now)

@@ -17,6 +17,7 @@ from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
 from tests.unit.sim_helpers import SIZES as CATALOG
+from tests.unit.sim_helpers import replay_recorded
 
 SIZES = load_sizes(CATALOG)
 
@@ -90,14 +91,7 @@ def test_every_pass_sees_the_fleet_history_of_its_instant(monkeypatch: Any) -> N
     trace = _trace(3)
     config = SimConfig(capacity=int(trace.catalog_bytes() * 0.1), fleet_history=True)
     jobs = _node_jobs(trace, config)
-    made: list[Recording] = []
-
-    def factory() -> Recording:
-        made.append(Recording())
-        return made[-1]
-
-    simulate(trace, config, {"ours": factory}, bound=False)
-    passes = [entry for policy in made for entry in policy.seen]
+    passes = [e for policy in replay_recorded(trace, config, Recording) for e in policy.seen]
     assert len(passes) > 100
     for now, estimates, _ in passes:
         for name, got in estimates.items():
