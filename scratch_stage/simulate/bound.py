@@ -27,7 +27,7 @@ above, so it is never below lower_bound.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scratch_stage.simulate.inputs import NodeJob
@@ -62,13 +62,16 @@ class Relaxation:
     @classmethod
     def of(
         cls, jobs: Sequence[NodeJob], sizes: Mapping[str, int], capacity: int,
-        start: float | None = None,
+        start: float | None = None, points: Iterable[float] = (),
     ) -> Relaxation:  # fmt: skip
         """START (if earlier than every job) opens a first interval without reads: the
-        replay's first moment, from which copies can run (copy_time_bound)."""
+        replay's first moment, from which copies can run (copy_time_bound). POINTS within
+        the jobs' span split intervals further (`offline.plan`'s landing times)."""
         times = sorted({t for j in jobs for t in (j.start, j.end)})
         if start is not None and times and start < times[0]:
             times.insert(0, start)
+        if times:
+            times = sorted({*times, *(p for p in points if times[0] < p < times[-1])})
         rho: dict[str, dict[int, float]] = {}
         total = 0.0
         for job in jobs:

@@ -9,9 +9,9 @@ import click
 from scratch_stage.core.cliparams import PathParam
 
 POLICY_NAMES = ("ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager", "aged-uses", "belady",
-                "future-bytes", "queue-oracle", "queue-oracle-blind")  # fmt: skip
+                "future-bytes", "queue-oracle", "queue-oracle-blind", "mip-schedule")  # fmt: skip
 # Replayed without --policy: all but those asked for by name (`policies.ON_REQUEST`).
-DEFAULT_NAMES = POLICY_NAMES[:-1]
+DEFAULT_NAMES = POLICY_NAMES[:-2]
 
 
 def _duration(text: str) -> float:
@@ -33,7 +33,7 @@ def _duration(text: str) -> float:
     "policies",
     multiple=True,
     type=click.Choice(POLICY_NAMES),
-    help="Policy to replay (repeatable; default: all but queue-oracle-blind).",
+    help="Policy to replay (repeatable; default: all but queue-oracle-blind and mip-schedule).",
 )
 @click.option("--interval", default="60", show_default=True, help="Rebalance interval.")
 @click.option("--period", default="600", show_default=True, help="Heat window.")

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Callable
 
 from scratch_stage.policy import planner
+from scratch_stage.simulate import offline
 from scratch_stage.simulate.engine import TRIGGERS, Inputs, Policy
-from scratch_stage.simulate.inputs import NodeJob, visible_from
+from scratch_stage.simulate.inputs import NodeJob, replay_start, visible_from
 from scratch_stage.simulate.node import Action, SimNode
 
 MIB = 1 << 20
@@ -697,6 +698,45 @@ class FutureBytes(Belady):
         return until
 
 
+class MipSchedule:
+    """Offline, size-aware, the node's whole future: follows the schedule a mixed-integer
+    programme finds for the node (`simulate/offline.py`), computed at its first pass.
+
+    At every tick and job start, end and copy completion it wants the datasets whose
+    planned copy has started and not been dropped, in the order of their copies, while
+    they fit (a held copy the plan drops is dropped once its jobs end). Neither optimal
+    nor a bound: what one real schedule achieves (docs/simulate.md).
+    """
+
+    triggers = frozenset(TRIGGERS)
+
+    def __init__(self) -> None:
+        self.blocks: list[offline.Block] | None = None
+        self.times: list[float] = []
+
+    def _plan(self, node: SimNode) -> list[offline.Block]:
+        if self.blocks is None:
+            self.blocks = offline.plan(
+                node.work.jobs, node.sizes, node.capacity, node.config.bandwidth,
+                replay_start(node.work, node.unplaced),
+            )  # fmt: skip
+            self.times = sorted({t for b in self.blocks for t in (b.start, b.drop)})
+        return self.blocks
+
+    def decide(
+        self, node: SimNode, now: float, trigger: str, job: NodeJob | None, inputs: Inputs | None
+    ) -> Action | None:
+        wanted = [b.name for b in self._plan(node) if b.start <= now < b.drop]
+        return reconcile(node, fill(node, wanted))
+
+    def steady_until(self, node: SimNode, now: float) -> float:
+        """Its answer changes only when a planned copy starts or a block ends (the replay
+        asks it again at every job start and end and copy landing)."""
+        self._plan(node)
+        i = bisect.bisect_right(self.times, now)
+        return self.times[i] if i < len(self.times) else math.inf
+
+
 class QueueOracle:
     """Reference, simulator only: the production planner told the truth about the jobs
     already submitted, and nothing else. Not optimal, not a bound.
@@ -961,8 +1001,9 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "future-bytes": FutureBytes,
     "queue-oracle": QueueOracle,
     "queue-oracle-blind": BlindQueueOracle,
+    "mip-schedule": MipSchedule,
 }
 # What a replay runs unless told otherwise: all but the blind queue oracle, asked for by
 # name (it adds about 14 % to a replay of all the others: docs/benchmarks.md).
-ON_REQUEST = ("queue-oracle-blind",)
+ON_REQUEST = ("queue-oracle-blind", "mip-schedule")
 DEFAULT_POLICIES = tuple(name for name in POLICIES if name not in ON_REQUEST)

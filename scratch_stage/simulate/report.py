@@ -11,6 +11,7 @@ import click
 
 from scratch_stage.core.errors import ScratchStageError
 from scratch_stage.core.units import parse_capacity, parse_size
+from scratch_stage.simulate import offline
 from scratch_stage.simulate.inputs import SimConfig
 from scratch_stage.simulate.metrics import Report, format_table
 from scratch_stage.simulate.run import simulate
@@ -40,6 +41,8 @@ def run_simulation(
     **knobs: Any,
 ) -> int:  # fmt: skip
     """Replay the trace at PATH, print the table (or JSON), write the plot; exit code."""
+    if "mip-schedule" in policies and not offline.available():
+        raise SimulateUsageError(f"--policy mip-schedule: {offline.NEEDS}")
     trace = read_trace(path)
     speed = _rate("--bandwidth", bandwidth)
     shared = None if shared_bandwidth is None else _rate("--shared-bandwidth", shared_bandwidth)

@@ -20,6 +20,7 @@ from scratch_stage.simulate.inputs import (
     split_by_node,
     unplaced_demand,
 )
+from scratch_stage.simulate.policies import DEFAULT_POLICIES
 from scratch_stage.simulate.run import simulate
 from scratch_stage.simulate.trace import Job, Trace
 from tests.unit.sim_helpers import GB, random_trace
@@ -231,7 +232,7 @@ def test_every_policy_costs_at_least_the_copy_time_bound(
 ) -> None:
     trace = random_trace(seed, datasets=4, jobs=8, nodes=2)
     config = SimConfig(capacity=capacity, interval=60.0, bandwidth=bandwidth)
-    report = simulate(trace, config, bound_iterations=60)
+    report = simulate(trace, config, [*DEFAULT_POLICIES, "mip-schedule"], bound_iterations=60)
     assert report.bound is not None and report.instant_bound is not None
     assert report.bound.lower >= report.instant_bound.lower * (1 - 1e-9)
     for result in report.results.values():

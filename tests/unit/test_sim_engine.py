@@ -71,6 +71,8 @@ RATE1 = 200 * GB / 3600  # job 1 reads 200 GB over an hour
         ("queue-oracle", 0.0),
         # Job 1 is placed here from t=0: the blind one knows it then.
         ("queue-oracle-blind", 0.0),
+        # Its programme copies a to land at job 1's start.
+        ("mip-schedule", 0.0),
     ],
 )
 def test_hand_computed_trace(policy: str, slow_read: float) -> None:
@@ -271,7 +273,7 @@ def test_demand_matches_node_demand_of_the_live_system(wide: float, cap: float) 
 def test_all_policies_are_registered() -> None:
     assert set(POLICIES) == {"ours", "none", "lru", "lfu-da", "gdsf", "scratch_manager",
                              "aged-uses", "belady", "future-bytes", "queue-oracle",
-                             "queue-oracle-blind"}  # fmt: skip
+                             "queue-oracle-blind", "mip-schedule"}  # fmt: skip
 
 
 def _costs(result: PolicyResult) -> dict[str, Any]:

@@ -238,7 +238,7 @@ def test_the_blind_oracle_is_replayed_when_asked_for_only() -> None:
     assert tuple(POLICIES) == POLICY_NAMES and DEFAULT_NAMES == DEFAULT_POLICIES
     report = simulate(_visibility_trace(800.0), SimConfig(capacity=150 * GB), bound=False)
     assert BLIND not in report.results and ORACLE in report.results
-    assert set(report.results) == set(POLICIES) - {BLIND}
+    assert set(report.results) == set(POLICIES) - {BLIND, "mip-schedule"}
 
 
 def _unplaced_trace() -> Trace:
