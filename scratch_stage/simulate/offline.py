@@ -25,8 +25,12 @@ scipy (HiGHS) solves it; scipy is optional (`pip install 'scratch-stage[offline]
 from __future__ import annotations
 
 import bisect
+import contextlib
+import ctypes
 import math
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scratch_stage.simulate.bound import Relaxation
@@ -226,6 +230,22 @@ def plan(
     return sorted(blocks, key=lambda b: (b.start, b.name))
 
 
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Whatever the process writes to file descriptor 1 meanwhile (C libraries included,
+    their buffers flushed before it is restored) is discarded."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _solve(model: _Model, time_limit: float, gap: float) -> list[float]:
     """The column values of HiGHS's best solution (all 0, the empty schedule, if it found
     none: every cached interval is optional, so 0 is always a solution)."""
@@ -240,11 +260,12 @@ def _solve(model: _Model, time_limit: float, gap: float) -> list[float]:
     )
     integrality = np.zeros(len(model.costs))
     integrality[model.binary] = 1
-    result = milp(
-        np.array(model.costs), integrality=integrality,
-        constraints=LinearConstraint(matrix, model.low, model.high),
-        bounds=Bounds(0.0, 1.0), options={"time_limit": time_limit, "mip_rel_gap": gap},
-    )  # fmt: skip
+    with quiet_stdout():  # HiGHS prints debugging lines to C's stdout: not into --json
+        result = milp(
+            np.array(model.costs), integrality=integrality,
+            constraints=LinearConstraint(matrix, model.low, model.high),
+            bounds=Bounds(0.0, 1.0), options={"time_limit": time_limit, "mip_rel_gap": gap},
+        )  # fmt: skip
     if result.x is None:
         return [0.0] * len(model.costs)
     return [float(v) for v in result.x]

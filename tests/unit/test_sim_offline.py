@@ -104,3 +104,18 @@ def test_without_scipy_the_command_says_so_in_one_line(
         "scratch-stage: error: --policy mip-schedule: the mip-schedule policy needs scipy: "
         "pip install 'scratch-stage[offline]'"
     ]
+
+
+def test_what_the_solver_prints_does_not_reach_standard_output(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # HiGHS writes lines to C's stdout, which would break `simulate --json`
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None)
+    with offline.quiet_stdout():
+        os.write(1, b"raw\n")
+        libc.printf(b"buffered by C\n")
+    print("after", flush=True)
+    assert capfd.readouterr().out == "after\n"
