@@ -26,7 +26,7 @@ from scratch_stage.simulate.metrics import PolicyResult
 from scratch_stage.simulate.node import Costs, SimNode
 from scratch_stage.simulate.policies import POLICIES, BlindQueueOracle, QueueOracle
 from scratch_stage.simulate.run import simulate
-from scratch_stage.simulate.targets import attainability, format_attainability
+from scratch_stage.simulate.targets import attainability, format_attainability, optimum_range
 from scratch_stage.simulate.trace import Job, Trace, write_trace
 from scratch_stage.simulate.workload import WorkloadSpec, generate, load_sizes
 from tests.unit.sim_helpers import GB, SIZES, random_trace
@@ -328,6 +328,13 @@ def test_the_bound_proves_a_target_out_of_reach_on_a_single_read() -> None:
     assert by["scratch_manager"].out_of_reach
     text = format_attainability(report)
     assert "vs lru: best possible -2.7%; target -25%: out of reach for every policy" in text
+    # reading it once from slow storage (none) is optimal: the range closes on the bound
+    name, ratio = optimum_range(report) or ("", 0.0)
+    assert name == "none" and ratio == pytest.approx(1.0, rel=1e-6)
+    assert (
+        "the optimum lies between the bound and 1.00x it (the cheapest schedule replayed: none)"
+        in text
+    )
 
 
 def test_the_bound_leaves_a_target_open_where_lru_thrashes() -> None:
