@@ -1003,7 +1003,8 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "queue-oracle-blind": BlindQueueOracle,
     "mip-schedule": MipSchedule,
 }
-# What a replay runs unless told otherwise: all but the blind queue oracle, asked for by
-# name (it adds about 14 % to a replay of all the others: docs/benchmarks.md).
+# What a replay runs unless told otherwise: all but these, asked for by name: the blind
+# queue oracle (it adds about 14 % to a replay of all the others: docs/benchmarks.md) and
+# mip-schedule (tens of seconds per node; needs scipy).
 ON_REQUEST = ("queue-oracle-blind", "mip-schedule")
 DEFAULT_POLICIES = tuple(name for name in POLICIES if name not in ON_REQUEST)
