@@ -6,19 +6,22 @@ its replayed cost is what one real schedule achieves, so the best schedule costs
 that, and the bound with copy time at least; between the two lies the optimum.
 
 The programme is on the bound's grid (interval k is [times[k], times[k+1]], every read at a
-constant rate within it). Per dataset that fits the cache and each interval it is read in:
-x (0/1) it is mounted all through the interval, and u >= x - (the state before) a copy
-landing at the interval's start, taking size/bandwidth before it and holding its room
-from its start. Between two read intervals that are not adjacent, s (0/1) it stays
-cached through the gap. It minimises the copies' bytes plus the reads not served, with:
+constant rate within it), split further where a copy can first land and land after a job
+starts, and into parts of at most STEP. Per dataset that fits the cache and each interval
+it is read in: x (0/1) it is mounted all through the interval, and u >= x - (the state
+before) - (earlier landings) a copy landing at the interval's start; before a first read
+or one after a gap, up to EARLY_OPTIONS earlier landings (0/1, at most EARLY before it).
+Between two read intervals that are not adjacent, s (0/1) it stays cached through the gap.
+It minimises the copies' bytes plus the reads not served, with, on a finer grid (every
+time a copy would start):
 
-- room: in every interval, what is mounted, kept through a gap, or being copied fits;
-- one copy at a time: in every interval the copies running cover at most its length;
+- room: in every span, what is mounted, kept through a gap, or being copied fits;
+- one copy at a time: in every span at most one copy runs;
 - holds: a copy a job is reading is not dropped while the job runs;
-- no copy starts before the node's first event (as in the bound and the replay).
+- no copy lands before the node's first event plus its copy time (as in the bound).
 
-Landings only at the start of a read interval, and a whole interval counted for a copy
-that covers part of it, make it a restriction: each of its schedules runs in the replay.
+Landings only at grid times make it a restriction: each of its schedules runs in the
+replay, at about its cost.
 scipy (HiGHS) solves it; scipy is optional (`pip install 'scratch-stage[offline]'`).
 """
 
